@@ -1,0 +1,1 @@
+"""podkit: scale-aware detectors, fast in production."""

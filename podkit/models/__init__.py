@@ -1,0 +1,13 @@
+"""Detectors in plain PyTorch: ResNet (+FPN) backbones, Faster R-CNN (FPN, C4), RetinaNet."""
+
+from podkit.models.build import ARCHS, ModelConfig, build_detector, tiny_model_config
+from podkit.models.output import DetectorOutput, ImageBatch
+
+__all__ = [
+    "ARCHS",
+    "DetectorOutput",
+    "ImageBatch",
+    "ModelConfig",
+    "build_detector",
+    "tiny_model_config",
+]

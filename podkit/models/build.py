@@ -1,0 +1,110 @@
+"""Building a detector from a `ModelConfig`: the one place that wires the parts together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from torch import nn
+
+from podkit.models.backbone import C4Backbone, FPNBackbone
+from podkit.models.faster_rcnn import FasterRCNN
+from podkit.models.resnet import DEPTHS, ResNet, load_resnet_weights, make_stage
+from podkit.models.retinanet import RetinaNet, RetinaNetConfig
+from podkit.models.roi_heads import Res5Head, RoIHeadConfig, RoIHeads, TwoMLPHead
+from podkit.models.rpn import RPN, RPNConfig
+from podkit.ops import MultiScaleRoIAlign
+
+ARCHS = ("faster_rcnn_fpn", "faster_rcnn_c4", "retinanet")
+
+
+@dataclass
+class ModelConfig:
+    """What to build. `depth`/`width` shrink the network for tests (18 and 0.25 is tiny)."""
+
+    arch: str = "faster_rcnn_fpn"
+    depth: int = 50
+    width: float = 1.0
+    num_classes: int = 80
+    norm: str = "frozen"
+    freeze_at: int = 2
+    fpn_channels: int = 256
+    gsl: bool = False
+    init_from: str | None = None
+    backbone_weights: str | None = None
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: RoIHeadConfig = field(default_factory=RoIHeadConfig)
+    retinanet: RetinaNetConfig = field(default_factory=RetinaNetConfig)
+
+
+def tiny_model_config(arch: str, num_classes: int) -> ModelConfig:
+    """ResNet-18 at quarter width with light heads: trains on a CPU in seconds (tests, demo)."""
+    return ModelConfig(
+        arch=arch,
+        depth=18,
+        width=0.25,
+        num_classes=num_classes,
+        norm="bn",
+        freeze_at=0,
+        fpn_channels=32,
+        rpn=RPNConfig(
+            pre_nms_top_n_train=300,
+            post_nms_top_n_train=150,
+            pre_nms_top_n_test=300,
+            post_nms_top_n_test=100,
+            batch_size_per_image=128,
+        ),
+        roi_heads=RoIHeadConfig(representation_size=128, batch_size_per_image=64),
+        retinanet=RetinaNetConfig(num_convs=2, anchor_base_sizes=(16, 32, 64, 128, 256)),
+    )
+
+
+def build_detector(cfg: ModelConfig) -> nn.Module:
+    """A Faster R-CNN (FPN or C4) or RetinaNet as the config says, with weights if given."""
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {cfg.arch!r}")
+    if cfg.num_classes < 1:
+        raise ValueError(f"model.num_classes must be >= 1, got {cfg.num_classes}")
+    c4 = cfg.arch == "faster_rcnn_c4"
+    body = ResNet(cfg.depth, cfg.width, cfg.norm, cfg.freeze_at, num_stages=3 if c4 else 4)
+    if cfg.arch == "retinanet":
+        backbone = FPNBackbone(body, cfg.fpn_channels, [1, 2, 3], extra="p6p7")
+        model: nn.Module = RetinaNet(backbone, cfg.num_classes, cfg.retinanet)
+    elif c4:
+        backbone = C4Backbone(body)
+        # one feature map: every anchor size lives on it
+        rpn_cfg = replace(
+            cfg.rpn, anchor_sizes=(tuple(s for level in cfg.rpn.anchor_sizes for s in level),)
+        )
+        roi_cfg = cfg.roi_heads
+        kind, blocks = DEPTHS[cfg.depth]
+        res5 = make_stage(body.block, body.out_channels[-1], body.planes[3], blocks[3], 2, cfg.norm)
+        head = Res5Head(res5, body.planes[3] * body.block.expansion)
+        pooler = MultiScaleRoIAlign(roi_cfg.pooler_resolution or 14, _sampling(roi_cfg, 0))
+        model = FasterRCNN(
+            backbone,
+            RPN(backbone.out_channels, rpn_cfg),
+            RoIHeads(pooler, head, cfg.num_classes, roi_cfg),
+        )
+    else:
+        backbone = FPNBackbone(body, cfg.fpn_channels, [0, 1, 2, 3], extra="maxpool")
+        roi_cfg = cfg.roi_heads
+        resolution = roi_cfg.pooler_resolution or 7
+        pooler = MultiScaleRoIAlign(resolution, _sampling(roi_cfg, 2))
+        head = TwoMLPHead(cfg.fpn_channels * resolution**2, roi_cfg.representation_size)
+        model = FasterRCNN(
+            backbone,
+            RPN(cfg.fpn_channels, cfg.rpn),
+            RoIHeads(pooler, head, cfg.num_classes, roi_cfg),
+        )
+    if cfg.backbone_weights:
+        load_resnet_weights(body, cfg.backbone_weights)
+        if c4:
+            load_resnet_weights(
+                model.roi_heads.box_head, cfg.backbone_weights, {"layer4.": "res5."}
+            )
+        body.freeze(cfg.freeze_at)
+    return model
+
+
+def _sampling(cfg: RoIHeadConfig, default: int) -> int:
+    return default if cfg.sampling_ratio is None else cfg.sampling_ratio

@@ -1,0 +1,43 @@
+"""Faster R-CNN (Ren et al. 2015): backbone -> RPN -> R-CNN stage, FPN or C4 flavour."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from podkit.models.output import DetectorOutput, ImageBatch, rescale_detections
+from podkit.models.roi_heads import RoIHeads
+from podkit.models.rpn import RPN
+
+
+class FasterRCNN(nn.Module):
+    """Images in [0, 1] -> `DetectorOutput`; targets' boxes are in as-fed pixels, labels in [0, C)."""
+
+    def __init__(self, backbone: nn.Module, rpn: RPN, roi_heads: RoIHeads) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+
+    def forward(
+        self, images: ImageBatch | list[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> DetectorOutput:
+        if not isinstance(images, ImageBatch):
+            images = ImageBatch.from_tensors(images)
+        if self.training and targets is None:
+            raise ValueError("FasterRCNN in training mode needs targets")
+        features = self.backbone(images.tensor)
+        strides = self.backbone.strides
+        proposals, rpn_losses, rpn_stats = self.rpn(features, strides, images.sizes, targets)
+        detections, roi_losses, roi_stats = self.roi_heads(
+            features, strides, proposals, images.sizes, targets
+        )
+        stats = {**rpn_stats, **roi_stats}
+        if stats:
+            stats["level_losses"] = {
+                **rpn_stats.get("level_losses", {}),
+                **roi_stats.get("level_losses", {}),
+            }
+            stats["num_images"] = len(images.sizes)
+        if detections:
+            detections = rescale_detections(detections, images)
+        return DetectorOutput({**rpn_losses, **roi_losses}, detections, stats)

@@ -1,0 +1,54 @@
+"""Feature Pyramid Network (Lin et al. 2017): top-down pathway with lateral 1x1 convs."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+class FPN(nn.Module):
+    """P levels from C levels; `extra` adds coarser levels.
+
+    extra = "maxpool": P6 = maxpool(P5) (Faster R-CNN, P2-P6).
+    extra = "p6p7": P6 = conv3x3/2(P5), P7 = conv3x3/2(relu(P6)) (RetinaNet, P3-P7).
+    """
+
+    def __init__(
+        self,
+        in_channels: list[int],
+        in_strides: list[int],
+        out_channels: int,
+        extra: str = "maxpool",
+    ) -> None:
+        super().__init__()
+        if extra not in ("maxpool", "p6p7", "none"):
+            raise ValueError(f"unknown FPN extra levels {extra!r}")
+        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+        self.output = nn.ModuleList(
+            nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels
+        )
+        self.extra = extra
+        if extra == "p6p7":
+            self.p6 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
+            self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1)
+                nn.init.zeros_(m.bias)
+        n_extra = {"maxpool": 1, "p6p7": 2, "none": 0}[extra]
+        self.strides = list(in_strides) + [in_strides[-1] * 2 ** (i + 1) for i in range(n_extra)]
+        self.out_channels = out_channels
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        last = self.lateral[-1](features[-1])
+        outs = [self.output[-1](last)]
+        for i in range(len(features) - 2, -1, -1):
+            lateral = self.lateral[i](features[i])
+            last = lateral + F.interpolate(last, size=lateral.shape[-2:], mode="nearest")
+            outs.insert(0, self.output[i](last))
+        if self.extra == "maxpool":
+            outs.append(F.max_pool2d(outs[-1], 1, 2))
+        elif self.extra == "p6p7":
+            p6 = self.p6(outs[-1])
+            outs += [p6, self.p7(F.relu(p6))]
+        return outs

@@ -1,0 +1,78 @@
+"""What every podkit detector takes and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+
+@dataclass
+class ImageBatch:
+    """Images padded into one tensor, with the size each had as fed and originally.
+
+    `tensor` is (B, 3, H, W), RGB in [0, 1]; `sizes[i]` = (h, w) of image i inside the
+    padding (the coordinates targets are given in); `original_sizes[i]` = its size before
+    the data pipeline resized it (the coordinates detections are returned in).
+    """
+
+    tensor: Tensor
+    sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+
+    @classmethod
+    def from_tensors(cls, images: list[Tensor], size_divisible: int = 32) -> ImageBatch:
+        """Pad a list of (3, h, w) images to a common size divisible by `size_divisible`."""
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        h = -(-max(s[0] for s in sizes) // size_divisible) * size_divisible
+        w = -(-max(s[1] for s in sizes) // size_divisible) * size_divisible
+        tensor = torch.stack(
+            [F.pad(im, (0, w - im.shape[-1], 0, h - im.shape[-2])) for im in images]
+        )
+        return cls(tensor, sizes, list(sizes))
+
+    def to(self, device) -> ImageBatch:
+        return ImageBatch(self.tensor.to(device), self.sizes, self.original_sizes)
+
+
+@dataclass
+class DetectorOutput:
+    """`forward` returns this in training and in eval.
+
+    losses: name -> scalar (training, or whenever targets are given).
+    detections: per image {"boxes" (N, 4) in original-image pixels, "scores", "labels"}
+        (eval mode; empty in training).
+    stats: detached training statistics the training methods read (see DESIGN.md):
+        level_losses {"rpn"|"rcnn"|"retinanet": (L,)}, reg_loss_by_size (3,) and
+        cls_loss_by_size (3,) [small, medium, large], proposal_ious [per image (P,)],
+        pos_reg_targets (N, 4), num_images.
+    """
+
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    detections: list[dict[str, Tensor]] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+
+def rescale_detections(
+    detections: list[dict[str, Tensor]], images: ImageBatch
+) -> list[dict[str, Tensor]]:
+    """Map boxes from the as-fed image back to original-image pixels."""
+    for det, (h, w), (oh, ow) in zip(detections, images.sizes, images.original_sizes, strict=True):
+        scale = det["boxes"].new_tensor([ow / w, oh / h, ow / w, oh / h])
+        det["boxes"] = det["boxes"] * scale
+    return detections
+
+
+def per_level_sum(values: Tensor, levels: Tensor, num_levels: int) -> Tensor:
+    """Sum of `values` grouped by level index: (num_levels,)."""
+    return values.new_zeros(num_levels).index_add(0, levels, values)
+
+
+def element_weights(levels: Tensor, weights: Tensor | None) -> Tensor:
+    """Per-element loss weight w[level]: summing weighted elements gives sum_l w_l * L_l,
+    the loss that AVW/RLO rebalance through a head's `level_weights`."""
+    if weights is None:
+        return torch.ones(levels.shape, device=levels.device)
+    return weights.to(levels.device, torch.float32)[levels]

@@ -1,0 +1,216 @@
+"""RetinaNet (Lin et al. 2017): dense one-stage detector on P3-P7 with the focal loss."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from podkit.models.output import (
+    DetectorOutput,
+    ImageBatch,
+    element_weights,
+    per_level_sum,
+    rescale_detections,
+)
+from podkit.models.rpn import flatten_level
+from podkit.ops import (
+    AnchorGenerator,
+    BoxCoder,
+    Matcher,
+    batched_nms,
+    box_iou,
+    clip_boxes_to_image,
+    sigmoid_focal_loss,
+    size_bucket,
+    smooth_l1_loss,
+)
+from podkit.ops.matcher import ignore_near
+
+
+@dataclass
+class RetinaNetConfig:
+    """Options of the RetinaNet head (defaults: the paper's R50-FPN 1x)."""
+
+    anchor_base_sizes: tuple[float, ...] = (32, 64, 128, 256, 512)
+    anchor_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    num_convs: int = 4
+    fg_iou_threshold: float = 0.5
+    bg_iou_threshold: float = 0.4
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    smooth_l1_beta: float = 0.1
+    prior_prob: float = 0.01
+    score_threshold: float = 0.05
+    topk_candidates: int = 1000
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+    ignore_iou_threshold: float = 0.3
+
+
+def conv_tower(channels: int, num_convs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for _ in range(num_convs):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class RetinaNetHead(nn.Module):
+    """Classification and box subnets shared over levels."""
+
+    def __init__(
+        self, channels: int, num_anchors: int, num_classes: int, config: RetinaNetConfig
+    ) -> None:
+        super().__init__()
+        self.cls_tower = conv_tower(channels, config.num_convs)
+        self.box_tower = conv_tower(channels, config.num_convs)
+        self.cls_logits = nn.Conv2d(channels, num_anchors * num_classes, 3, padding=1)
+        self.bbox_pred = nn.Conv2d(channels, num_anchors * 4, 3, padding=1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+        nn.init.constant_(
+            self.cls_logits.bias, -math.log((1 - config.prior_prob) / config.prior_prob)
+        )
+        self.num_classes = num_classes
+
+    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        logits = [
+            flatten_level(self.cls_logits(self.cls_tower(x)), self.num_classes) for x in features
+        ]
+        deltas = [flatten_level(self.bbox_pred(self.box_tower(x)), 4) for x in features]
+        return logits, deltas
+
+
+class RetinaNet(nn.Module):
+    """Images in [0, 1] -> `DetectorOutput`. `level_weights` rebalances the per-level loss."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, config: RetinaNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        sizes = tuple(tuple(b * s for s in config.anchor_scales) for b in config.anchor_base_sizes)
+        self.anchor_generator = AnchorGenerator(sizes, config.aspect_ratios)
+        self.head = RetinaNetHead(
+            backbone.out_channels,
+            self.anchor_generator.num_anchors_per_location,
+            num_classes,
+            config,
+        )
+        self.num_classes = num_classes
+        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.matcher = Matcher(
+            config.fg_iou_threshold, config.bg_iou_threshold, allow_low_quality_matches=True
+        )
+        self.level_weights: Tensor | None = None
+
+    def forward(
+        self, images: ImageBatch | list[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> DetectorOutput:
+        if not isinstance(images, ImageBatch):
+            images = ImageBatch.from_tensors(images)
+        if self.training and targets is None:
+            raise ValueError("RetinaNet in training mode needs targets")
+        features = self.backbone(images.tensor)
+        logits, deltas = self.head(features)
+        anchors = self.anchor_generator(
+            [f.shape[-2:] for f in features], self.backbone.strides, features[0].device
+        )
+        if targets is not None:
+            losses, stats = self.loss(anchors, logits, deltas, targets)
+            return DetectorOutput(losses, [], stats)
+        detections = self.postprocess(anchors, logits, deltas, images.sizes)
+        return DetectorOutput({}, rescale_detections(detections, images), {})
+
+    def loss(
+        self,
+        anchors: list[Tensor],
+        logits: list[Tensor],
+        deltas: list[Tensor],
+        targets: list[dict[str, Tensor]],
+    ):
+        cfg = self.config
+        all_anchors = torch.cat(anchors)
+        levels = torch.cat(
+            [
+                torch.full((len(a),), i, dtype=torch.int64, device=a.device)
+                for i, a in enumerate(anchors)
+            ]
+        )
+        logits = torch.cat(logits, dim=1)
+        deltas = torch.cat(deltas, dim=1)
+        weights = element_weights(levels, self.level_weights)
+        cls_terms, box_terms, level_terms, num_fg = [], [], [], 0
+        reg_by_size = logits.new_zeros(3)
+        cls_by_size = logits.new_zeros(3)
+        for img, target in enumerate(targets):
+            gt, gt_labels = target["boxes"], target["labels"]
+            matched = self.matcher(box_iou(gt, all_anchors))
+            matched = ignore_near(
+                all_anchors, matched, target.get("ignore"), cfg.ignore_iou_threshold
+            )
+            valid = matched != -2
+            fg = torch.where(matched >= 0)[0]
+            num_fg += fg.numel()
+            onehot = torch.zeros_like(logits[img])
+            onehot[fg, gt_labels[matched[fg]]] = 1.0
+            cls = (
+                sigmoid_focal_loss(logits[img], onehot, cfg.focal_alpha, cfg.focal_gamma).sum(dim=1)
+                * valid
+            )
+            reg_targets = self.box_coder.encode(gt[matched[fg]], all_anchors[fg])
+            box = smooth_l1_loss(deltas[img, fg], reg_targets, cfg.smooth_l1_beta).sum(dim=1)
+            cls_terms.append((cls * weights).sum())
+            box_terms.append((box * weights[fg]).sum())
+            level_terms.append(
+                per_level_sum(
+                    torch.cat([cls, box]).detach(), torch.cat([levels, levels[fg]]), len(anchors)
+                )
+            )
+            if fg.numel():
+                bucket = size_bucket(gt[matched[fg]])
+                reg_by_size += per_level_sum(box.detach(), bucket, 3)
+                cls_by_size += per_level_sum(cls[fg].detach(), bucket, 3)
+        norm = max(num_fg, 1)
+        losses = {
+            "loss_cls": torch.stack(cls_terms).sum() / norm,
+            "loss_box_reg": torch.stack(box_terms).sum() / norm,
+        }
+        stats = {
+            "level_losses": {"retinanet": torch.stack(level_terms).sum(0) / norm},
+            "reg_loss_by_size": reg_by_size,
+            "cls_loss_by_size": cls_by_size,
+            "num_images": len(targets),
+        }
+        return losses, stats
+
+    def postprocess(
+        self,
+        anchors: list[Tensor],
+        logits: list[Tensor],
+        deltas: list[Tensor],
+        sizes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        """Per level: score threshold and top-k candidates; then class-wise NMS per image."""
+        cfg = self.config
+        results = []
+        for img, size in enumerate(sizes):
+            boxes_l, scores_l, labels_l = [], [], []
+            for a, lg, d in zip(anchors, logits, deltas, strict=True):
+                scores = torch.sigmoid(lg[img]).reshape(-1)
+                keep = torch.where(scores > cfg.score_threshold)[0]
+                if keep.numel() > cfg.topk_candidates:
+                    keep = keep[scores[keep].topk(cfg.topk_candidates).indices]
+                anchor_idx = keep // self.num_classes
+                boxes_l.append(self.box_coder.decode(d[img, anchor_idx], a[anchor_idx]))
+                scores_l.append(scores[keep])
+                labels_l.append(keep % self.num_classes)
+            boxes = clip_boxes_to_image(torch.cat(boxes_l), size)
+            scores, labels = torch.cat(scores_l), torch.cat(labels_l)
+            keep = batched_nms(boxes, scores, labels, cfg.nms_threshold)[: cfg.detections_per_image]
+            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        return results

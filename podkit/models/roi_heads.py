@@ -1,0 +1,233 @@
+"""The R-CNN stage: sample proposals, pool, classify and refine them (Fast R-CNN).
+
+`iou_threshold` and `smooth_l1_beta` are plain attributes so Dynamic R-CNN can move them
+between iterations; `level_weights` rebalances the per-level loss (AVW/RLO).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from podkit.models.output import element_weights, per_level_sum
+from podkit.ops import (
+    BalancedSampler,
+    BoxCoder,
+    Matcher,
+    MultiScaleRoIAlign,
+    batched_nms,
+    box_iou,
+    clip_boxes_to_image,
+    remove_small_boxes,
+    size_bucket,
+    smooth_l1_loss,
+)
+from podkit.ops.matcher import ignore_near
+
+
+@dataclass
+class RoIHeadConfig:
+    """Options of the R-CNN stage (defaults: Faster R-CNN FPN 1x).
+
+    pooler_resolution / sampling_ratio None take the architecture's default: 7 and 2 for
+    FPN, 14 and 0 (adaptive) for C4.
+    """
+
+    pooler_resolution: int | None = None
+    sampling_ratio: int | None = None
+    representation_size: int = 1024
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    iou_threshold: float = 0.5
+    smooth_l1_beta: float = 1.0
+    bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+    ignore_iou_threshold: float = 0.5
+
+
+class TwoMLPHead(nn.Module):
+    """Two fully connected layers on the flattened pooled features (FPN box head)."""
+
+    def __init__(self, in_features: int, representation_size: int) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(in_features, representation_size)
+        self.fc7 = nn.Linear(representation_size, representation_size)
+        self.out_features = representation_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.fc7(F.relu(self.fc6(x.flatten(1)))))
+
+
+class Res5Head(nn.Module):
+    """ResNet stage 5 on 14x14 RoI features, then global average pooling (C4 box head)."""
+
+    def __init__(self, res5: nn.Sequential, out_features: int) -> None:
+        super().__init__()
+        self.res5 = res5
+        self.out_features = out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.res5(x).mean(dim=(2, 3))
+
+
+class BoxPredictor(nn.Module):
+    """Class scores (C + 1, background last) and class-specific box deltas (4 C)."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_features, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_features, num_classes * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class RoIHeads(nn.Module):
+    def __init__(
+        self,
+        pooler: MultiScaleRoIAlign,
+        box_head: nn.Module,
+        num_classes: int,
+        config: RoIHeadConfig,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.pooler = pooler
+        self.box_head = box_head
+        self.predictor = BoxPredictor(box_head.out_features, num_classes)
+        self.num_classes = num_classes
+        self.box_coder = BoxCoder(config.bbox_reg_weights)
+        self.sampler = BalancedSampler(config.batch_size_per_image, config.positive_fraction)
+        self.iou_threshold = config.iou_threshold
+        self.smooth_l1_beta = config.smooth_l1_beta
+        self.level_weights: Tensor | None = None
+
+    def forward(
+        self,
+        features: list[Tensor],
+        strides: list[int],
+        proposals: list[Tensor],
+        sizes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor], dict]:
+        """Returns (detections per image in as-fed pixels, losses, stats)."""
+        if targets is not None:
+            proposals, labels, reg_targets, gt_sizes, stats = self.sample(proposals, targets)
+        rois = torch.cat(
+            [torch.cat([p.new_full((len(p), 1), i), p], dim=1) for i, p in enumerate(proposals)]
+        )
+        x = self.box_head(self.pooler(features, rois, strides))
+        class_logits, box_deltas = self.predictor(x)
+        if targets is None:
+            return self.postprocess(class_logits, box_deltas, proposals, sizes), {}, {}
+        levels = self.pooler.levels(rois[:, 1:], strides)
+        losses, loss_stats = self.loss(
+            class_logits, box_deltas, labels, reg_targets, gt_sizes, levels, len(strides)
+        )
+        stats.update(loss_stats)
+        return [], losses, stats
+
+    def sample(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]):
+        """Add GTs to the proposals, match at `iou_threshold`, sample positives and negatives."""
+        out_props, out_labels, out_regs, out_sizes, ious = [], [], [], [], []
+        pos_targets = []
+        matcher = Matcher(self.iou_threshold, self.iou_threshold, allow_low_quality_matches=False)
+        for props, target in zip(proposals, targets, strict=True):
+            gt, gt_labels = target["boxes"], target["labels"]
+            props = torch.cat([props, gt])
+            if gt.numel():
+                iou = box_iou(gt, props)
+                max_iou = iou.max(dim=0).values
+            else:
+                iou = props.new_zeros((0, len(props)))
+                max_iou = props.new_zeros(len(props))
+            ious.append(max_iou)
+            matched = ignore_near(
+                props, matcher(iou), target.get("ignore"), self.config.ignore_iou_threshold
+            )
+            labels = torch.full_like(matched, self.num_classes)
+            fg = matched >= 0
+            labels[fg] = gt_labels[matched[fg]]
+            flag = fg.long() - (matched == -2).long()
+            pos, neg = self.sampler(flag)
+            keep = torch.where(pos | neg)[0]
+            props, matched, labels = props[keep], matched[keep], labels[keep]
+            fg = matched >= 0
+            regs = props.new_zeros((len(keep), 4))
+            sizes = torch.full_like(labels, -1)
+            if bool(fg.any()):
+                matched_gt = gt[matched[fg]]
+                regs[fg] = self.box_coder.encode(matched_gt, props[fg])
+                sizes[fg] = size_bucket(matched_gt)
+                pos_targets.append(regs[fg])
+            out_props.append(props)
+            out_labels.append(labels)
+            out_regs.append(regs)
+            out_sizes.append(sizes)
+        stats = {
+            "proposal_ious": ious,
+            "pos_reg_targets": torch.cat(pos_targets)
+            if pos_targets
+            else proposals[0].new_zeros((0, 4)),
+        }
+        return out_props, torch.cat(out_labels), torch.cat(out_regs), torch.cat(out_sizes), stats
+
+    def loss(self, class_logits, box_deltas, labels, reg_targets, gt_sizes, levels, num_levels):
+        weights = element_weights(levels, self.level_weights)
+        cls = F.cross_entropy(class_logits, labels, reduction="none")
+        fg = torch.where(labels < self.num_classes)[0]
+        pred = box_deltas.view(len(labels), -1, 4)[fg, labels[fg]]
+        box = smooth_l1_loss(pred, reg_targets[fg], self.smooth_l1_beta).sum(dim=1)
+        norm = max(labels.numel(), 1)
+        losses = {
+            "loss_cls": (cls * weights).sum() / norm,
+            "loss_box_reg": (box * weights[fg]).sum() / norm,
+        }
+        sizes = gt_sizes[fg]
+        stats = {
+            "level_losses": {
+                "rcnn": per_level_sum(
+                    torch.cat([cls, box]).detach(), torch.cat([levels, levels[fg]]), num_levels
+                )
+                / norm
+            },
+            "reg_loss_by_size": per_level_sum(box.detach(), sizes, 3),
+            "cls_loss_by_size": per_level_sum(cls[fg].detach(), sizes, 3),
+        }
+        return losses, stats
+
+    def postprocess(
+        self,
+        class_logits: Tensor,
+        box_deltas: Tensor,
+        proposals: list[Tensor],
+        sizes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        """Per class: score threshold, NMS, then the top detections per image."""
+        cfg = self.config
+        c = self.num_classes
+        scores_all = F.softmax(class_logits, dim=-1)[:, :c]
+        boxes_all = self.box_coder.decode(box_deltas, torch.cat(proposals))
+        results = []
+        start = 0
+        for props, size in zip(proposals, sizes, strict=True):
+            n = len(props)
+            scores = scores_all[start : start + n].reshape(-1)
+            boxes = clip_boxes_to_image(boxes_all[start : start + n].reshape(-1, 4), size)
+            labels = torch.arange(c, device=scores.device).repeat(n)
+            start += n
+            keep = torch.where(scores > cfg.score_threshold)[0]
+            keep = keep[remove_small_boxes(boxes[keep], 1e-2)]
+            keep = keep[batched_nms(boxes[keep], scores[keep], labels[keep], cfg.nms_threshold)]
+            keep = keep[: cfg.detections_per_image]
+            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        return results

@@ -1,0 +1,199 @@
+"""Region Proposal Network (Ren et al. 2015), on one level (C4) or on every FPN level."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from podkit.models.output import element_weights, per_level_sum
+from podkit.ops import (
+    AnchorGenerator,
+    BalancedSampler,
+    BoxCoder,
+    Matcher,
+    batched_nms,
+    box_iou,
+    clip_boxes_to_image,
+    remove_small_boxes,
+    smooth_l1_loss,
+)
+from podkit.ops.matcher import ignore_near
+
+
+@dataclass
+class RPNConfig:
+    """Options of the RPN. Top-k before NMS is per level; after NMS per image."""
+
+    anchor_sizes: tuple[tuple[float, ...], ...] = ((32,), (64,), (128,), (256,), (512,))
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    pre_nms_top_n_train: int = 2000
+    pre_nms_top_n_test: int = 1000
+    post_nms_top_n_train: int = 1000
+    post_nms_top_n_test: int = 1000
+    nms_threshold: float = 0.7
+    fg_iou_threshold: float = 0.7
+    bg_iou_threshold: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    smooth_l1_beta: float = 1.0 / 9
+    min_size: float = 1e-3
+    ignore_iou_threshold: float = 0.3
+
+
+class RPNHead(nn.Module):
+    """3x3 conv + ReLU shared by all levels, then objectness (A) and deltas (4A) per location."""
+
+    def __init__(self, in_channels: int, num_anchors: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        self.cls_logits = nn.Conv2d(in_channels, num_anchors, 1)
+        self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 1)
+        for layer in (self.conv, self.cls_logits, self.bbox_pred):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        logits, deltas = [], []
+        for x in features:
+            t = F.relu(self.conv(x))
+            logits.append(self.cls_logits(t))
+            deltas.append(self.bbox_pred(t))
+        return logits, deltas
+
+
+def flatten_level(x: Tensor, channels_per_anchor: int) -> Tensor:
+    """(B, A*C, H, W) -> (B, H*W*A, C): the anchor layout of AnchorGenerator."""
+    b, _, h, w = x.shape
+    return (
+        x.view(b, -1, channels_per_anchor, h, w)
+        .permute(0, 3, 4, 1, 2)
+        .reshape(b, -1, channels_per_anchor)
+    )
+
+
+class RPN(nn.Module):
+    """Proposals and the RPN losses. `level_weights` (per level) rebalances the loss (AVW/RLO)."""
+
+    def __init__(self, in_channels: int, config: RPNConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.anchor_generator = AnchorGenerator(config.anchor_sizes, config.aspect_ratios)
+        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors_per_location)
+        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.matcher = Matcher(
+            config.fg_iou_threshold, config.bg_iou_threshold, allow_low_quality_matches=True
+        )
+        self.sampler = BalancedSampler(config.batch_size_per_image, config.positive_fraction)
+        self.nms_threshold = config.nms_threshold
+        self.level_weights: Tensor | None = None
+
+    def forward(
+        self,
+        features: list[Tensor],
+        strides: list[int],
+        sizes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[Tensor], dict[str, Tensor], dict]:
+        """Returns (proposals per image, losses, stats)."""
+        logits, deltas = self.head(features)
+        anchors = self.anchor_generator(
+            [f.shape[-2:] for f in features], strides, features[0].device
+        )
+        logits = [flatten_level(x, 1).squeeze(-1) for x in logits]
+        deltas = [flatten_level(x, 4) for x in deltas]
+        proposals = self.propose(
+            anchors, [x.detach() for x in logits], [x.detach() for x in deltas], sizes
+        )
+        losses, stats = {}, {}
+        if targets is not None:
+            losses, stats = self.loss(anchors, logits, deltas, targets)
+        return proposals, losses, stats
+
+    def propose(
+        self,
+        anchors: list[Tensor],
+        logits: list[Tensor],
+        deltas: list[Tensor],
+        sizes: list[tuple[int, int]],
+    ) -> list[Tensor]:
+        """Top-k per level, decode, clip, drop tiny boxes, NMS per level, top-k per image."""
+        cfg = self.config
+        pre_n = cfg.pre_nms_top_n_train if self.training else cfg.pre_nms_top_n_test
+        post_n = cfg.post_nms_top_n_train if self.training else cfg.post_nms_top_n_test
+        boxes_l, scores_l, level_l = [], [], []
+        for level, (a, s, d) in enumerate(zip(anchors, logits, deltas, strict=True)):
+            k = min(pre_n, s.shape[1])
+            top_s, top_i = s.topk(k, dim=1)
+            top_d = torch.gather(d, 1, top_i[..., None].expand(-1, -1, 4))
+            boxes = self.box_coder.decode(top_d.reshape(-1, 4), a[top_i.reshape(-1)]).view(
+                s.shape[0], k, 4
+            )
+            boxes_l.append(boxes)
+            scores_l.append(top_s)
+            level_l.append(torch.full((k,), level, dtype=torch.int64, device=s.device))
+        all_boxes = torch.cat(boxes_l, dim=1)
+        all_scores = torch.cat(scores_l, dim=1)
+        all_levels = torch.cat(level_l)
+        proposals = []
+        for boxes, scores, size in zip(all_boxes, all_scores, sizes, strict=True):
+            boxes = clip_boxes_to_image(boxes, size)
+            keep = remove_small_boxes(boxes, cfg.min_size)
+            keep = keep[
+                batched_nms(boxes[keep], scores[keep], all_levels[keep], self.nms_threshold)
+            ]
+            proposals.append(boxes[keep[:post_n]])
+        return proposals
+
+    def loss(
+        self,
+        anchors: list[Tensor],
+        logits: list[Tensor],
+        deltas: list[Tensor],
+        targets: list[dict[str, Tensor]],
+    ) -> tuple[dict[str, Tensor], dict]:
+        cfg = self.config
+        all_anchors = torch.cat(anchors)
+        levels = torch.cat(
+            [
+                torch.full((len(a),), i, dtype=torch.int64, device=a.device)
+                for i, a in enumerate(anchors)
+            ]
+        )
+        logits = torch.cat(logits, dim=1)
+        deltas = torch.cat(deltas, dim=1)
+        weights = element_weights(levels, self.level_weights)
+        cls_terms, box_terms, level_terms, sampled = [], [], [], 0
+        for img, target in enumerate(targets):
+            gt = target["boxes"]
+            matched = self.matcher(box_iou(gt, all_anchors))
+            matched = ignore_near(
+                all_anchors, matched, target.get("ignore"), cfg.ignore_iou_threshold
+            )
+            labels = (matched >= 0).long() - (matched == -2).long()  # 1 pos, 0 neg, -1 ignore
+            pos, neg = self.sampler(labels)
+            idx = torch.where(pos | neg)[0]
+            pos_idx = torch.where(pos)[0]
+            sampled += idx.numel()
+            cls = F.binary_cross_entropy_with_logits(
+                logits[img, idx], pos[idx].to(logits.dtype), reduction="none"
+            )
+            reg_targets = self.box_coder.encode(gt[matched[pos_idx]], all_anchors[pos_idx])
+            box = smooth_l1_loss(deltas[img, pos_idx], reg_targets, cfg.smooth_l1_beta).sum(dim=1)
+            cls_terms.append((cls * weights[idx]).sum())
+            box_terms.append((box * weights[pos_idx]).sum())
+            level_terms.append(
+                per_level_sum(
+                    torch.cat([cls, box]).detach(),
+                    torch.cat([levels[idx], levels[pos_idx]]),
+                    len(anchors),
+                )
+            )
+        norm = max(sampled, 1)
+        losses = {
+            "loss_rpn_cls": torch.stack(cls_terms).sum() / norm,
+            "loss_rpn_box": torch.stack(box_terms).sum() / norm,
+        }
+        return losses, {"level_losses": {"rpn": torch.stack(level_terms).sum(0) / norm}}

@@ -1,0 +1,60 @@
+"""Anchor boxes for every feature level, cached per feature size."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def cell_anchors(sizes: tuple[float, ...], aspect_ratios: tuple[float, ...]) -> Tensor:
+    """Anchors centred on (0, 0): one per (ratio, size), ratio = height / width, area = size^2."""
+    scales = torch.as_tensor(sizes, dtype=torch.float32)
+    ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
+    h_ratios = torch.sqrt(ratios)
+    w_ratios = 1 / h_ratios
+    ws = (w_ratios[:, None] * scales[None, :]).reshape(-1)
+    hs = (h_ratios[:, None] * scales[None, :]).reshape(-1)
+    return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
+
+
+class AnchorGenerator(nn.Module):
+    """Anchors per level: `sizes[i]` and `aspect_ratios` on a grid of stride `strides[i]`.
+
+    The grid for a given (feature size, stride) is computed once and cached, so a training
+    run at fixed input sizes builds its anchors once.
+    """
+
+    def __init__(
+        self,
+        sizes: tuple[tuple[float, ...], ...],
+        aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
+    ) -> None:
+        super().__init__()
+        self.sizes = sizes
+        self.aspect_ratios = aspect_ratios
+        self.cell = [cell_anchors(s, aspect_ratios) for s in sizes]
+        self._cache: dict[tuple, Tensor] = {}
+
+    @property
+    def num_anchors_per_location(self) -> int:
+        return len(self.sizes[0]) * len(self.aspect_ratios)
+
+    def grid_anchors(self, level: int, size: tuple[int, int], stride: int, device) -> Tensor:
+        """(H * W * A, 4) anchors, location-major then anchor, as the heads lay them out."""
+        key = (level, size, stride, str(device))
+        if key not in self._cache:
+            h, w = size
+            shift_x = torch.arange(w, dtype=torch.float32, device=device) * stride
+            shift_y = torch.arange(h, dtype=torch.float32, device=device) * stride
+            sy, sx = torch.meshgrid(shift_y, shift_x, indexing="ij")
+            shifts = torch.stack((sx, sy, sx, sy), dim=-1).reshape(-1, 1, 4)
+            self._cache[key] = (shifts + self.cell[level].to(device)[None]).reshape(-1, 4)
+        return self._cache[key]
+
+    def forward(
+        self, feature_sizes: list[tuple[int, int]], strides: list[int], device
+    ) -> list[Tensor]:
+        return [
+            self.grid_anchors(i, size, stride, device)
+            for i, (size, stride) in enumerate(zip(feature_sizes, strides, strict=True))
+        ]

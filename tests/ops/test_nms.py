@@ -1,0 +1,114 @@
+import importlib
+import math
+
+import pytest
+import torch
+
+from podkit.ops import batched_nms, box_iou, nms, soft_nms
+
+nms_module = importlib.import_module("podkit.ops.nms")
+
+
+def brute_force_nms(boxes, scores, threshold):
+    """The textbook sequential algorithm, one box at a time."""
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    keep = []
+    for i in order:
+        if all(box_iou(boxes[i : i + 1], boxes[j : j + 1]).item() <= threshold for j in keep):
+            keep.append(i)
+    return keep
+
+
+def clustered_boxes(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(max(n // 8, 1), 2, generator=g) * 200
+    c = centres[torch.randint(len(centres), (n,), generator=g)] + torch.randn(n, 2, generator=g) * 6
+    wh = torch.rand(n, 2, generator=g) * 30 + 10
+    return torch.cat([c - wh / 2, c + wh / 2], 1), torch.rand(n, generator=g)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nms_equals_sequential_reference(threshold, seed):
+    boxes, scores = clustered_boxes(150, seed)
+    assert nms(boxes, scores, threshold).tolist() == brute_force_nms(boxes, scores, threshold)
+
+
+def test_nms_suppression_chain_needs_several_rounds():
+    # box k overlaps only k+1: the sequential answer keeps every other box
+    boxes = torch.tensor([[k * 6.0, 0, k * 6.0 + 10, 10] for k in range(9)])
+    scores = torch.linspace(1, 0.1, 9)
+    assert (
+        nms(boxes, scores, 0.2).tolist() == brute_force_nms(boxes, scores, 0.2) == [0, 2, 4, 6, 8]
+    )
+
+
+def test_nms_ties_and_empty():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]])
+    scores = torch.tensor([0.5, 0.5, 0.5])
+    assert nms(boxes, scores, 0.5).tolist() == brute_force_nms(boxes, scores, 0.5)
+    assert nms(torch.zeros(0, 4), torch.zeros(0), 0.5).numel() == 0
+
+
+@pytest.mark.parametrize("dense_limit", [10_000, 50])
+def test_batched_nms_is_nms_per_group(monkeypatch, dense_limit):
+    monkeypatch.setattr(nms_module, "_BLOCK", 64)
+    monkeypatch.setattr(nms_module, "_BATCHED_NMS_DENSE_LIMIT", dense_limit)
+    boxes, scores = clustered_boxes(200, 3)
+    idxs = torch.randint(0, 4, (200,), generator=torch.Generator().manual_seed(5))
+    expected = []
+    for g in range(4):
+        members = torch.where(idxs == g)[0]
+        expected += [int(members[i]) for i in brute_force_nms(boxes[members], scores[members], 0.5)]
+    expected.sort(key=lambda i: (-float(scores[i]), i))
+    assert batched_nms(boxes, scores, idxs, 0.5).tolist() == expected
+
+
+def direct_soft_nms(boxes, scores, iou_threshold, sigma, score_threshold, method):
+    """Bodla et al.'s Algorithm 1, written with Python floats."""
+    b = boxes.tolist()
+    s = [float(x) for x in scores]
+    remaining = list(range(len(b)))
+    picked = []
+
+    def iou(i, j):
+        ix = max(0.0, min(b[i][2], b[j][2]) - max(b[i][0], b[j][0]))
+        iy = max(0.0, min(b[i][3], b[j][3]) - max(b[i][1], b[j][1]))
+        inter = ix * iy
+        area = lambda k: (b[k][2] - b[k][0]) * (b[k][3] - b[k][1])  # noqa: E731
+        return inter / (area(i) + area(j) - inter)
+
+    remaining = [i for i in remaining if s[i] >= score_threshold]
+    while remaining:
+        m = max(remaining, key=lambda i: (s[i], -i))
+        picked.append((m, s[m]))
+        remaining.remove(m)
+        for i in remaining:
+            o = iou(m, i)
+            if method == "linear":
+                s[i] *= (1 - o) if o > iou_threshold else 1.0
+            else:
+                s[i] *= math.exp(-o * o / sigma)
+        remaining = [i for i in remaining if s[i] >= score_threshold]
+    return picked
+
+
+@pytest.mark.parametrize("method", ["linear", "gaussian"])
+def test_soft_nms_matches_direct_implementation(method):
+    boxes, scores = clustered_boxes(60, 7)
+    index, decayed = soft_nms(boxes.double(), scores.double(), 0.3, 0.5, 0.01, method)
+    expected = direct_soft_nms(boxes.double(), scores.double(), 0.3, 0.5, 0.01, method)
+    assert index.tolist() == [i for i, _ in expected]
+    assert decayed.tolist() == pytest.approx([s for _, s in expected], abs=1e-9)
+
+
+def test_soft_nms_rejects_unknown_method():
+    with pytest.raises(ValueError, match="linear"):
+        soft_nms(torch.zeros(1, 4), torch.ones(1), method="hard")
+
+
+@pytest.mark.parametrize("block", [7, 64, 512])
+def test_nms_blocks_do_not_change_the_result(monkeypatch, block):
+    monkeypatch.setattr(nms_module, "_BLOCK", block)
+    boxes, scores = clustered_boxes(300, 11)
+    assert nms(boxes, scores, 0.5).tolist() == brute_force_nms(boxes, scores, 0.5)
