@@ -26,7 +26,9 @@ def taps(input, rois, pooled, scale, sampling_ratio):
     yi, yw = _axis_weights(y1, rh, pooled, s, sampling_ratio, h)
     xi, xw = _axis_weights(x1, rw, pooled, s, sampling_ratio, w)
     b = rois[:, 0].long()
-    flat = (b[:, None, None, None, None] * h + yi[:, :, None, :, None]) * w + xi[:, None, :, None, :]
+    flat = (b[:, None, None, None, None] * h + yi[:, :, None, :, None]) * w + xi[
+        :, None, :, None, :
+    ]
     weight = yw[:, :, None, :, None] * xw[:, None, :, None, :]
     return flat.reshape(k * pooled * pooled, -1), weight.reshape(k * pooled * pooled, -1)
 
@@ -38,7 +40,9 @@ def csr_matmul(input, rois, pooled, scale, sampling_ratio):
     crow = torch.arange(rows + 1) * t
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        matrix = torch.sparse_csr_tensor(crow, index.reshape(-1), weight.reshape(-1), (rows, n * h * w))
+        matrix = torch.sparse_csr_tensor(
+            crow, index.reshape(-1), weight.reshape(-1), (rows, n * h * w)
+        )
     features = input.permute(0, 2, 3, 1).contiguous().view(-1, c)
     return (matrix @ features).view(rois.shape[0], pooled, pooled, c).permute(0, 3, 1, 2)
 
@@ -62,7 +66,11 @@ def main() -> None:
     xy = torch.rand(1000, 2, generator=g) * 400
     wh = torch.rand(1000, 2, generator=g) * 100 + 4
     rois = torch.cat([torch.zeros(1000, 1), xy, xy + wh], 1)
-    impls = {"embedding_bag (podkit)": roi_align, "sparse CSR matmul": csr_matmul, "dense gather": dense_gather}
+    impls = {
+        "embedding_bag (podkit)": roi_align,
+        "sparse CSR matmul": csr_matmul,
+        "dense gather": dense_gather,
+    }
     reference = roi_align(feature, rois, 7, 0.25, 2)
     times = {name: [] for name in impls}
     with torch.no_grad():
@@ -73,7 +81,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 fn(feature, rois, 7, 0.25, 2)
                 times[name].append(time.perf_counter() - t0)
-    print(f"RoIAlign 1000 RoIs, 256x128x128 feature, 7x7, sampling 2, {args.threads} threads, median of {args.repeats}")
+    print(
+        f"RoIAlign 1000 RoIs, 256x128x128 feature, 7x7, sampling 2, {args.threads} threads, median of {args.repeats}"
+    )
     for name, ts in times.items():
         print(f"  {name:24s} {statistics.median(ts) * 1000:7.1f} ms")
 

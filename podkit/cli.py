@@ -39,16 +39,231 @@ def user_errors(fn):
     return wrapper
 
 
+data_app = typer.Typer(help="Data sets: generate the built-in one.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("synth")
+@user_errors
+def data_synth(
+    out: Path = typer.Argument(
+        ..., help="Folder to write {train,val}/*.png and annotations/{train,val}.json."
+    ),
+    train: int = typer.Option(2000, help="Training images."),
+    val: int = typer.Option(300, help="Validation images."),
+    size: int = typer.Option(
+        256, help="Typical image side in pixels (each side varies by +-15 %)."
+    ),
+    seed: int = typer.Option(0, help="Seed: the same seed writes the same set."),
+) -> None:
+    """Generate the built-in synthetic set (10 classes of textured shapes, COCO json)."""
+    from rich.progress import Progress
+
+    from podkit.data.synthetic import dataset_statistics, write_split
+
+    with Progress(console=console) as progress:
+        for split, count in (("train", train), ("val", val)):
+            task = progress.add_task(f"synth {split}", total=count)
+            path = write_split(out, split, count, size, seed, lambda t=task: progress.advance(t))
+            stats = dataset_statistics(path)
+            progress.console.print(
+                f"{path}: {count} images, {stats['instances_per_image']:.1f} objects/image, "
+                f"{100 * stats['instances_small']:.0f} % small; images with small/medium/large: "
+                f"{100 * stats['images_with_small']:.0f} / {100 * stats['images_with_medium']:.0f} / {100 * stats['images_with_large']:.0f} %"
+            )
+
+
+@app.command()
+@user_errors
+def train(
+    config: Path = typer.Argument(..., help="YAML config (see configs/)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Run folder: config.yaml, last.pt, metrics.jsonl, eval.json."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a config key: --set train.max_iter=100 (value parsed as YAML)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
+) -> None:
+    """Train a detector (torchrun --nproc_per_node N -m podkit.cli train ... for several processes)."""
+    from podkit.config import load_config
+    from podkit.train.loop import NonFiniteLossError
+    from podkit.train.loop import train as run_training
+
+    cfg = load_config(config, set_)
+    try:
+        result = run_training(cfg, out, resume=resume, console=console)
+    except NonFiniteLossError as exc:
+        console.print(f"[bold red]stopped:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if result.status == "interrupted":
+        console.print(
+            f"interrupted at iteration {result.iteration}; checkpoint {out / 'last.pt'} saved, continue with --resume"
+        )
+        raise typer.Exit(130)
+    console.print(f"done: {result.iteration} iterations, checkpoint {out / 'last.pt'}")
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    checkpoint: Path = typer.Argument(..., help="A podkit checkpoint."),
+    out: Path = typer.Option(Path("eval.json"), "--out", help="Where to write the metrics."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override the checkpoint's config, e.g. --set data.val.ann=other.json."
+    ),
+) -> None:
+    """COCO metrics (AP, AP50, AP75, APs/m/l, AP60-AP90) of a checkpoint on data.val."""
+    import json
+
+    from podkit.train.evaluate import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(checkpoint, set_, console=console)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2))
+    console.print(f"wrote {out}")
+
+
+@app.command()
+@user_errors
+def info(checkpoint: Path = typer.Argument(..., help="A podkit checkpoint.")) -> None:
+    """What a checkpoint holds: model, classes, iteration, methods, sizes."""
+    from rich.table import Table
+
+    from podkit.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt["config"]
+    model = cfg["model"]
+    table = Table(title=str(checkpoint), show_header=False)
+    n_params = sum(
+        v.numel()
+        for k, v in ckpt["model"].items()
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
+    rows = [
+        (
+            "model",
+            f"{model['arch']} R{model['depth']} width {model['width']}"
+            + (" GSL" if model.get("gsl") else ""),
+        ),
+        ("parameters", f"{n_params / 1e6:.2f}M"),
+        ("classes", f"{len(ckpt.get('classes', []))}: {', '.join(ckpt.get('classes', []))}"),
+        ("iteration", f"{ckpt.get('iteration', '?')} of {cfg['train']['max_iter']}"),
+        ("methods", ", ".join(m["name"] for m in cfg.get("methods", [])) or "none"),
+        ("train sizes", f"min {cfg['data']['min_size']} max {cfg['data']['max_size']}"),
+        ("holds", ", ".join(sorted(ckpt))),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def scales(
+    checkpoint: Path = typer.Argument(..., help="A GSL checkpoint (trained with model.gsl=true)."),
+    images: int = typer.Option(
+        500, "--images", help="Training images to average over (no augmentation)."
+    ),
+    out: Path = typer.Option(Path("scales.json"), "--out", help="Where to write the scales."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also plot mean +- std per layer (PNG)."),
+) -> None:
+    """Learned dilations (d_h, d_w) per GSL conv: mean and std over N images."""
+    import json
+
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from podkit.pod.scales import plot_scales, scales_from_checkpoint
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("scales", total=images)
+        result = scales_from_checkpoint(checkpoint, images, lambda: progress.advance(task))
+    table = Table(title=f"learned scales over {result['images']} images")
+    for column in ("layer", "d_h", "d_w"):
+        table.add_column(column)
+    for layer in result["layers"]:
+        table.add_row(
+            layer["name"],
+            f"{layer['d_h_mean']:.2f} +- {layer['d_h_std']:.2f}",
+            f"{layer['d_w_mean']:.2f} +- {layer['d_w_std']:.2f}",
+        )
+    console.print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    console.print(f"wrote {out}")
+    if plot is not None:
+        plot_scales(result, plot)
+        console.print(f"wrote {plot}")
+
+
+@app.command()
+@user_errors
+def decompose(
+    checkpoint: Path = typer.Argument(..., help="A GSL checkpoint."),
+    scales_file: Path = typer.Option(..., "--scales", help="scales.json from `podkit scales`."),
+    out: Path = typer.Option(..., "--out", help="The FD checkpoint to write."),
+    plan_file: Path | None = typer.Option(None, "--plan", help="Also write the plan as JSON."),
+    zero_dilation_init: str = typer.Option(
+        "sum", help="Size-1 kernel directions from the 'sum' of the 3 taps or the 'centre' tap."
+    ),
+    channel_multiple: int = typer.Option(
+        16, help="Round the upper part's channels to this multiple (1: the paper's exact alpha)."
+    ),
+) -> None:
+    """Split every GSL conv into integer-dilation convs (weights transferred): the FD network."""
+    import json
+
+    from rich.table import Table
+
+    from podkit.pod.decompose import decompose_checkpoint
+
+    try:
+        scales_doc = json.loads(scales_file.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{scales_file}: scales file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{scales_file}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
+    plan = decompose_checkpoint(checkpoint, scales_doc, out, channel_multiple, zero_dilation_init)
+    table = Table(title="scale decomposition plan")
+    for column in ("layer", "d_h", "d_w", "alpha", "parts (dilation / kernel / channels)"):
+        table.add_column(column)
+    for layer in plan:
+        desc = " + ".join(
+            f"d{tuple(p['dilation'])} k{p['kernel'][0]}x{p['kernel'][1]} c{p['out_channels']}"
+            for p in layer["parts"]
+        )
+        table.add_row(
+            layer["name"],
+            f"{layer['d_h']:.2f}",
+            f"{layer['d_w']:.2f}",
+            f"{layer['alpha']:.2f}",
+            desc,
+        )
+    console.print(table)
+    if plan_file is not None:
+        plan_file.parent.mkdir(parents=True, exist_ok=True)
+        plan_file.write_text(json.dumps(plan, indent=2))
+        console.print(f"wrote {plan_file}")
+    console.print(f"wrote {out}")
+
+
 @app.command()
 @user_errors
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo's outputs."),
-    steps: int = typer.Option(20, help="Training steps of the tiny detectors."),
+    out: Path = typer.Option(
+        Path("runs/demo"), help="Folder for the demo's data, runs and report.md."
+    ),
+    iters: int = typer.Option(300, help="Training iterations per detector."),
+    train_images: int = typer.Option(400, help="Synthetic training images."),
+    val_images: int = typer.Option(100, help="Synthetic validation images."),
+    size: int = typer.Option(192, help="Image size of the synthetic set."),
 ) -> None:
-    """Run the pipeline on built-in data (CPU, a few minutes)."""
+    """The pipeline on the built-in data, on the CPU: synth -> train -> evaluate -> report."""
     from podkit.demo import run_demo
 
-    run_demo(out, steps=steps, console=console)
+    run_demo(out, iters, train_images, val_images, size, console=console)
 
 
 if __name__ == "__main__":

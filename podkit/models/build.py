@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -13,6 +16,8 @@ from podkit.models.retinanet import RetinaNet, RetinaNetConfig
 from podkit.models.roi_heads import Res5Head, RoIHeadConfig, RoIHeads, TwoMLPHead
 from podkit.models.rpn import RPN, RPNConfig
 from podkit.ops import MultiScaleRoIAlign
+from podkit.pod.decompose import apply_plan
+from podkit.pod.gsl import to_gsl
 
 ARCHS = ("faster_rcnn_fpn", "faster_rcnn_c4", "retinanet")
 
@@ -28,7 +33,11 @@ class ModelConfig:
     norm: str = "frozen"
     freeze_at: int = 2
     fpn_channels: int = 256
-    gsl: bool = False
+    gsl: bool = False  # 3x3 convs of gsl_stages learn their dilation (POD's GSL)
+    gsl_stages: list[str] = field(default_factory=lambda: ["layer2", "layer3", "layer4"])
+    fd_plan: str | list[dict[str, Any]] | None = (
+        None  # FD network: a plan.json path or the plan itself
+    )
     init_from: str | None = None
     backbone_weights: str | None = None
     rpn: RPNConfig = field(default_factory=RPNConfig)
@@ -103,7 +112,34 @@ def build_detector(cfg: ModelConfig) -> nn.Module:
                 model.roi_heads.box_head, cfg.backbone_weights, {"layer4.": "res5."}
             )
         body.freeze(cfg.freeze_at)
+    if cfg.gsl and cfg.fd_plan:
+        raise ValueError(
+            "model.gsl and model.fd_plan exclude each other: FD is what GSL decomposes into"
+        )
+    if cfg.gsl:
+        to_gsl(model, tuple(cfg.gsl_stages))
+    if cfg.fd_plan:
+        # FD from a plan: the split parts start from the (ImageNet or random) 3x3 weights
+        apply_plan(model, read_plan(cfg.fd_plan))
     return model
+
+
+def read_plan(plan: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The decomposition plan, given inline or as a plan.json path."""
+    if isinstance(plan, list):
+        return plan
+    path = Path(plan)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: plan file not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from exc
+    if not isinstance(data, list) or not all(
+        isinstance(x, dict) and "name" in x and "parts" in x for x in data
+    ):
+        raise ValueError(f"{path}: not a plan (a list of {{name, parts, ...}})")
+    return data
 
 
 def _sampling(cfg: RoIHeadConfig, default: int) -> int:

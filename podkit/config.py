@@ -1,0 +1,214 @@
+"""Run configuration: dataclasses, YAML files and `--set a.b=value` overrides.
+
+Each part owns its dataclass (models/build.py has `ModelConfig`); `Config` composes them.
+Values are type-checked against the annotations when loaded, and an unknown key fails
+with the list of valid ones, so a typo never silently trains the wrong thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from podkit.models.build import ModelConfig
+
+
+@dataclass
+class DatasetConfig:
+    """One split: `format` coco (ann = json file) or voc (ann = folder of xml files)."""
+
+    format: str = "coco"
+    ann: str = ""
+    images: str = ""
+    classes: list[str] | None = None
+
+
+@dataclass
+class DataConfig:
+    train: DatasetConfig = field(default_factory=DatasetConfig)
+    val: DatasetConfig = field(default_factory=DatasetConfig)
+    min_size: list[int] = field(
+        default_factory=lambda: [800]
+    )  # shorter side; random choice in training
+    max_size: int = 1333  # cap on the longer side
+    test_min_size: int = 800
+    flip: float = 0.5
+    size_divisible: int = 32
+    aspect_grouping: bool = True
+
+
+@dataclass
+class TrainConfig:
+    max_iter: int = 90000
+    batch_size: int = 16  # images per iteration, over all processes
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    steps: list[float] = field(
+        default_factory=lambda: [2 / 3, 8 / 9]
+    )  # decay points, fractions of max_iter
+    gamma: float = 0.1
+    clip_grad_norm: float | None = None
+    amp: bool = False  # CUDA only
+    checkpoint_every: int = 5000
+    eval_every: int = 0  # 0: only at the end
+    log_every: int = 20
+    seed: int = 0
+    device: str = "cpu"
+    workers: int = 2
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 2
+    max_images: int | None = None
+    multiscale: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    methods: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Defaults <- YAML file <- `key.sub=value` overrides (values parsed as YAML)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: malformed YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{path}: a config file must be a mapping of sections, got {type(data).__name__}"
+            )
+    for item in overrides:
+        apply_override(data, item)
+    return from_dict(Config, data, "")
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`[1, 2]`, `true`, ...)."""
+    if "=" not in item:
+        raise ValueError(f"--set {item!r}: expected key.sub=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {item!r}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a dict, checking every key and value type."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"unknown config key {_join(where, key)!r}{hint}; valid keys: {', '.join(names)}"
+            )
+    kwargs = {key: _coerce(value, hints[key], _join(where, key)) for key, value in data.items()}
+    return cls(**kwargs)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if tp is Any:
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ValueError(f"{where}: expected {len(args)} values, got {len(value)}")
+            return tuple(
+                _coerce(v, a, f"{where}[{i}]")
+                for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{where}: expected a string, got {value!r}")
+    raise ValueError(f"{where}: unsupported config type {tp}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict (lists, not tuples) for YAML files and checkpoints."""
+
+    def plain(x):
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,1 @@
+"""POD: Global Scale Learner, learned scales, scale decomposition into FD networks."""

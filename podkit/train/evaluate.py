@@ -1,0 +1,185 @@
+"""COCO-style evaluation through pycocotools: AP, AP50, AP75, APs/m/l and AP60-AP90, in percent."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from podkit.data import LoadedDataset
+from podkit.data.loader import DetectionDataset, eval_batches, make_loader
+from podkit.data.records import Record
+
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP60", "AP70", "AP80", "AP90")
+
+
+def coco_from_records(records: list[Record], classes: list[str], category_ids: list[int]) -> COCO:
+    """A COCO ground-truth object for data sets that were not COCO json (VOC); ignore regions
+    become crowd boxes, which COCOeval neither rewards nor penalises."""
+    images, anns = [], []
+    for rec in records:
+        images.append({"id": rec.image_id, "width": rec.width, "height": rec.height})
+        for boxes, labels, crowd in (
+            (rec.boxes, rec.labels, 0),
+            (rec.ignore, np.zeros(len(rec.ignore), np.int64), 1),
+        ):
+            for box, label in zip(boxes.tolist(), labels.tolist(), strict=True):
+                w, h = box[2] - box[0], box[3] - box[1]
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": rec.image_id,
+                        "category_id": category_ids[label],
+                        "bbox": [box[0], box[1], w, h],
+                        "area": w * h,
+                        "iscrowd": crowd,
+                    }
+                )
+    api = COCO()
+    api.dataset = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": c, "name": n} for c, n in zip(category_ids, classes, strict=True)],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        api.createIndex()
+    return api
+
+
+def to_coco_results(
+    detections: list[dict], image_ids: list[int], category_ids: list[int]
+) -> list[dict]:
+    """Detections (original pixels, contiguous labels) as COCO result entries (xywh)."""
+    results = []
+    for det, image_id in zip(detections, image_ids, strict=True):
+        boxes = det["boxes"].tolist()
+        for box, score, label in zip(
+            boxes, det["scores"].tolist(), det["labels"].tolist(), strict=True
+        ):
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": category_ids[label],
+                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                    "score": float(score),
+                }
+            )
+    return results
+
+
+def coco_metrics(
+    coco_gt: COCO, results: list[dict], image_ids: list[int] | None = None
+) -> dict[str, float | None]:
+    """Run COCOeval (bbox); undefined metrics (no GT of that kind) are None."""
+    if not results:
+        return dict.fromkeys(METRIC_KEYS, 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = evaluator.stats
+    out = {k: _percent(stats[i]) for i, k in enumerate(METRIC_KEYS[:6])}
+    precision = evaluator.eval["precision"]  # [T, R, K, A, M]; T = 0.50:0.05:0.95
+    for key, t in (("AP60", 2), ("AP70", 4), ("AP80", 6), ("AP90", 8)):
+        p = precision[t, :, :, 0, -1]  # all areas, 100 detections
+        out[key] = _percent(float(np.mean(p[p > -1]))) if (p > -1).any() else None
+    return out
+
+
+def _percent(x: float) -> float | None:
+    return None if x < 0 else round(100.0 * float(x), 3)
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    dataset: LoadedDataset,
+    min_size: int,
+    max_size: int,
+    batch_size: int,
+    device,
+    workers: int = 0,
+    max_images: int | None = None,
+    progress=None,
+) -> tuple[list[dict], list[int]]:
+    """Detections for every image of `dataset` (original pixels, on the CPU), and their ids."""
+    records = dataset.records[:max_images] if max_images else dataset.records
+    loader = make_loader(
+        DetectionDataset(records, max_size),
+        eval_batches(len(records), batch_size, min_size),
+        workers,
+    )
+    was_training = model.training
+    model.eval()
+    detections, image_ids = [], []
+    for batch in loader:
+        out = model(batch.images.to(device))
+        detections += [{k: v.cpu() for k, v in d.items()} for d in out.detections]
+        image_ids += [m["image_id"] for m in batch.meta]
+        if progress is not None:
+            progress(len(batch.meta))
+    model.train(was_training)
+    return detections, image_ids
+
+
+def evaluate(
+    model: torch.nn.Module,
+    dataset: LoadedDataset,
+    min_size: int,
+    max_size: int,
+    batch_size: int,
+    device,
+    workers: int = 0,
+    max_images: int | None = None,
+    progress=None,
+) -> dict[str, float | None]:
+    detections, image_ids = predict(
+        model, dataset, min_size, max_size, batch_size, device, workers, max_images, progress
+    )
+    gt = dataset.coco or coco_from_records(dataset.records, dataset.classes, dataset.category_ids)
+    return coco_metrics(gt, to_coco_results(detections, image_ids, dataset.category_ids), image_ids)
+
+
+def evaluate_checkpoint(
+    path, overrides: list[str] | tuple[str, ...] = (), console=None
+) -> dict[str, float | None]:
+    """`podkit eval`: the checkpoint's model on its config's data.val (overrides applied)."""
+    from podkit.data import load_dataset
+    from podkit.train.checkpoint import load_detector
+
+    model, cfg, _ = load_detector(path, overrides)
+    if not cfg.data.val.ann:
+        raise ValueError(
+            f"{path}: its config has no data.val; pass --set data.val.ann=... --set data.val.images=..."
+        )
+    dataset = load_dataset(cfg.data.val)
+    if len(dataset.classes) != cfg.model.num_classes:
+        raise ValueError(
+            f"{cfg.data.val.ann}: {len(dataset.classes)} classes, the model has {cfg.model.num_classes}"
+        )
+    device = torch.device(
+        "cuda" if cfg.train.device == "cuda" and torch.cuda.is_available() else "cpu"
+    )
+    metrics = evaluate(
+        model.to(device),
+        dataset,
+        cfg.data.test_min_size,
+        cfg.data.max_size,
+        cfg.eval.batch_size,
+        device,
+        cfg.train.workers,
+        cfg.eval.max_images,
+    )
+    if console is not None:
+        console.print(
+            "  ".join(f"{k} {v if v is None else f'{v:.1f}'}" for k, v in metrics.items())
+        )
+    return metrics

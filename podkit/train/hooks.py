@@ -1,0 +1,49 @@
+"""The interface through which training methods (DST, Dynamic R-CNN, SNIP, AVW/RLO) plug in.
+
+The loop calls, each iteration: batch = before_step(state, batch) for every hook in order;
+the forward pass; losses = loss(state, losses, stats); backward and optimizer step;
+after_step(state). A method changes behaviour only through the batch, the loss dict and
+explicit model attributes (`roi_heads.iou_threshold`, `level_weights`, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+
+@dataclass
+class TrainState:
+    """What a hook may read (and `metrics`, what it may add to the log line)."""
+
+    iteration: int  # iterations completed so far
+    max_iter: int
+    model: nn.Module  # the detector itself, not its DDP wrapper
+    draw_batch: Callable[[], Any]  # the next batch of the data stream (a collage draws k)
+    rank: int = 0
+    world_size: int = 1
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Hook:
+    """A training method. Every method is all no-ops by default."""
+
+    name = "hook"
+
+    def before_step(self, state: TrainState, batch):
+        return batch
+
+    def loss(self, state: TrainState, losses: dict[str, Tensor], stats: dict) -> dict[str, Tensor]:
+        return losses
+
+    def after_step(self, state: TrainState) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,70 @@
+import pytest
+
+from podkit.config import Config, dump_config, from_dict, load_config, to_dict
+
+
+def test_yaml_then_overrides_with_types(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  arch: retinanet\n  depth: 18\ntrain:\n  lr: 0.01\n")
+    cfg = load_config(
+        path,
+        [
+            "train.lr=0.5",
+            "data.min_size=[400, 500]",
+            "methods=[{name: dst}, {name: dynamic_rcnn}]",
+            "model.rpn.anchor_sizes=[[16], [32]]",
+            "train.clip_grad_norm=null",
+        ],
+    )
+    assert cfg.model.arch == "retinanet" and cfg.model.depth == 18
+    assert cfg.train.lr == 0.5 and isinstance(cfg.train.lr, float)
+    assert cfg.data.min_size == [400, 500]
+    assert cfg.methods == [{"name": "dst"}, {"name": "dynamic_rcnn"}]
+    assert cfg.model.rpn.anchor_sizes == ((16.0,), (32.0,))
+    assert cfg.train.clip_grad_norm is None
+
+
+def test_int_given_for_float_is_accepted_and_dump_round_trips(tmp_path):
+    cfg = load_config(None, ["train.lr=1", "model.width=0.25"])
+    assert cfg.train.lr == 1.0
+    dump_config(cfg, tmp_path / "out.yaml")
+    assert load_config(tmp_path / "out.yaml") == cfg
+    assert from_dict(Config, to_dict(cfg), "") == cfg
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.archh=x", r"unknown config key 'model.archh' \(did you mean 'arch'\?\)"),
+        ("train.max_iter=1.5", "train.max_iter: expected an integer"),
+        ("train.amp=yes please", "train.amp: expected true or false"),
+        ("data.min_size=800", "data.min_size: expected a list"),
+        ("model.rpn.anchor_sizes=[[a]]", r"model.rpn.anchor_sizes\[0\]\[0\]: expected a number"),
+        ("train.lr", "expected key.sub=value"),
+    ],
+)
+def test_bad_overrides_say_what_is_wrong(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_files_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ValueError, match="bad.yaml: malformed YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ValueError, match="scalar.yaml: a config file must be a mapping"):
+        load_config(scalar)
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)

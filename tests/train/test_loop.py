@@ -1,0 +1,123 @@
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from podkit.config import TrainConfig
+from podkit.train.checkpoint import load_checkpoint, save_checkpoint
+from podkit.train.hooks import Hook
+from podkit.train.loop import NonFiniteLossError, lr_factor, train
+from tests.conftest import tiny_config
+
+
+class CtrlCAt(Hook):
+    """Presses Ctrl-C (a real SIGINT) after the given iteration."""
+
+    name = "ctrl_c"
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_step(self, state):
+        if state.iteration == self.iteration:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+class PoisonLoss(Hook):
+    name = "poison"
+
+    def loss(self, state, losses, stats):
+        if state.iteration == 2:  # the third iteration
+            return {**losses, "loss_cls": losses["loss_cls"] * float("nan")}
+        return losses
+
+
+def losses_of(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_interrupted_and_resumed_run_logs_the_same_losses(synth_set, tmp_path):
+    cfg = tiny_config(synth_set, "data.min_size=[96, 128]", "data.flip=0.5", max_iter=6)
+    straight = train(cfg, tmp_path / "straight")
+    assert straight.status == "finished" and straight.iteration == 6
+    interrupted = train(cfg, tmp_path / "resumed", hooks=[CtrlCAt(3)])
+    assert interrupted.status == "interrupted" and interrupted.iteration == 3
+    assert load_checkpoint(tmp_path / "resumed/last.pt")["iteration"] == 3
+    resumed = train(cfg, tmp_path / "resumed", resume=True)
+    assert resumed.status == "finished" and resumed.iteration == 6
+    a, b = losses_of(tmp_path / "straight"), losses_of(tmp_path / "resumed")
+    assert [r["iter"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for x, y in zip(a, b, strict=True):
+        for key in ("loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box_reg", "lr"):
+            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-7), (x["iter"], key)
+    final_a = load_checkpoint(tmp_path / "straight/last.pt")["model"]
+    final_b = load_checkpoint(tmp_path / "resumed/last.pt")["model"]
+    for k in final_a:
+        assert torch.allclose(final_a[k].float(), final_b[k].float(), atol=1e-5), k
+
+
+def test_run_folder_contents(synth_set, tmp_path):
+    result = train(tiny_config(synth_set, max_iter=2), tmp_path / "run")
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {
+        "config.yaml",
+        "last.pt",
+        "metrics.jsonl",
+        "eval.json",
+    }
+    ckpt = torch.load(tmp_path / "run/last.pt", weights_only=True)
+    assert set(ckpt) >= {
+        "model",
+        "optimizer",
+        "scheduler",
+        "hooks",
+        "rng",
+        "iteration",
+        "data_position",
+        "config",
+    }
+    assert ckpt["config"]["train"]["max_iter"] == 2
+    assert set(json.loads((tmp_path / "run/eval.json").read_text())) == set(result.metrics)
+    assert set(losses_of(tmp_path / "run")[0]) >= {"iter", "loss", "lr", "loss_cls", "time"}
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(synth_set, tmp_path):
+    cfg = tiny_config(synth_set, "train.checkpoint_every=1", max_iter=5)
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"non-finite loss at iteration 3 \(.*loss_cls=nan.*\); the last good checkpoint .*last.pt is kept",
+    ):
+        train(cfg, tmp_path / "run", hooks=[PoisonLoss()])
+    assert load_checkpoint(tmp_path / "run/last.pt")["iteration"] == 2
+
+
+def test_num_classes_mismatch_is_a_clear_error(synth_set, tmp_path):
+    with pytest.raises(
+        ValueError, match="model.num_classes is 3 but the training set has 10 classes"
+    ):
+        train(tiny_config(synth_set, "model.num_classes=3"), tmp_path / "run")
+
+
+def test_lr_schedule_warmup_and_steps():
+    cfg = TrainConfig(
+        max_iter=90, warmup_iters=10, warmup_factor=0.1, steps=[2 / 3, 8 / 9], gamma=0.1
+    )
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(5, cfg) == pytest.approx(0.55)
+    assert lr_factor(10, cfg) == 1.0
+    assert lr_factor(59, cfg) == 1.0
+    assert lr_factor(60, cfg) == pytest.approx(0.1)
+    assert lr_factor(80, cfg) == pytest.approx(0.01)
+
+
+def test_checkpoint_is_atomic_and_rejects_non_checkpoints(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint({"model": {"w": torch.ones(2)}, "config": {}}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: not a podkit checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="junk.pt: not a readable podkit checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
