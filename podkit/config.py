@@ -60,6 +60,7 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     amp: bool = False  # CUDA only
     checkpoint_every: int = 5000
+    keep_checkpoints: bool = False  # also keep iter_N.pt at every checkpoint
     eval_every: int = 0  # 0: only at the end
     log_every: int = 20
     seed: int = 0

@@ -15,6 +15,7 @@ from podkit.models.output import (
     per_level_sum,
     rescale_detections,
 )
+from podkit.models.resnet import make_norm
 from podkit.models.rpn import flatten_level
 from podkit.ops import (
     AnchorGenerator,
@@ -38,6 +39,7 @@ class RetinaNetConfig:
     anchor_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     num_convs: int = 4
+    head_norm: str | None = None  # "gn": GroupNorm in the towers (trains faster from scratch)
     fg_iou_threshold: float = 0.5
     bg_iou_threshold: float = 0.4
     focal_alpha: float = 0.25
@@ -51,10 +53,13 @@ class RetinaNetConfig:
     ignore_iou_threshold: float = 0.3
 
 
-def conv_tower(channels: int, num_convs: int) -> nn.Sequential:
+def conv_tower(channels: int, num_convs: int, norm: str | None = None) -> nn.Sequential:
     layers: list[nn.Module] = []
     for _ in range(num_convs):
-        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(channels, channels, 3, padding=1))
+        if norm is not None:
+            layers.append(make_norm(norm, channels))
+        layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
 
@@ -65,8 +70,8 @@ class RetinaNetHead(nn.Module):
         self, channels: int, num_anchors: int, num_classes: int, config: RetinaNetConfig
     ) -> None:
         super().__init__()
-        self.cls_tower = conv_tower(channels, config.num_convs)
-        self.box_tower = conv_tower(channels, config.num_convs)
+        self.cls_tower = conv_tower(channels, config.num_convs, config.head_norm)
+        self.box_tower = conv_tower(channels, config.num_convs, config.head_norm)
         self.cls_logits = nn.Conv2d(channels, num_anchors * num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(channels, num_anchors * 4, 3, padding=1)
         for m in self.modules():

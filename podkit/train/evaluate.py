@@ -10,6 +10,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from podkit.config import Config
 from podkit.data import LoadedDataset
 from podkit.data.loader import DetectionDataset, eval_batches, make_loader
 from podkit.data.records import Record
@@ -100,23 +101,12 @@ def _percent(x: float) -> float | None:
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module,
-    dataset: LoadedDataset,
-    min_size: int,
-    max_size: int,
-    batch_size: int,
-    device,
-    workers: int = 0,
-    max_images: int | None = None,
-    progress=None,
+    model: torch.nn.Module, dataset: LoadedDataset, cfg: Config, device, progress=None
 ) -> tuple[list[dict], list[int]]:
-    """Detections for every image of `dataset` (original pixels, on the CPU), and their ids."""
-    records = dataset.records[:max_images] if max_images else dataset.records
-    loader = make_loader(
-        DetectionDataset(records, max_size),
-        eval_batches(len(records), batch_size, min_size),
-        workers,
-    )
+    """Detections for every image of `dataset` at the config's test size (original pixels, CPU)."""
+    records = dataset.records[: cfg.eval.max_images] if cfg.eval.max_images else dataset.records
+    batches = eval_batches(len(records), cfg.eval.batch_size, cfg.data.test_min_size)
+    loader = make_loader(DetectionDataset(records, cfg.data.max_size), batches, cfg.train.workers)
     was_training = model.training
     model.eval()
     detections, image_ids = [], []
@@ -131,21 +121,15 @@ def predict(
 
 
 def evaluate(
-    model: torch.nn.Module,
-    dataset: LoadedDataset,
-    min_size: int,
-    max_size: int,
-    batch_size: int,
-    device,
-    workers: int = 0,
-    max_images: int | None = None,
-    progress=None,
+    model: torch.nn.Module, dataset: LoadedDataset, cfg: Config, device, progress=None
 ) -> dict[str, float | None]:
-    detections, image_ids = predict(
-        model, dataset, min_size, max_size, batch_size, device, workers, max_images, progress
-    )
+    detections, image_ids = predict(model, dataset, cfg, device, progress)
     gt = dataset.coco or coco_from_records(dataset.records, dataset.classes, dataset.category_ids)
     return coco_metrics(gt, to_coco_results(detections, image_ids, dataset.category_ids), image_ids)
+
+
+def format_metrics(metrics: dict[str, float | None]) -> str:
+    return "  ".join(f"{k} {'-' if v is None else f'{v:.1f}'}" for k, v in metrics.items())
 
 
 def evaluate_checkpoint(
@@ -168,18 +152,7 @@ def evaluate_checkpoint(
     device = torch.device(
         "cuda" if cfg.train.device == "cuda" and torch.cuda.is_available() else "cpu"
     )
-    metrics = evaluate(
-        model.to(device),
-        dataset,
-        cfg.data.test_min_size,
-        cfg.data.max_size,
-        cfg.eval.batch_size,
-        device,
-        cfg.train.workers,
-        cfg.eval.max_images,
-    )
+    metrics = evaluate(model.to(device), dataset, cfg, device)
     if console is not None:
-        console.print(
-            "  ".join(f"{k} {v if v is None else f'{v:.1f}'}" for k, v in metrics.items())
-        )
+        console.print(format_metrics(metrics))
     return metrics

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from podkit.data.loader import DetectionDataset, make_loader, training_batches
 from podkit.models import build_detector
 from podkit.train.checkpoint import load_checkpoint, save_checkpoint
 from podkit.train.distributed import any_rank, barrier, init_distributed
-from podkit.train.evaluate import evaluate
+from podkit.train.evaluate import evaluate, format_metrics
 from podkit.train.hooks import TrainState
 from podkit.train.methods import build_hooks
 
@@ -186,6 +187,8 @@ def train(
                 },
                 ckpt_path,
             )
+            if cfg.train.keep_checkpoints:
+                shutil.copyfile(ckpt_path, out / f"iter_{it}.pt")
         else:
             _gather_rng()
         barrier()
@@ -303,21 +306,9 @@ def _evaluate_to(
     """Rank 0 evaluates the whole validation set while the others wait."""
     metrics = None
     if main:
-        metrics = evaluate(
-            model,
-            val_set,
-            cfg.data.test_min_size,
-            cfg.data.max_size,
-            cfg.eval.batch_size,
-            device,
-            cfg.train.workers,
-            cfg.eval.max_images,
-        )
+        metrics = evaluate(model, val_set, cfg, device)
         path.write_text(json.dumps(metrics, indent=2))
-        console.print(
-            f"{path}: "
-            + "  ".join(f"{k} {v if v is None else f'{v:.1f}'}" for k, v in metrics.items())
-        )
+        console.print(f"{path}: {format_metrics(metrics)}")
     barrier()
     return metrics
 
