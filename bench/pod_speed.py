@@ -1,8 +1,8 @@
 """POD speed: baseline vs GSL vs FD, eval forward and training step, interleaved in one run.
 
 Run: .venv/bin/python bench/pod_speed.py [--arch faster_rcnn_fpn] [--depth 50] [--size 512] [--repeats 5]
-The FD network comes from a plan over fractional scales like the paper's learned ones
-(drawn uniformly from 0.5-3.0 per direction, seeded; channel multiple 16). Targets
+GSL runs at fractional scales like the paper's learned ones (drawn uniformly from 0.5-3.0
+per direction, seeded) and FD is decomposed from the same scales (channel multiple 16). Targets
 (issue 4): GSL step and eval <= 1.5x baseline, FD eval <= 1.03x baseline.
 """
 
@@ -30,6 +30,9 @@ def build_three(cfg: ModelConfig, seed: int = 0):
     gsl.load_state_dict(baseline.state_dict(), strict=False)
     rng = random.Random(seed)
     scales = {name: (rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0)) for name, _ in gsl_convs(gsl)}
+    for name, conv in gsl_convs(gsl):  # run GSL at those (fractional) scales: four convs a layer
+        with torch.no_grad():
+            conv.scale_predictor.bias.copy_(torch.log(torch.tensor(scales[name])))
     plan = make_plan(gsl, scales, channel_multiple=16)
     fd = apply_plan(copy.deepcopy(baseline), plan)
     return {"baseline": baseline, "GSL": gsl, "FD": fd}, plan

@@ -60,3 +60,22 @@ def test_help_everywhere():
     for args in ([], ["data", "synth"], ["train"], ["eval"], ["info"], ["demo"]):
         code, out = invoke(*args, "--help")
         assert code == 0 and "Usage" in out
+
+
+def test_demo_in_a_reduced_mode(tmp_path):
+    code, out = invoke(
+        "demo",
+        "--out",
+        tmp_path / "demo",
+        "--iters",
+        2,
+        "--train-images",
+        8,
+        "--val-images",
+        2,
+        "--size",
+        96,
+    )
+    assert code == 0, out
+    report = (tmp_path / "demo/report.md").read_text()
+    assert "| Faster R-CNN FPN |" in report and "| RetinaNet |" in report
