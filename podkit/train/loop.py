@@ -139,6 +139,12 @@ def train(
     if main:
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
+        if not resume:
+            if ckpt_path.exists():
+                console.print(
+                    f"{out} holds an earlier run: starting over (--resume continues it instead)"
+                )
+            (out / "metrics.jsonl").write_text("")  # a fresh run starts a fresh log
 
     train_model = model
     if world > 1:

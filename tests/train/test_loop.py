@@ -80,6 +80,10 @@ def test_run_folder_contents(synth_set, tmp_path):
     assert ckpt["config"]["train"]["max_iter"] == 2
     assert set(json.loads((tmp_path / "run/eval.json").read_text())) == set(result.metrics)
     assert set(losses_of(tmp_path / "run")[0]) >= {"iter", "loss", "lr", "loss_cls", "time"}
+    train(
+        tiny_config(synth_set, "data.val.ann=''", max_iter=1), tmp_path / "run"
+    )  # a new run, same folder
+    assert [r["iter"] for r in losses_of(tmp_path / "run")] == [1]
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(synth_set, tmp_path):
