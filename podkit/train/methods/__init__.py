@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from podkit.train.hooks import Hook
+from podkit.train.methods.dst import DynamicScaleTraining
 from podkit.train.methods.dynamic_rcnn import DynamicRCNN
 
-METHODS: dict[str, type[Hook]] = {"dynamic_rcnn": DynamicRCNN}
+METHODS: dict[str, type[Hook]] = {"dst": DynamicScaleTraining, "dynamic_rcnn": DynamicRCNN}
 
 
 def build_hooks(specs: list[dict[str, Any]]) -> list[Hook]:

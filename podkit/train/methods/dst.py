@@ -1,0 +1,154 @@
+"""Dynamic Scale Training (Chen et al., "Dynamic Scale Training for Object Detection").
+
+After each iteration the share of the loss owed to small objects (GT area < 32^2 in the
+image as fed) is the feedback: when it is at most `tau`, the next batch is a collage, each
+image made of k = grid^2 source images downscaled (nearest) into the cells of the padded
+batch size, boxes scaled and shifted. The feedback starts at 0, so the first batch is a
+collage. A collage batch of B images draws k batches from the data stream (the reference
+keeps a second loader drawing k times more); resume and the distributed sampler stay exact
+because the stream is a function of its position. Under DDP the ratio is reduced over all
+processes (sums of numerator and denominator), so every rank takes the same decision.
+
+feedback: reg (default; the box-regression loss of the R-CNN head / RetinaNet box branch),
+cls, joint (both), input (share of small GTs in the batch); `always` and `random` (p = 0.5,
+seeded, saved in checkpoints) are the paper's ablation baselines.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from torch.nn import functional as F
+
+from podkit.data.loader import Batch
+from podkit.models.output import ImageBatch
+from podkit.ops import box_area
+from podkit.train.distributed import is_distributed
+from podkit.train.hooks import Hook, TrainState
+
+FEEDBACKS = ("reg", "cls", "joint", "input", "always", "random")
+
+
+def make_collage(batches: list[Batch], grid: int, min_box_size: float = 0.0) -> Batch:
+    """Image i of the result tiles image i of each of the grid^2 batches, row by row."""
+    k = grid * grid
+    if len(batches) != k:
+        raise ValueError(f"a {grid}x{grid} collage needs {k} batches, got {len(batches)}")
+    canvas = batches[0].images.tensor
+    n, c, height, width = canvas.shape
+    ch, cw = height // grid, width // grid
+    out = canvas.new_zeros((n, c, height, width))
+    targets, meta = [], []
+    for i in range(n):
+        boxes, labels, ignore = [], [], []
+        for j, batch in enumerate(batches):
+            src = batch.images.tensor[i : i + 1]
+            row, col = divmod(j, grid)
+            out[i, :, row * ch : (row + 1) * ch, col * cw : (col + 1) * cw] = F.interpolate(
+                src, size=(ch, cw), mode="nearest"
+            )[0]
+            scale = src.new_tensor([cw / src.shape[-1], ch / src.shape[-2]] * 2)
+            shift = src.new_tensor([col * cw, row * ch] * 2)
+            target = batch.targets[i]
+            b = target["boxes"] * scale + shift
+            keep = ((b[:, 2] - b[:, 0]) >= min_box_size) & ((b[:, 3] - b[:, 1]) >= min_box_size)
+            boxes.append(b[keep])
+            labels.append(target["labels"][keep])
+            ignore.append(target.get("ignore", b.new_zeros((0, 4))) * scale + shift)
+        targets.append(
+            {"boxes": torch.cat(boxes), "labels": torch.cat(labels), "ignore": torch.cat(ignore)}
+        )
+        meta.append(
+            {
+                "image_id": [b.meta[i]["image_id"] for b in batches],
+                "original_size": (height, width),
+                "collage": grid,
+            }
+        )
+    images = ImageBatch(out, [(height, width)] * n, [(height, width)] * n)
+    return Batch(images, targets, meta)
+
+
+class DynamicScaleTraining(Hook):
+    name = "dst"
+
+    def __init__(
+        self,
+        tau: float = 0.1,
+        k: int = 4,
+        feedback: str = "reg",
+        min_box_size: float = 0.0,
+        random_p: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        if feedback not in FEEDBACKS:
+            raise ValueError(
+                f"dst: feedback must be one of {', '.join(FEEDBACKS)}, got {feedback!r}"
+            )
+        grid = round(k**0.5)
+        if grid * grid != k or grid < 2:
+            raise ValueError(f"dst: k must be a square >= 4 (4 for 2x2, 9 for 3x3), got {k}")
+        self.tau, self.grid, self.feedback = tau, grid, feedback
+        self.min_box_size, self.random_p = min_box_size, random_p
+        self.rng = random.Random(seed)
+        self.ratio = 0.0  # the paper starts at 0: the first batch is a collage
+        self.collage_next = feedback != "random" or self.rng.random() < random_p
+        self.collage_now = False
+        self._input_counts = (0.0, 0.0)
+
+    def before_step(self, state: TrainState, batch: Batch) -> Batch:
+        self.collage_now = self.collage_next
+        if self.collage_now:
+            batch = make_collage(
+                [batch] + [state.draw_batch() for _ in range(self.grid**2 - 1)],
+                self.grid,
+                self.min_box_size,
+            )
+        boxes = [t["boxes"] for t in batch.targets]
+        areas = box_area(torch.cat(boxes)) if boxes else torch.zeros(0)
+        self._input_counts = (float((areas < 32**2).sum()), float(areas.numel()))
+        return batch
+
+    def loss(self, state: TrainState, losses, stats):
+        small, total = self._feedback_terms(stats)
+        terms = torch.tensor([small, total], dtype=torch.float64)
+        if is_distributed():
+            torch.distributed.all_reduce(terms)
+        self.ratio = float(terms[0] / terms[1]) if terms[1] > 0 else 0.0
+        return losses
+
+    def _feedback_terms(self, stats: dict) -> tuple[float, float]:
+        """(small part, whole) of the chosen feedback for this batch."""
+        if self.feedback == "input":
+            return self._input_counts
+        parts = []
+        if self.feedback in ("reg", "joint", "always", "random"):
+            parts.append(stats["reg_loss_by_size"])
+        if self.feedback in ("cls", "joint"):
+            parts.append(stats["cls_loss_by_size"])
+        by_size = torch.stack(parts).sum(0)
+        return float(by_size[0]), float(by_size.sum())
+
+    def after_step(self, state: TrainState) -> None:
+        if self.feedback == "always":
+            self.collage_next = True
+        elif self.feedback == "random":
+            self.collage_next = self.rng.random() < self.random_p
+        else:
+            self.collage_next = self.ratio <= self.tau
+        state.metrics["dst_small_ratio"] = self.ratio
+        state.metrics["dst_collage"] = int(self.collage_now)
+
+    def state_dict(self) -> dict:
+        return {
+            "ratio": self.ratio,
+            "collage_next": self.collage_next,
+            "rng": list(self.rng.getstate()[1]),
+            "rng_version": self.rng.getstate()[0],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.ratio, self.collage_next = state["ratio"], state["collage_next"]
+            self.rng.setstate((state["rng_version"], tuple(state["rng"]), None))
