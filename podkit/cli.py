@@ -251,6 +251,21 @@ def decompose(
 
 @app.command()
 @user_errors
+def plot(
+    run: Path = typer.Argument(..., help="A run folder (with metrics.jsonl)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Folder for the PNGs (default: the run folder)."
+    ),
+) -> None:
+    """Training curves: losses, lr, DST feedback and collages, Dynamic R-CNN's IoU and beta, method state."""
+    from podkit.train.plot import plot_run
+
+    for path in plot_run(run, out):
+        console.print(f"wrote {path}")
+
+
+@app.command()
+@user_errors
 def demo(
     out: Path = typer.Option(
         Path("runs/demo"), help="Folder for the demo's data, runs and report.md."

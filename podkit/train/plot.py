@@ -1,0 +1,116 @@
+"""`podkit plot`: training curves from RUN/metrics.jsonl, one PNG per thing shown.
+
+losses.png (every loss term and the total), lr.png, dst_small_ratio.png (the DST feedback
+with collage iterations marked: the DST paper's Figures 5-6), dynamic_rcnn.png (IoU
+threshold and SmoothL1 beta: the Dynamic R-CNN paper's Figure 5), and one PNG for every
+other logged value (a list, such as per-level weights, gets a line per element).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+KNOWN = {"iter", "loss", "lr", "time", "dst_small_ratio", "dst_collage", "iou_threshold", "beta"}
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics.jsonl (is this a run folder?)")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: line {number} is not JSON ({exc.msg})") from exc
+    if not rows:
+        raise ValueError(f"{path}: no logged iterations yet")
+    return rows
+
+
+def plot_run(run: str | Path, out: str | Path | None = None) -> list[Path]:
+    """Write the PNGs for a run folder into `out` (default: the run folder); returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = Path(run)
+    out = Path(out) if out is not None else run
+    out.mkdir(parents=True, exist_ok=True)
+    rows = read_metrics(run / "metrics.jsonl")
+    iters = [r["iter"] for r in rows]
+    written = []
+
+    def series(key):
+        pairs = [(r["iter"], r[key]) for r in rows if r.get(key) is not None]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        written.append(out / name)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ["loss"] + sorted(k for k in rows[-1] if k.startswith("loss_")):
+        ax.plot(*series(key), label=key, lw=2 if key == "loss" else 1)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{run.name}: losses")
+    save(fig, "losses.png")
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(iters, [r["lr"] for r in rows])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("learning rate")
+    save(fig, "lr.png")
+
+    if any("dst_small_ratio" in r for r in rows):
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.plot(*series("dst_small_ratio"), lw=1, label="small-object share of the loss")
+        xs, flags = series("dst_collage")
+        ax.scatter(
+            [x for x, f in zip(xs, flags, strict=True) if f],
+            [0.0] * sum(bool(f) for f in flags),
+            marker="|",
+            s=60,
+            color="C3",
+            label="collage iteration",
+        )
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("ratio")
+        ax.legend(fontsize=8)
+        ax.set_title("DST feedback")
+        save(fig, "dst_small_ratio.png")
+
+    if any("iou_threshold" in r for r in rows):
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+        a1.plot(*series("iou_threshold"))
+        a1.set_title("R-CNN IoU threshold")
+        a2.plot(*series("beta"), color="C1")
+        a2.set_title("SmoothL1 beta")
+        for a in (a1, a2):
+            a.set_xlabel("iteration")
+        save(fig, "dynamic_rcnn.png")
+
+    for key in sorted({k for r in rows for k in r} - KNOWN):
+        if key.startswith("loss_"):
+            continue
+        xs, values = series(key)
+        if not values or not all(isinstance(v, (int, float, list)) for v in values):
+            continue
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        if isinstance(values[0], list):
+            for j in range(len(values[0])):
+                ax.plot(xs, [v[j] for v in values], label=f"{key}[{j}]")
+            ax.legend(fontsize=8)
+        else:
+            ax.plot(xs, values)
+        ax.set_xlabel("iteration")
+        ax.set_title(key)
+        save(fig, f"{key}.png")
+    return written
