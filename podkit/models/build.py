@@ -100,11 +100,9 @@ def build_detector(cfg: ModelConfig) -> nn.Module:
         resolution = roi_cfg.pooler_resolution or 7
         pooler = MultiScaleRoIAlign(resolution, _sampling(roi_cfg, 2))
         head = TwoMLPHead(cfg.fpn_channels * resolution**2, roi_cfg.representation_size)
-        model = FasterRCNN(
-            backbone,
-            RPN(cfg.fpn_channels, cfg.rpn),
-            RoIHeads(pooler, head, cfg.num_classes, roi_cfg),
-        )
+        # the R-CNN stage pools from P2-P5 (the FPN paper's level mapping), never from P6
+        roi_heads = RoIHeads(pooler, head, cfg.num_classes, roi_cfg, pool_levels=4)
+        model = FasterRCNN(backbone, RPN(cfg.fpn_channels, cfg.rpn), roi_heads)
     if cfg.backbone_weights:
         load_resnet_weights(body, cfg.backbone_weights)
         if c4:

@@ -98,8 +98,11 @@ class RoIHeads(nn.Module):
         box_head: nn.Module,
         num_classes: int,
         config: RoIHeadConfig,
+        pool_levels: int | None = None,
     ) -> None:
+        """`pool_levels`: pool from the first N feature levels only (FPN: P2-P5, not P6)."""
         super().__init__()
+        self.pool_levels = pool_levels
         self.config = config
         self.pooler = pooler
         self.box_head = box_head
@@ -120,6 +123,7 @@ class RoIHeads(nn.Module):
         targets: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor], dict]:
         """Returns (detections per image in as-fed pixels, losses, stats)."""
+        features, strides = features[: self.pool_levels], strides[: self.pool_levels]
         if targets is not None:
             proposals, labels, reg_targets, gt_sizes, stats = self.sample(proposals, targets)
         rois = torch.cat(

@@ -44,6 +44,8 @@ def test_train_step_eval_and_empty_targets(arch):
         rcnn = out.losses["loss_cls"] + out.losses["loss_box_reg"]
         assert levels["rcnn"].sum().item() == pytest.approx(rcnn.item(), rel=1e-4)
         assert len(out.stats["proposal_ious"]) == 2
+        assert len(levels["rpn"]) == (5 if arch == "faster_rcnn_fpn" else 1)
+        assert len(levels["rcnn"]) == (4 if arch == "faster_rcnn_fpn" else 1)  # P2-P5: no RoI on P6
         assert out.stats["pos_reg_targets"].shape[1] == 4
     assert out.stats["reg_loss_by_size"].shape == (3,)
     # an image without boxes trains as all negatives

@@ -7,8 +7,14 @@ from typing import Any
 from podkit.train.hooks import Hook
 from podkit.train.methods.dst import DynamicScaleTraining
 from podkit.train.methods.dynamic_rcnn import DynamicRCNN
+from podkit.train.methods.loss_balance import AVW, RLO
 
-METHODS: dict[str, type[Hook]] = {"dst": DynamicScaleTraining, "dynamic_rcnn": DynamicRCNN}
+METHODS: dict[str, type[Hook]] = {
+    "dst": DynamicScaleTraining,
+    "dynamic_rcnn": DynamicRCNN,
+    "avw": AVW,
+    "rlo": RLO,
+}
 
 
 def build_hooks(specs: list[dict[str, Any]]) -> list[Hook]:
