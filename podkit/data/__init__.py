@@ -35,7 +35,9 @@ def load_dataset(cfg: DatasetConfig) -> LoadedDataset:
     if cfg.format == "coco":
         records, classes, cat_ids, report, api = load_coco(cfg.ann, cfg.images)
         if cfg.classes is not None and list(cfg.classes) != classes:
-            raise ValueError(f"{cfg.ann}: categories {classes} differ from data classes {cfg.classes}")
+            raise ValueError(
+                f"{cfg.ann}: categories {classes} differ from data classes {cfg.classes}"
+            )
     else:
         records, classes, report, discovered = load_voc(cfg.ann, cfg.images, cfg.classes)
         cat_ids, api = list(range(1, len(classes) + 1)), None

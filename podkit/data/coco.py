@@ -19,14 +19,18 @@ def read_coco_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+        raise ValueError(
+            f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from exc
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{path}: not a COCO annotation file (no {key!r} list)")
     return data
 
 
-def load_coco(ann: str | Path, images: str | Path) -> tuple[list[Record], list[str], list[int], BoxReport, COCO]:
+def load_coco(
+    ann: str | Path, images: str | Path
+) -> tuple[list[Record], list[str], list[int], BoxReport, COCO]:
     """Records, class names, the COCO category id of each label, the box report, and the COCO api.
 
     Categories map to contiguous labels in order of category id; crowd boxes become ignore
@@ -41,9 +45,13 @@ def load_coco(ann: str | Path, images: str | Path) -> tuple[list[Record], list[s
     image_ids = {im["id"] for im in data["images"]}
     for a in data["annotations"]:
         if a.get("category_id") not in label_of:
-            raise ValueError(f"{ann}: annotation {a.get('id')} has unknown category {a.get('category_id')!r}")
+            raise ValueError(
+                f"{ann}: annotation {a.get('id')} has unknown category {a.get('category_id')!r}"
+            )
         if a.get("image_id") not in image_ids:
-            raise ValueError(f"{ann}: annotation {a.get('id')} refers to unknown image {a.get('image_id')!r}")
+            raise ValueError(
+                f"{ann}: annotation {a.get('id')} refers to unknown image {a.get('image_id')!r}"
+            )
         if not (isinstance(a.get("bbox"), list) and len(a["bbox"]) == 4):
             raise ValueError(f"{ann}: annotation {a.get('id')} has no [x, y, w, h] bbox")
         by_image.setdefault(a["image_id"], []).append(a)

@@ -88,9 +88,13 @@ def training_batches(
 ) -> Iterator[list[Sample]]:
     """Endless per-rank batches of `batch_size // world_size` samples, from batch `start` on."""
     if batch_size % world_size:
-        raise ValueError(f"train.batch_size {batch_size} is not divisible by the {world_size} processes")
+        raise ValueError(
+            f"train.batch_size {batch_size} is not divisible by the {world_size} processes"
+        )
     if len(records) < batch_size:
-        raise ValueError(f"the training set has {len(records)} images, fewer than train.batch_size {batch_size}")
+        raise ValueError(
+            f"the training set has {len(records)} images, fewer than train.batch_size {batch_size}"
+        )
     per_rank = batch_size // world_size
     wide = np.array([r.width >= r.height for r in records]) if aspect_grouping else None
     epoch, first = 0, 0  # `first`: stream position of the epoch's first batch
@@ -107,16 +111,25 @@ def training_batches(
         position += 1
 
 
-def eval_batches(num_images: int, batch_size: int, min_size: int, rank: int = 0, world_size: int = 1) -> list[list[Sample]]:
+def eval_batches(
+    num_images: int, batch_size: int, min_size: int, rank: int = 0, world_size: int = 1
+) -> list[list[Sample]]:
     """Every image once, in order, unflipped; rank r takes every W-th image."""
     ids = list(range(rank, num_images, world_size))
-    return [[Sample(i, min_size, False) for i in ids[k : k + batch_size]] for k in range(0, len(ids), batch_size)]
+    return [
+        [Sample(i, min_size, False) for i in ids[k : k + batch_size]]
+        for k in range(0, len(ids), batch_size)
+    ]
 
 
-def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int, wide: np.ndarray | None) -> list[list[int]]:
+def _epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, wide: np.ndarray | None
+) -> list[list[int]]:
     """A seeded permutation cut into n // batch_size full batches; with `wide` given, batches
     hold one orientation (but for the leftovers of the two groups)."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
+    order = torch.randperm(
+        n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)
+    ).tolist()
     if wide is None:
         return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
     batches, pending = [], {True: [], False: []}
@@ -134,7 +147,9 @@ def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int, wide: np.ndar
     return batches
 
 
-def make_loader(dataset: DetectionDataset, batches, workers: int, size_divisible: int = 32) -> DataLoader:
+def make_loader(
+    dataset: DetectionDataset, batches, workers: int, size_divisible: int = 32
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_sampler=batches,

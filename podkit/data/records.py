@@ -35,7 +35,9 @@ class BoxReport:
         return f"{source}: {self.clipped} boxes clipped to their image, {self.dropped} boxes of zero or negative size dropped"
 
 
-def clean_boxes(boxes: np.ndarray, width: int, height: int, report: BoxReport) -> tuple[np.ndarray, np.ndarray]:
+def clean_boxes(
+    boxes: np.ndarray, width: int, height: int, report: BoxReport
+) -> tuple[np.ndarray, np.ndarray]:
     """Clip boxes to the image and drop empty ones; returns (boxes, kept mask)."""
     boxes = boxes.reshape(-1, 4).astype(np.float32)
     clipped = boxes.copy()

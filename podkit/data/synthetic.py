@@ -31,7 +31,11 @@ CLASSES = [
     ("striped_disc", "circle", "stripes"),
 ]
 # (probability an image has the bucket, min count, max count, min side, max side or None)
-BUCKETS = {"large": (0.8, 1, 2, 100, None), "medium": (0.7, 1, 3, 34, 90), "small": (0.5, 2, 6, 8, 30)}
+BUCKETS = {
+    "large": (0.8, 1, 2, 100, None),
+    "medium": (0.7, 1, 3, 34, 90),
+    "small": (0.5, 2, 6, 8, 30),
+}
 
 
 def _polygon(shape: str, w: int, h: int) -> list[tuple[float, float]] | None:
@@ -46,7 +50,22 @@ def _polygon(shape: str, w: int, h: int) -> list[tuple[float, float]] | None:
         return scaled([(0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5)])
     if shape == "cross":
         a, b = 0.33, 0.67
-        return scaled([(a, 0), (b, 0), (b, a), (1, a), (1, b), (b, b), (b, 1), (a, 1), (a, b), (0, b), (0, a), (a, a)])
+        return scaled(
+            [
+                (a, 0),
+                (b, 0),
+                (b, a),
+                (1, a),
+                (1, b),
+                (b, b),
+                (b, 1),
+                (a, 1),
+                (a, b),
+                (0, b),
+                (0, a),
+                (a, a),
+            ]
+        )
     if shape == "hexagon":
         return scaled([(0.25, 0), (0.75, 0), (1, 0.5), (0.75, 1), (0.25, 1), (0, 0.5)])
     if shape == "star":
@@ -89,19 +108,33 @@ def texture(kind: str, w: int, h: int, rng: np.random.Generator) -> np.ndarray:
 
 def background(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
     a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    t = np.linspace(0, 1, w)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, h)[:, None, None]
+    t = (
+        np.linspace(0, 1, w)[None, :, None]
+        if rng.random() < 0.5
+        else np.linspace(0, 1, h)[:, None, None]
+    )
     img = a * (1 - t) + b * t + rng.normal(0, 10, (h, w, 3))
     im = Image.fromarray(img.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(im)
     for _ in range(int(rng.integers(6, 16))):  # clutter: lines and class-free polygons
         colour = tuple(int(c) for c in rng.uniform(0, 255, 3))
         if rng.random() < 0.5:
-            draw.line([tuple(rng.uniform(0, [w, h])) for _ in range(2)], fill=colour, width=int(rng.integers(1, 4)))
+            draw.line(
+                [tuple(rng.uniform(0, [w, h])) for _ in range(2)],
+                fill=colour,
+                width=int(rng.integers(1, 4)),
+            )
         else:
             centre, radius = rng.uniform(0, [w, h]), rng.uniform(4, 40)
             angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 8))))
             radii = radius * rng.uniform(0.3, 1.0, len(angles))
-            draw.polygon([(centre[0] + r * np.cos(t), centre[1] + r * np.sin(t)) for r, t in zip(radii, angles, strict=True)], fill=colour)
+            draw.polygon(
+                [
+                    (centre[0] + r * np.cos(t), centre[1] + r * np.sin(t))
+                    for r, t in zip(radii, angles, strict=True)
+                ],
+                fill=colour,
+            )
     return np.asarray(im).astype(np.float64)
 
 
@@ -115,11 +148,16 @@ def synth_image(size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[d
         prob, lo, hi, min_side, max_side = BUCKETS[bucket]
         if rng.random() >= prob:
             continue
-        max_side = max_side or max(int(0.85 * min(w, h)), min_side + 1)  # small images: large ones fill them
+        max_side = max_side or max(
+            int(0.85 * min(w, h)), min_side + 1
+        )  # small images: large ones fill them
         for _ in range(int(rng.integers(lo, hi + 1))):
             side = rng.uniform(min_side, max_side)
             ratio = rng.uniform(0.7, 1.4)
-            ow, oh = max(4, int(round(side * np.sqrt(ratio)))), max(4, int(round(side / np.sqrt(ratio))))
+            ow, oh = (
+                max(4, int(round(side * np.sqrt(ratio)))),
+                max(4, int(round(side / np.sqrt(ratio)))),
+            )
             ow, oh = min(ow, w), min(oh, h)
             x0, y0 = int(rng.integers(0, w - ow + 1)), int(rng.integers(0, h - oh + 1))
             cls = int(rng.integers(len(CLASSES)))
@@ -132,7 +170,11 @@ def synth_image(size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[d
     im = Image.fromarray(img.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(im)
     for _ in range(int(rng.integers(0, 4))):  # thin lines over everything: occlusion
-        draw.line([tuple(rng.uniform(0, [w, h])) for _ in range(2)], fill=tuple(int(c) for c in rng.uniform(0, 255, 3)), width=1)
+        draw.line(
+            [tuple(rng.uniform(0, [w, h])) for _ in range(2)],
+            fill=tuple(int(c) for c in rng.uniform(0, 255, 3)),
+            width=1,
+        )
     anns = []
     for k, (cls, full) in enumerate(objects):
         ys, xs = np.nonzero(owner == k)
@@ -141,7 +183,14 @@ def synth_image(size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[d
         x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
         bw, bh = x2 - x1, y2 - y1
         crowd = len(xs) < 0.35 * full
-        anns.append({"category_id": cls + 1, "bbox": [x1, y1, bw, bh], "area": bw * bh, "iscrowd": int(crowd)})
+        anns.append(
+            {
+                "category_id": cls + 1,
+                "bbox": [x1, y1, bw, bh],
+                "area": bw * bh,
+                "iscrowd": int(crowd),
+            }
+        )
     return np.asarray(im), anns
 
 
@@ -156,14 +205,18 @@ def write_split(out: Path, split: str, count: int, size: int, seed: int, progres
         pixels, anns = synth_image(size, rng)
         name = f"{i:06d}.png"
         Image.fromarray(pixels).save(out / split / name)
-        images.append({"id": i + 1, "file_name": name, "width": pixels.shape[1], "height": pixels.shape[0]})
+        images.append(
+            {"id": i + 1, "file_name": name, "width": pixels.shape[1], "height": pixels.shape[0]}
+        )
         for a in anns:
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, **a})
         if progress is not None:
             progress()
     categories = [{"id": k + 1, "name": name} for k, (name, _, _) in enumerate(CLASSES)]
     path = out / "annotations" / f"{split}.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
     return path
 
 

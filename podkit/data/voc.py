@@ -35,7 +35,9 @@ def _parse(xml_path: Path) -> tuple[str, list[tuple[str, list[float], bool]]]:
     return filename, objects
 
 
-def load_voc(ann_dir: str | Path, images: str | Path, classes: list[str] | None = None) -> tuple[list[Record], list[str], BoxReport, bool]:
+def load_voc(
+    ann_dir: str | Path, images: str | Path, classes: list[str] | None = None
+) -> tuple[list[Record], list[str], BoxReport, bool]:
     """Records and class names; `classes` None discovers them (sorted); returns whether it did.
 
     Difficult objects become ignore regions, as in VOC evaluation.
@@ -58,10 +60,16 @@ def load_voc(ann_dir: str | Path, images: str | Path, classes: list[str] | None 
         width, height = check_image(path, str(xml_path))
         for name, _, _ in objects:
             if name not in label_of:
-                raise ValueError(f"{xml_path}: unknown category {name!r} (classes: {', '.join(classes)})")
+                raise ValueError(
+                    f"{xml_path}: unknown category {name!r} (classes: {', '.join(classes)})"
+                )
         normal = [o for o in objects if not o[2]]
-        boxes, keep = clean_boxes(np.array([o[1] for o in normal], np.float32), width, height, report)
+        boxes, keep = clean_boxes(
+            np.array([o[1] for o in normal], np.float32), width, height, report
+        )
         labels = np.array([label_of[o[0]] for o in normal], np.int64)[keep]
-        ignore, _ = clean_boxes(np.array([o[1] for o in objects if o[2]], np.float32), width, height, BoxReport())
+        ignore, _ = clean_boxes(
+            np.array([o[1] for o in objects if o[2]], np.float32), width, height, BoxReport()
+        )
         records.append(Record(image_id, path, width, height, boxes, labels, ignore))
     return records, classes, report, discovered

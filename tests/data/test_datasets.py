@@ -15,17 +15,46 @@ def make_coco(tmp_path, images, annotations, categories=None):
     for im in images:
         Image.new("RGB", (im["width"], im["height"]), (10, 20, 30)).save(folder / im["file_name"])
     ann = tmp_path / "ann.json"
-    ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories or [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]}))
+    ann.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": annotations,
+                "categories": categories or [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}],
+            }
+        )
+    )
     return DatasetConfig("coco", str(ann), str(folder))
 
 
 def test_coco_labels_crowd_negatives_and_box_cleaning(tmp_path):
-    images = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}, {"id": 2, "file_name": "b.png", "width": 20, "height": 20}]
+    images = [
+        {"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+        {"id": 2, "file_name": "b.png", "width": 20, "height": 20},
+    ]
     annotations = [
         {"id": 1, "image_id": 1, "category_id": 7, "bbox": [5, 5, 10, 10], "iscrowd": 0},
-        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [30, 20, 20, 20], "iscrowd": 0},  # clipped to 40x30
-        {"id": 3, "image_id": 1, "category_id": 3, "bbox": [1, 1, 0, 5], "iscrowd": 0},  # zero width: dropped
-        {"id": 4, "image_id": 1, "category_id": 3, "bbox": [0, 0, 8, 8], "iscrowd": 1},  # crowd: ignore region
+        {
+            "id": 2,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [30, 20, 20, 20],
+            "iscrowd": 0,
+        },  # clipped to 40x30
+        {
+            "id": 3,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [1, 1, 0, 5],
+            "iscrowd": 0,
+        },  # zero width: dropped
+        {
+            "id": 4,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [0, 0, 8, 8],
+            "iscrowd": 1,
+        },  # crowd: ignore region
     ]
     ds = load_dataset(make_coco(tmp_path, images, annotations))
     assert ds.classes == ["cat", "dog"] and ds.category_ids == [3, 7]
@@ -34,11 +63,15 @@ def test_coco_labels_crowd_negatives_and_box_cleaning(tmp_path):
     assert a.boxes.tolist() == [[5, 5, 15, 15], [30, 20, 40, 30]]
     assert a.ignore.tolist() == [[0, 0, 8, 8]]
     assert len(b.boxes) == 0  # image without boxes kept as a negative
-    assert ds.notes == [f"{tmp_path / 'ann.json'}: 1 boxes clipped to their image, 1 boxes of zero or negative size dropped"]
+    assert ds.notes == [
+        f"{tmp_path / 'ann.json'}: 1 boxes clipped to their image, 1 boxes of zero or negative size dropped"
+    ]
 
 
 def test_synthetic_set_loads(synth_set):
-    ds = load_dataset(DatasetConfig("coco", str(synth_set / "annotations/train.json"), str(synth_set / "train")))
+    ds = load_dataset(
+        DatasetConfig("coco", str(synth_set / "annotations/train.json"), str(synth_set / "train"))
+    )
     assert len(ds.records) == 16 and ds.classes == [c[0] for c in CLASSES]
     assert sum(len(r.boxes) for r in ds.records) > 16
 
@@ -46,7 +79,9 @@ def test_synthetic_set_loads(synth_set):
 def test_bad_coco_inputs_name_the_file(tmp_path):
     images = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}]
     good = [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [5, 5, 10, 10]}]
-    cfg = make_coco(tmp_path, images, [{"id": 1, "image_id": 1, "category_id": 99, "bbox": [5, 5, 10, 10]}])
+    cfg = make_coco(
+        tmp_path, images, [{"id": 1, "image_id": 1, "category_id": 99, "bbox": [5, 5, 10, 10]}]
+    )
     with pytest.raises(ValueError, match=r"ann.json: annotation 1 has unknown category 99"):
         load_dataset(cfg)
     cfg = make_coco(tmp_path, images, good)
@@ -83,7 +118,14 @@ def write_voc(tmp_path, objects_per_image):
 
 
 def test_voc_folder_discovers_classes_and_ignores_difficult(tmp_path):
-    ann, img = write_voc(tmp_path, [[("person", (1, 1, 10, 20), False), ("car", (5, 5, 60, 30), False)], [("car", (2, 2, 9, 9), True)], []])
+    ann, img = write_voc(
+        tmp_path,
+        [
+            [("person", (1, 1, 10, 20), False), ("car", (5, 5, 60, 30), False)],
+            [("car", (2, 2, 9, 9), True)],
+            [],
+        ],
+    )
     ds = load_dataset(DatasetConfig("voc", str(ann), str(img)))
     assert ds.classes == ["car", "person"]
     assert any("discovered 2 classes: car, person" in n for n in ds.notes)

@@ -15,7 +15,9 @@ def test_synthetic_is_deterministic_and_has_the_scale_imbalance(tmp_path):
     a = write_split(tmp_path / "a", "train", 120, 160, seed=3)
     b = write_split(tmp_path / "b", "train", 120, 160, seed=3)
     assert a.read_text() == b.read_text()
-    assert (tmp_path / "a/train/000007.png").read_bytes() == (tmp_path / "b/train/000007.png").read_bytes()
+    assert (tmp_path / "a/train/000007.png").read_bytes() == (
+        tmp_path / "b/train/000007.png"
+    ).read_bytes()
     stats = dataset_statistics(a)
     assert 0.3 < stats["instances_small"] < 0.5
     assert 0.35 < stats["images_with_small"] < 0.65
@@ -25,28 +27,42 @@ def test_synthetic_is_deterministic_and_has_the_scale_imbalance(tmp_path):
     for ann in data["annotations"][:50]:  # boxes lie inside their image
         im = data["images"][ann["image_id"] - 1]
         x, y, w, h = ann["bbox"]
-        assert x >= 0 and y >= 0 and x + w <= im["width"] and y + h <= im["height"] and w > 0 and h > 0
+        assert (
+            x >= 0 and y >= 0 and x + w <= im["width"] and y + h <= im["height"] and w > 0 and h > 0
+        )
 
 
 def test_resize_caps_the_longer_side_and_scales_boxes():
     assert resize_scale(100, 300, 200, 400) == pytest.approx(400 / 300)
     assert resize_scale(100, 150, 200, 400) == 2.0
     image = Image.new("RGB", (150, 100))
-    out, boxes, ignore = resize(image, np.array([[10, 20, 30, 40]], np.float32), np.zeros((0, 4), np.float32), 200, 400)
+    out, boxes, ignore = resize(
+        image, np.array([[10, 20, 30, 40]], np.float32), np.zeros((0, 4), np.float32), 200, 400
+    )
     assert out.size == (300, 200)
     assert boxes.tolist() == [[20, 40, 60, 80]]
 
 
 def test_hflip_mirrors_boxes():
     image = Image.new("RGB", (100, 50))
-    _, boxes, ignore = hflip(image, np.array([[10, 5, 30, 20]], np.float32), np.array([[0, 0, 100, 50]], np.float32))
+    _, boxes, ignore = hflip(
+        image, np.array([[10, 5, 30, 20]], np.float32), np.array([[0, 0, 100, 50]], np.float32)
+    )
     assert boxes.tolist() == [[70, 5, 90, 20]] and ignore.tolist() == [[0, 0, 100, 50]]
 
 
 def test_collate_pads_to_32_and_keeps_original_sizes():
     items = [
-        (torch.rand(3, 50, 70), {"boxes": torch.zeros(0, 4)}, {"image_id": 1, "original_size": (100, 140)}),
-        (torch.rand(3, 64, 33), {"boxes": torch.zeros(0, 4)}, {"image_id": 2, "original_size": (64, 33)}),
+        (
+            torch.rand(3, 50, 70),
+            {"boxes": torch.zeros(0, 4)},
+            {"image_id": 1, "original_size": (100, 140)},
+        ),
+        (
+            torch.rand(3, 64, 33),
+            {"boxes": torch.zeros(0, 4)},
+            {"image_id": 2, "original_size": (64, 33)},
+        ),
     ]
     batch = collate(items)
     assert batch.images.tensor.shape == (2, 3, 64, 96)
@@ -57,7 +73,9 @@ def test_collate_pads_to_32_and_keeps_original_sizes():
 
 
 def records(n):
-    return [Record(i, None, 40 if i % 3 else 20, 30, np.zeros((0, 4)), np.zeros(0)) for i in range(n)]
+    return [
+        Record(i, None, 40 if i % 3 else 20, 30, np.zeros((0, 4)), np.zeros(0)) for i in range(n)
+    ]
 
 
 def take(stream, k):
@@ -71,13 +89,17 @@ def test_stream_is_deterministic_resumable_and_grouped():
     assert full[7:] == take(training_batches(recs, 4, [100, 200], 0.5, seed=1, start=7), 5)
     for epoch in (full[:5], full[5:10]):  # 20 images, batch 4: 5 batches an epoch
         assert sorted(s.index for b in epoch for s in b) == list(range(20))
-        mixed = [b for b in epoch if len({recs[s.index].width >= recs[s.index].height for s in b}) > 1]
+        mixed = [
+            b for b in epoch if len({recs[s.index].width >= recs[s.index].height for s in b}) > 1
+        ]
         assert len(mixed) <= 1  # only the leftovers of the two orientation groups mix
     assert full != take(training_batches(recs, 4, [100, 200], 0.5, seed=2), 12)
 
 
 def test_lopsided_small_set_still_yields_batches():
-    recs = records(5) + [Record(9, None, 10, 30, np.zeros((0, 4)), np.zeros(0))] * 3  # 5 wide, 3 tall
+    recs = (
+        records(5) + [Record(9, None, 10, 30, np.zeros((0, 4)), np.zeros(0))] * 3
+    )  # 5 wide, 3 tall
     batches = take(training_batches(recs, 8, [100], 0.0, seed=0), 3)
     assert all(len(b) == 8 for b in batches)
 
@@ -85,8 +107,14 @@ def test_lopsided_small_set_still_yields_batches():
 def test_ranks_split_each_global_batch():
     recs = records(24)
     whole = take(training_batches(recs, 4, [100], 0.0, seed=0, aspect_grouping=False), 6)
-    r0 = take(training_batches(recs, 4, [100], 0.0, seed=0, rank=0, world_size=2, aspect_grouping=False), 6)
-    r1 = take(training_batches(recs, 4, [100], 0.0, seed=0, rank=1, world_size=2, aspect_grouping=False), 6)
+    r0 = take(
+        training_batches(recs, 4, [100], 0.0, seed=0, rank=0, world_size=2, aspect_grouping=False),
+        6,
+    )
+    r1 = take(
+        training_batches(recs, 4, [100], 0.0, seed=0, rank=1, world_size=2, aspect_grouping=False),
+        6,
+    )
     for w, a, b in zip(whole, r0, r1, strict=True):
         assert [s.index for s in w] == [s.index for s in a + b]
     with pytest.raises(ValueError, match="not divisible"):
