@@ -195,7 +195,7 @@ def decompose_checkpoint(
     from podkit.pod.scales import mean_scales
     from podkit.train.checkpoint import load_detector, save_checkpoint
 
-    model, cfg, ckpt = load_detector(path)
+    model, cfg, ckpt, _ = load_detector(path)
     if not cfg.model.gsl:
         raise ValueError(f"{path}: not a GSL checkpoint (model.gsl is false)")
     plan = make_plan(model, mean_scales(scales), channel_multiple, tolerance)

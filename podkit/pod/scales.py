@@ -118,15 +118,12 @@ def scales_from_checkpoint(path: str | Path, num_images: int, progress=None) -> 
     from podkit.data import load_dataset
     from podkit.train.checkpoint import load_detector
 
-    model, cfg, _ = load_detector(path)
+    model, cfg, _, device = load_detector(path)
     if not cfg.model.gsl:
         raise ValueError(f"{path}: not a GSL checkpoint (model.gsl is false)")
     dataset = load_dataset(cfg.data.train)
-    device = torch.device(
-        "cuda" if cfg.train.device == "cuda" and torch.cuda.is_available() else "cpu"
-    )
     return collect_scales(
-        model.to(device),
+        model,
         dataset,
         num_images,
         cfg.data.test_min_size,

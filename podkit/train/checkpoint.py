@@ -38,7 +38,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def load_detector(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
-    """(model with the checkpoint's weights, its config with `overrides` applied, the checkpoint)."""
+    """(model with the checkpoint's weights on its device, its config with `overrides` applied,
+    the checkpoint, the device: cuda if the config asks for it and one is present)."""
     from podkit.config import Config, apply_override, from_dict
     from podkit.models import build_detector
 
@@ -55,4 +56,7 @@ def load_detector(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
         raise ValueError(
             f"{path}: the weights do not fit the model its config describes ({str(exc).splitlines()[0]})"
         ) from exc
-    return model, cfg, ckpt
+    device = torch.device(
+        "cuda" if cfg.train.device == "cuda" and torch.cuda.is_available() else "cpu"
+    )
+    return model.to(device), cfg, ckpt, device

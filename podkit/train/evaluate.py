@@ -139,7 +139,7 @@ def evaluate_checkpoint(
     from podkit.data import load_dataset
     from podkit.train.checkpoint import load_detector
 
-    model, cfg, _ = load_detector(path, overrides)
+    model, cfg, _, device = load_detector(path, overrides)
     if not cfg.data.val.ann:
         raise ValueError(
             f"{path}: its config has no data.val; pass --set data.val.ann=... --set data.val.images=..."
@@ -149,10 +149,7 @@ def evaluate_checkpoint(
         raise ValueError(
             f"{cfg.data.val.ann}: {len(dataset.classes)} classes, the model has {cfg.model.num_classes}"
         )
-    device = torch.device(
-        "cuda" if cfg.train.device == "cuda" and torch.cuda.is_available() else "cpu"
-    )
-    metrics = evaluate(model.to(device), dataset, cfg, device)
+    metrics = evaluate(model, dataset, cfg, device)
     if console is not None:
         console.print(format_metrics(metrics))
     return metrics

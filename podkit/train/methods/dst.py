@@ -105,9 +105,10 @@ class DynamicScaleTraining(Hook):
                 self.grid,
                 self.min_box_size,
             )
-        boxes = [t["boxes"] for t in batch.targets]
-        areas = box_area(torch.cat(boxes)) if boxes else torch.zeros(0)
-        self._input_counts = (float((areas < 32**2).sum()), float(areas.numel()))
+        if self.feedback == "input":  # only this feedback reads the batch's boxes
+            boxes = [t["boxes"] for t in batch.targets]
+            areas = box_area(torch.cat(boxes)) if boxes else torch.zeros(0)
+            self._input_counts = (float((areas < 32**2).sum()), float(areas.numel()))
         return batch
 
     def loss(self, state: TrainState, losses, stats):
