@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     help="podkit: scale-aware detectors, fast in production.",
@@ -33,8 +34,24 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except (ValueError, FileNotFoundError, KeyError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            console.print(
+                f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(2) from None
+        except RuntimeError as exc:
+            from podkit.export.common import BackendUnavailable, ParityError
+
+            if isinstance(exc, BackendUnavailable):
+                console.print(
+                    f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+                )
+                raise typer.Exit(2) from None
+            if isinstance(exc, ParityError):  # the artefact is written, but computes otherwise
+                console.print(
+                    f"[bold red]parity check failed:[/] {escape(str(exc))}", highlight=False
+                )
+                raise typer.Exit(1) from None
+            raise
 
     return wrapper
 
@@ -249,6 +266,119 @@ def decompose(
     console.print(f"wrote {out}")
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """'512x640' -> (512, 640); '512' -> (512, 512)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise ValueError(f"--input-size {text!r}: expected HxW, e.g. 512x512")
+    return parts[0], parts[1]
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoint: Path = typer.Argument(..., help="A podkit checkpoint (baseline, GSL or FD)."),
+    target: str = typer.Option(..., "--target", help="onnx, tvm or tensorrt."),
+    out: Path = typer.Option(..., "--out", help="Artefact to write (.onnx, .so, .engine)."),
+    input_size: str = typer.Option("512x512", help="HxW, multiples of 32."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="ONNX/TensorRT: free height and width."),
+    nms: bool = typer.Option(
+        True, "--nms/--no-nms", help="Post-processing in the graph, or raw outputs."
+    ),
+    fp16: bool = typer.Option(False, "--fp16", help="TensorRT: build an FP16 engine."),
+    check: bool = typer.Option(
+        True, "--check/--no-check", help="Compare with PyTorch after export."
+    ),
+    check_only: bool = typer.Option(False, "--check-only", help="TensorRT: only the op audit."),
+    device: str = typer.Option("cpu", help="cpu or cuda (TVM target, onnxruntime provider)."),
+    tune_trials: int = typer.Option(0, help="TVM: MetaSchedule trials per task (0: untuned)."),
+    tune_db: Path | None = typer.Option(
+        None, help="TVM: tuning database folder, reused across runs."
+    ),
+) -> None:
+    """Export a checkpoint to ONNX, TVM or TensorRT and check it against PyTorch."""
+    from podkit.export import export_checkpoint
+
+    report = export_checkpoint(
+        checkpoint, target, out, parse_size(input_size), dynamic, nms, fp16, check,
+        check_only, device, tune_trials, tune_db, log=console.print,
+    )  # fmt: skip
+    if check_only and report.get("audit"):
+        raise typer.Exit(1)
+    console.print(f"wrote {report.get('path', report['onnx'])}")
+
+
+bench_app = typer.Typer(
+    help="Benchmarks: latency across models and backends.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("latency")
+@user_errors
+def bench_latency(
+    checkpoints: list[Path] = typer.Argument(..., help="Checkpoints; the first is the baseline."),
+    backend: str = typer.Option(
+        "torch,onnxruntime,tvm",
+        help="Comma list of torch, torch-compile, onnxruntime, tvm, tensorrt.",
+    ),
+    input_size: str = typer.Option("512x512", help="HxW, multiples of 32."),
+    warmup: int = typer.Option(3, help="Untimed calls per pair."),
+    iters: int = typer.Option(20, help="Timed calls per pair (interleaved)."),
+    threads: int | None = typer.Option(None, help="CPU threads (default: all cores)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    labels: str | None = typer.Option(
+        None, help="Comma list of model names (default: file names)."
+    ),
+    baseline: str | None = typer.Option(None, help="Label of the baseline (default: the first)."),
+    tune_trials: int = typer.Option(0, help="TVM: MetaSchedule trials per task."),
+    tune_db: Path | None = typer.Option(None, help="TVM tuning database (default: in the cache)."),
+    cache_dir: Path = typer.Option(Path(".podkit_cache"), help="Where exports are cached."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Parity-check each new export."),
+    out: Path = typer.Option(Path("latency.json"), "--out", help="Report JSON."),
+    md: Path | None = typer.Option(None, "--md", help="Also write a markdown table."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also write a bar chart (PNG)."),
+) -> None:
+    """Latency of each checkpoint on each backend, timed side by side, with ratios."""
+    import json
+
+    from rich.progress import Progress
+
+    from podkit.bench.latency import LatencyOptions, run_latency, to_markdown
+    from podkit.bench.latency import plot as plot_latency
+
+    opts = LatencyOptions(
+        input_size=parse_size(input_size), warmup=warmup, iters=iters, threads=threads,
+        device=device, tune_trials=tune_trials, tune_db=tune_db, cache_dir=cache_dir,
+        check=check, labels=labels.split(",") if labels else [], baseline=baseline,
+    )  # fmt: skip
+    with Progress(console=console) as progress:
+        task = progress.add_task("timing", total=iters)
+        report = run_latency(
+            checkpoints,
+            [b.strip() for b in backend.split(",") if b.strip()],
+            opts,
+            log=progress.console.print,
+            progress=lambda done, total: progress.update(task, completed=done),
+        )
+    table = to_markdown(report)
+    console.print(table, highlight=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    console.print(f"wrote {out}")
+    if md is not None:
+        md.write_text(table)
+        console.print(f"wrote {md}")
+    if plot is not None:
+        plot_latency(report, plot)
+        console.print(f"wrote {plot}")
+
+
 @app.command()
 @user_errors
 def plot(
@@ -270,15 +400,20 @@ def demo(
     out: Path = typer.Option(
         Path("runs/demo"), help="Folder for the demo's data, runs and report.md."
     ),
-    iters: int = typer.Option(300, help="Training iterations per detector."),
+    iters: int = typer.Option(250, help="Training iterations of the baseline and GSL runs."),
     train_images: int = typer.Option(400, help="Synthetic training images."),
     val_images: int = typer.Option(100, help="Synthetic validation images."),
-    size: int = typer.Option(192, help="Image size of the synthetic set."),
+    size: int = typer.Option(192, help="Image size of the synthetic set (and of the exports)."),
+    backends: str = typer.Option("torch,onnxruntime,tvm", help="Backends to export to and time."),
+    bench_iters: int = typer.Option(10, help="Timed calls per model and backend."),
 ) -> None:
-    """The pipeline on the built-in data, on the CPU: synth -> train -> evaluate -> report."""
+    """The whole pipeline on the built-in data, on the CPU: train -> POD -> export -> latency."""
     from podkit.demo import run_demo
 
-    run_demo(out, iters, train_images, val_images, size, console=console)
+    run_demo(
+        out, iters, train_images, val_images, size, tuple(backends.split(",")), bench_iters,
+        console=console,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -43,13 +43,17 @@ class AnchorGenerator(nn.Module):
         """(H * W * A, 4) anchors, location-major then anchor, as the heads lay them out."""
         key = (level, size, stride, str(device))
         if key not in self._cache:
-            h, w = size
-            shift_x = torch.arange(w, dtype=torch.float32, device=device) * stride
-            shift_y = torch.arange(h, dtype=torch.float32, device=device) * stride
-            sy, sx = torch.meshgrid(shift_y, shift_x, indexing="ij")
-            shifts = torch.stack((sx, sy, sx, sy), dim=-1).reshape(-1, 1, 4)
-            self._cache[key] = (shifts + self.cell[level].to(device)[None]).reshape(-1, 4)
+            self._cache[key] = self.compute(level, size, stride, device)
         return self._cache[key]
+
+    def compute(self, level: int, size: tuple[int, int], stride: int, device) -> Tensor:
+        """`grid_anchors` without the cache (export traces it with symbolic sizes)."""
+        h, w = size
+        shift_x = torch.arange(w, dtype=torch.float32, device=device) * stride
+        shift_y = torch.arange(h, dtype=torch.float32, device=device) * stride
+        sy, sx = torch.meshgrid(shift_y, shift_x, indexing="ij")
+        shifts = torch.stack((sx, sy, sx, sy), dim=-1).reshape(-1, 1, 4)
+        return (shifts + self.cell[level].to(device)[None]).reshape(-1, 4)
 
     def forward(
         self, feature_sizes: list[tuple[int, int]], strides: list[int], device

@@ -133,11 +133,10 @@ def grid_sample_conv(
             taps.append(
                 F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
             )
-    sampled = torch.stack(taps, dim=2)  # (n, c, 9, ho, wo)
-    out = torch.einsum("nckhw,ock->nohw", sampled, weight.reshape(weight.shape[0], c, 9))
-    if bias is not None:
-        out = out + bias.view(1, -1, 1, 1)
-    return out
+    # (n, c, 9, ho, wo) -> (n, 9c, ho, wo): the contraction with the weight is a 1x1 conv
+    # (one op every exporter and backend knows)
+    sampled = torch.stack(taps, dim=2).reshape(n, c * 9, ho, wo)
+    return F.conv2d(sampled, weight.reshape(weight.shape[0], c * 9, 1, 1), bias)
 
 
 def gsl_convs(model: nn.Module) -> list[tuple[str, GlobalScaleConv]]:

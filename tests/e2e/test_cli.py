@@ -68,14 +68,25 @@ def test_demo_in_a_reduced_mode(tmp_path):
         "--out",
         tmp_path / "demo",
         "--iters",
-        2,
+        3,
         "--train-images",
         8,
         "--val-images",
         2,
         "--size",
         96,
+        "--backends",
+        "torch,onnxruntime",
+        "--bench-iters",
+        2,
     )
     assert code == 0, out
-    report = (tmp_path / "demo/report.md").read_text()
-    assert "| Faster R-CNN FPN |" in report and "| RetinaNet |" in report
+    demo = tmp_path / "demo"
+    report = (demo / "report.md").read_text()
+    for row in ("| baseline |", "| GSL |", "| FD-WT |", "| FD-WT | onnxruntime | 96x96 |"):
+        assert row in report
+    assert (demo / "scales.png").is_file() and (demo / "latency.png").is_file()
+    latency = json.loads((demo / "latency.json").read_text())
+    assert {(r["model"], r["backend"]) for r in latency["results"]} == {
+        (m, b) for m in ("baseline", "GSL", "FD-WT") for b in ("torch", "onnxruntime")
+    }

@@ -1,0 +1,75 @@
+"""Deployment latency: baseline vs GSL vs FD on torch, onnxruntime and (tuned) TVM, one run.
+
+Run: .venv/bin/python bench/deploy_latency.py --arch faster_rcnn_fpn --size 512 \
+         --tune-trials 16 --out runs/bench/deploy_r50fpn
+Writes three checkpoints (GSL at fractional scales like learned ones, FD decomposed from them
+with weight transfer, as bench/pod_speed.py), then `podkit bench latency` on them. Targets
+(issue 5): FD / baseline <= 1.03 on onnxruntime and TVM; onnxruntime <= 0.9x torch eager;
+TVM after tuning vs onnxruntime and vs the measured matmul peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pod_speed import build_three  # noqa: E402
+
+from podkit.bench.latency import LatencyOptions, plot, run_latency, to_markdown  # noqa: E402
+from podkit.config import Config, to_dict  # noqa: E402
+from podkit.models import ModelConfig, tiny_model_config  # noqa: E402
+from podkit.train.checkpoint import save_checkpoint  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arch", default="faster_rcnn_fpn")
+    parser.add_argument("--depth", type=int, default=50)
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--backend", default="torch,onnxruntime,tvm")
+    parser.add_argument("--tune-trials", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/deploy"))
+    args = parser.parse_args()
+    model_cfg = (
+        tiny_model_config(args.arch, 10)
+        if args.tiny
+        else ModelConfig(arch=args.arch, depth=args.depth, num_classes=80)
+    )
+    models, plan = build_three(model_cfg)
+    args.out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, model in models.items():
+        cfg = Config(model=copy.deepcopy(model_cfg))
+        cfg.model.gsl = name == "GSL"
+        cfg.model.fd_plan = plan if name == "FD" else None
+        path = args.out / f"{name.lower()}.pt"
+        save_checkpoint({"model": model.state_dict(), "config": to_dict(cfg)}, path)
+        paths.append(path)
+    torch.set_num_threads(args.threads)
+    opts = LatencyOptions(
+        input_size=(args.size, args.size),
+        iters=args.iters,
+        threads=args.threads,
+        tune_trials=args.tune_trials,
+        cache_dir=args.out / "cache",
+        tune_db=args.out / "tvm_db",
+    )
+    report = run_latency(paths, args.backend.split(","), opts, print)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    (args.out / "report.md").write_text(to_markdown(report))
+    plot(report, args.out / "report.png")
+    print(to_markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""`podkit bench latency`: checkpoints x backends, timed side by side in one run.
+
+Each (model, backend) pair gets a runner with the same interface (export.load / torch_runner);
+artefacts are cached under `cache_dir` by checkpoint hash and export options, so a second run
+times without re-exporting or re-tuning. Timing interleaves the pairs (round-robin, one call
+each per round) so that drift of a noisy machine hits every pair alike, and synchronises the
+GPU after each call when timing on one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from podkit.export import (
+    BackendUnavailable,
+    ParityError,
+    Runner,
+    export_checkpoint,
+    sample_image,
+    torch_runner,
+)
+from podkit.export import load as load_artefact
+
+BACKENDS = ("torch", "torch-compile", "onnxruntime", "tvm", "tensorrt")
+TARGET_OF = {"onnxruntime": "onnx", "tvm": "tvm", "tensorrt": "tensorrt"}
+SUFFIX = {"onnx": ".onnx", "tvm": ".so", "tensorrt": ".engine"}
+
+
+@dataclass
+class LatencyOptions:
+    input_size: tuple[int, int] = (512, 512)
+    warmup: int = 3
+    iters: int = 20
+    threads: int | None = None
+    device: str = "cpu"
+    tune_trials: int = 0
+    tune_db: Path | None = None
+    cache_dir: Path = Path(".podkit_cache")
+    check: bool = True
+    labels: list[str] = field(default_factory=list)
+    baseline: str | None = None
+
+
+def checkpoint_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def model_label(path: Path) -> str:
+    """`runs/fd/last.pt` -> `fd`; `fd.pt` -> `fd`."""
+    return path.parent.name if path.stem in ("last", "model", "best") else path.stem
+
+
+def count_flops(wrapper: torch.nn.Module, image: np.ndarray) -> float:
+    """FLOPs of one forward (2 per multiply-add; convs and matmuls, as PyTorch counts them)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        wrapper(torch.from_numpy(image))
+    return float(counter.get_total_flops())
+
+
+def measure_peak_gflops(threads: int, seconds: float = 1.0) -> float:
+    """The machine's float32 matmul rate through PyTorch: the roof the models are held to."""
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("onnx", "onnxruntime", "tvm", "tensorrt"):
+        with contextlib.suppress(Exception):
+            versions[name] = __import__(name).__version__
+    return versions
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+def prepare(
+    checkpoint: Path,
+    wrapper: torch.nn.Module,
+    backend: str,
+    opts: LatencyOptions,
+    log: Callable[[str], None],
+) -> tuple[Runner, dict]:
+    """A runner for one (checkpoint, backend), exporting (or reusing the cached export)."""
+    if backend in ("torch", "torch-compile"):
+        return torch_runner(wrapper, opts.device, compile=backend == "torch-compile"), {}
+    target = TARGET_OF[backend]
+    h, w = opts.input_size
+    key = f"{checkpoint_hash(checkpoint)}_{h}x{w}_{opts.device}"
+    if target == "tvm":
+        key += f"_t{opts.tune_trials}"
+    path = opts.cache_dir / key / f"model{SUFFIX[target]}"
+    info: dict = {}
+    if not path.is_file():
+        try:
+            report = export_checkpoint(
+                checkpoint,
+                target,
+                path,
+                opts.input_size,
+                check=opts.check,
+                device=opts.device,
+                tune_trials=opts.tune_trials,
+                tune_db=opts.tune_db or opts.cache_dir / "tvm_tuning_db",
+                log=log,
+            )
+            info["parity"] = "ok" if opts.check else "not checked"
+            if "tvm" in report and "tuning" in report["tvm"]:
+                info["tuning"] = report["tvm"]["tuning"]
+        except ParityError as exc:
+            log(f"warning: {exc}; timed anyway")
+            info["parity"] = str(exc)
+    else:
+        log(f"{model_label(checkpoint)} / {backend}: cached {path}")
+    threads = opts.threads or os.cpu_count()
+    return load_artefact(path, opts.device, threads), info
+
+
+def run_latency(
+    checkpoints: list[Path],
+    backends: list[str],
+    opts: LatencyOptions,
+    log: Callable[[str], None] = print,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Time every (checkpoint, backend) pair; returns the report (see DESIGN.md)."""
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backend {unknown[0]!r}: choose from {', '.join(BACKENDS)}")
+    labels = opts.labels or [model_label(Path(c)) for c in checkpoints]
+    if len(labels) != len(checkpoints) or len(set(labels)) != len(labels):
+        raise ValueError(f"need one distinct label per checkpoint, got {labels}")
+    baseline = opts.baseline or labels[0]
+    if baseline not in labels:
+        raise ValueError(f"--baseline {baseline!r} is not one of the labels {labels}")
+    threads = opts.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+    image = sample_image(opts.input_size)
+    from podkit.export.wrap import ExportWrapper
+    from podkit.train.checkpoint import load_detector
+
+    pairs, unavailable, models = [], [], {}
+    for ckpt, label in zip(checkpoints, labels, strict=True):
+        model, _, _, _ = load_detector(ckpt)
+        wrapper = ExportWrapper(model.cpu())
+        models[label] = {
+            "checkpoint": str(ckpt),
+            "gflops": count_flops(wrapper, image) / 1e9,
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        }
+        for backend in backends:
+            try:
+                runner, info = prepare(Path(ckpt), wrapper, backend, opts, log)
+            except BackendUnavailable as exc:
+                unavailable.append({"model": label, "backend": backend, "reason": str(exc)})
+                log(f"{label} / {backend}: unavailable: {exc}")
+                continue
+            pairs.append((label, backend, runner, info))
+    sync = [getattr(r, "sync", None) or (lambda: None) for _, _, r, _ in pairs]
+    for (_, _, runner, _), s in zip(pairs, sync, strict=True):
+        for _ in range(opts.warmup):
+            runner(image)
+        s()
+    times: list[list[float]] = [[] for _ in pairs]
+    for it in range(opts.iters):
+        for i, ((_, _, runner, _), s) in enumerate(zip(pairs, sync, strict=True)):
+            t = time.perf_counter()
+            runner(image)
+            s()
+            times[i].append((time.perf_counter() - t) * 1e3)
+        if progress is not None:
+            progress(it + 1, opts.iters)
+    results = []
+    for (label, backend, _, info), ms in zip(pairs, times, strict=True):
+        median = statistics.median(ms)
+        results.append(
+            {
+                "model": label,
+                "backend": backend,
+                "input": list(opts.input_size),
+                "median_ms": median,
+                "p90_ms": float(np.percentile(ms, 90)),
+                "min_ms": min(ms),
+                "gflops": models[label]["gflops"],
+                "params_m": models[label]["params_m"],
+                "gflops_per_s": models[label]["gflops"] / (median / 1e3),
+                **info,
+            }
+        )
+    by_pair = {(r["model"], r["backend"]): r["median_ms"] for r in results}
+    for r in results:
+        base = by_pair.get((baseline, r["backend"]))
+        r["ratio_vs_baseline"] = r["median_ms"] / base if base else None
+    return {
+        "device": _device_name(opts.device),
+        "threads": threads,
+        "peak_gflops": measure_peak_gflops(threads) if opts.device == "cpu" else None,
+        "baseline": baseline,
+        "versions": _versions(),
+        "warmup": opts.warmup,
+        "iters": opts.iters,
+        "models": models,
+        "results": results,
+        "unavailable": unavailable,
+    }
+
+
+def to_markdown(report: dict) -> str:
+    lines = [
+        f"Device: {report['device']}, {report['threads']} threads; {report['iters']} timed "
+        f"calls per pair after {report['warmup']} warm-up, interleaved; batch 1.",
+    ]
+    if report.get("peak_gflops"):
+        lines.append(f"Measured float32 matmul peak: {report['peak_gflops']:.0f} GFLOP/s.")
+    lines += [
+        "",
+        f"| model | backend | input | median ms | p90 ms | min ms | x {report['baseline']} "
+        "| GFLOPs | params (M) | GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        ratio = "-" if r["ratio_vs_baseline"] is None else f"{r['ratio_vs_baseline']:.3f}"
+        lines.append(
+            f"| {r['model']} | {r['backend']} | {r['input'][0]}x{r['input'][1]} | "
+            f"{r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['min_ms']:.1f} | {ratio} | "
+            f"{r['gflops']:.2f} | {r['params_m']:.2f} | {r['gflops_per_s']:.1f} |"
+        )
+    for u in report["unavailable"]:
+        lines.append(f"\n{u['model']} / {u['backend']}: not available: {u['reason']}")
+    for r in report["results"]:
+        if r.get("parity") not in (None, "ok"):
+            lines.append(f"\n{r['model']} / {r['backend']}: parity: {r['parity']}")
+    lines.append("\nVersions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: str | Path) -> None:
+    """Grouped bars: median latency per model, one group per backend, p90 as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = list(dict.fromkeys(r["backend"] for r in report["results"]))
+    models = list(dict.fromkeys(r["model"] for r in report["results"]))
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(backends), 3.6))
+    for i, model in enumerate(models):
+        rows = {r["backend"]: r for r in report["results"] if r["model"] == model}
+        xs = [b + (i - (len(models) - 1) / 2) * width for b in range(len(backends))]
+        med = [rows[b]["median_ms"] if b in rows else 0 for b in backends]
+        err = [rows[b]["p90_ms"] - rows[b]["median_ms"] if b in rows else 0 for b in backends]
+        ax.bar(xs, med, width, yerr=[np.zeros(len(err)), err], label=model, capsize=2)
+    ax.set_xticks(range(len(backends)), backends)
+    ax.set_ylabel("latency, ms (median, bar to p90)")
+    ax.set_title(f"batch 1, {report['results'][0]['input'][0]}x{report['results'][0]['input'][1]}"
+                 f" - {report['device']}", fontsize=9)  # fmt: skip
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

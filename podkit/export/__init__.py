@@ -1,0 +1,154 @@
+"""Checkpoint -> deployable artefact (ONNX, TVM library, TensorRT engine), checked against PyTorch.
+
+Every target goes through the ONNX export of `wrap.ExportWrapper`; `load(path, device)`
+returns the same kind of callable for each (image -> outputs), so the latency benchmark
+times all backends alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from podkit.export.common import (
+    BackendUnavailable,
+    ParityError,
+    Runner,
+    compare_outputs,
+    format_parity,
+)
+
+TARGETS = {"onnx": ".onnx", "tvm": ".so", "tensorrt": ".engine"}
+
+__all__ = [
+    "TARGETS",
+    "BackendUnavailable",
+    "ParityError",
+    "Runner",
+    "export_checkpoint",
+    "load",
+    "sample_image",
+    "torch_runner",
+]
+
+
+def sample_image(input_size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """A synthetic scene (shapes on texture) cropped/padded to (1, 3, H, W) in [0, 1]: an input
+    with objects, so that the parity check compares real detections."""
+    from podkit.data.synthetic import synth_image
+
+    h, w = input_size
+    pixels, _ = synth_image(max(h, w), np.random.default_rng(seed))
+    canvas = np.zeros((h, w, 3), np.float32)
+    crop = pixels[:h, :w].astype(np.float32) / 255.0
+    canvas[: crop.shape[0], : crop.shape[1]] = crop
+    return np.ascontiguousarray(canvas.transpose(2, 0, 1)[None])
+
+
+def torch_runner(wrapper: torch.nn.Module, device: str = "cpu", compile: bool = False) -> Runner:
+    """The wrapper in PyTorch eager (or `torch.compile`d) behind the common interface."""
+    wrapper = wrapper.to(device).eval()
+    forward = torch.compile(wrapper) if compile else wrapper
+
+    @torch.inference_mode()
+    def run(image: np.ndarray) -> list[np.ndarray]:
+        out = forward(torch.from_numpy(image).to(device))
+        return [o.cpu().numpy() for o in out]
+
+    run.sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)  # type: ignore[attr-defined]
+    return run
+
+
+def load(path: str | Path, device: str = "cpu", threads: int | None = None) -> Runner:
+    """Load any exported artefact by its suffix: .onnx (onnxruntime), .so (TVM), .engine."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        from podkit.export import onnx
+
+        return onnx.load(path, device, threads)
+    if path.suffix == ".so":
+        from podkit.export import tvm
+
+        return tvm.load(path, device)
+    if path.suffix == ".engine":
+        from podkit.export import tensorrt
+
+        return tensorrt.load(path, device)
+    raise ValueError(f"{path}: unknown artefact (expected {', '.join(TARGETS.values())})")
+
+
+def check_parity(wrapper, runner: Runner, input_size: tuple[int, int], seed: int = 0) -> dict:
+    """Run PyTorch and the backend on the same sample image and compare (see compare_outputs)."""
+    image = sample_image(input_size, seed)
+    reference = torch_runner(wrapper)(image)
+    report = compare_outputs(wrapper.output_names, reference, runner(image))
+    report["input"] = list(input_size)
+    return report
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    target: str,
+    out: str | Path,
+    input_size: tuple[int, int] = (512, 512),
+    dynamic: bool = False,
+    nms: bool = True,
+    fp16: bool = False,
+    check: bool = True,
+    check_only: bool = False,
+    device: str = "cpu",
+    tune_trials: int = 0,
+    tune_db: str | Path | None = None,
+    opset: int = 18,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Export a checkpoint to `target` at `out`; returns what was written and checked.
+
+    Non-ONNX targets write the intermediate ONNX file next to `out`. With `check` the
+    artefact runs on a sample image and must match PyTorch (ParityError otherwise; the
+    files stay for inspection). `check_only` (TensorRT) stops after the op audit.
+    """
+    from podkit.export import onnx as onnx_export
+    from podkit.train.checkpoint import load_detector
+
+    if target not in TARGETS:
+        raise ValueError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if target == "tvm" and dynamic:
+        raise ValueError("TVM compiles for one input size: drop --dynamic or use --target onnx")
+    out = Path(out)
+    onnx_path = out if target == "onnx" else out.with_suffix(".onnx")
+    model, _, _, _ = load_detector(checkpoint)
+    log(f"exporting {checkpoint} -> {onnx_path} ({'dynamic' if dynamic else 'static'} "
+        f"{input_size[0]}x{input_size[1]}, {'NMS in graph' if nms else 'raw outputs'})")  # fmt: skip
+    wrapper = onnx_export.export(model, onnx_path, input_size, dynamic, nms, opset)
+    report: dict = {"target": target, "onnx": str(onnx_path), "outputs": wrapper.output_names}
+    if target == "tensorrt":
+        from podkit.export import tensorrt
+
+        problems = tensorrt.audit(onnx_path)
+        report["audit"] = problems
+        log("TensorRT op audit: " + ("passed" if not problems else "; ".join(problems)))
+        if check_only:
+            return report
+        tensorrt.export(onnx_path, out, input_size, fp16, (2048, 2048) if dynamic else None)
+        device = "cuda"
+    elif target == "tvm":
+        from podkit.export import tvm
+
+        report["tvm"] = tvm.export(onnx_path, out, input_size, device, tune_trials, tune_db, log)
+    report["path"] = str(out)
+    if check:
+        runner = load(out, device)
+        sizes = [input_size] + ([(input_size[0] + 64, input_size[1] + 96)] if dynamic else [])
+        report["parity"] = [check_parity(wrapper, runner, size) for size in sizes]
+        for item in report["parity"]:
+            log(
+                f"parity vs PyTorch at {item['input'][0]}x{item['input'][1]}: {format_parity(item)}"
+            )
+        failed = [p for p in report["parity"] if not p["ok"]]
+        if failed:
+            raise ParityError(f"{out}: {format_parity(failed[0])}")
+    return report

@@ -1,0 +1,99 @@
+"""What every export target shares: the runner interface and the missing-backend error."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+# A loaded artefact: (1, 3, H, W) float32 image in [0, 1] -> the wrapper's outputs, in order.
+Runner = Callable[[np.ndarray], list[np.ndarray]]
+
+MISSING_TVM = "TVM is not installed: pip install 'apache-tvm>=0.27' 'apache-tvm-ffi==0.1.14.post1'"
+MISSING_ORT = "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)"
+MISSING_TENSORRT = (
+    "TensorRT is not installed: on a machine with an NVIDIA GPU, pip install 'podkit[tensorrt]' "
+    "(the tensorrt wheel; CUDA driver required)"
+)
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend's package, device or plugin is missing; the message says what to install."""
+
+
+class ParityError(RuntimeError):
+    """An exported artefact computes something else than the PyTorch model."""
+
+
+def compare_outputs(
+    names: list[str],
+    reference: list[np.ndarray],
+    outputs: list[np.ndarray],
+    raw_tol: float = 1e-4,
+    box_tol: float = 1e-3,
+) -> dict:
+    """Compare a backend's outputs with PyTorch's on the same input.
+
+    Raw tensors: max |a - b| / max(1, |a|) <= raw_tol (absolute for small values, relative
+    for large). Detections (`num_detections` present): same count, labels and order, boxes
+    within box_tol pixels; two detections whose scores differ by < 1e-5 may swap places
+    (a tie that float rounding orders either way), and are counted as `reordered_ties`.
+    Returns the figures with `ok`.
+    """
+    got = dict(zip(names, outputs, strict=True))
+    ref = dict(zip(names, reference, strict=True))
+    report: dict = {"ok": True}
+    if "num_detections" not in got:
+        worst = 0.0
+        for name in names:
+            a, b = ref[name].astype(np.float64), got[name].astype(np.float64)
+            if a.shape != b.shape:
+                report.update(ok=False, error=f"{name}: shape {b.shape} vs PyTorch {a.shape}")
+                return report
+            if a.size:
+                worst = max(worst, float((np.abs(a - b) / np.maximum(1.0, np.abs(a))).max()))
+        report.update(max_rel_error=worst, ok=worst <= raw_tol)
+        return report
+    n_ref, n_got = int(ref["num_detections"][0]), int(got["num_detections"][0])
+    report.update(detections=n_ref, backend_detections=n_got)
+    if n_ref != n_got:
+        report.update(ok=False, error=f"{n_got} detections vs PyTorch {n_ref}")
+        return report
+    boxes_r, boxes_g = ref["boxes"][:n_ref], got["boxes"][:n_ref]
+    labels_r, labels_g = ref["labels"][:n_ref], got["labels"][:n_ref]
+    scores_r, scores_g = ref["scores"][:n_ref], got["scores"][:n_ref]
+    ties, worst_box, worst_score = 0, 0.0, 0.0
+    for i in range(n_ref):
+        j = i
+        same = labels_r[i] == labels_g[i] and np.abs(boxes_r[i] - boxes_g[i]).max() <= box_tol
+        if not same:  # a tie ordered the other way: the same detection next to it
+            near = [
+                k
+                for k in range(max(0, i - 3), min(n_ref, i + 4))
+                if labels_g[k] == labels_r[i]
+                and np.abs(boxes_r[i] - boxes_g[k]).max() <= box_tol
+                and abs(float(scores_r[i]) - float(scores_g[k])) < 1e-5
+                and abs(float(scores_r[i]) - float(scores_r[k])) < 1e-5
+            ]
+            if not near:
+                report.update(ok=False, error=f"detection {i} differs (label, box or order)")
+                return report
+            ties += 1
+            j = near[0]
+        worst_box = max(worst_box, float(np.abs(boxes_r[i] - boxes_g[j]).max(initial=0.0)))
+        worst_score = max(worst_score, abs(float(scores_r[i]) - float(scores_g[j])))
+    report.update(max_box_error=worst_box, max_score_error=worst_score, reordered_ties=ties)
+    return report
+
+
+def format_parity(report: dict) -> str:
+    """One line: what was compared and how close it came."""
+    if "error" in report:
+        return f"MISMATCH: {report['error']}"
+    if "max_rel_error" in report:
+        return f"raw outputs max relative error {report['max_rel_error']:.2e}"
+    ties = f", {report['reordered_ties']} tied pairs reordered" if report["reordered_ties"] else ""
+    return (
+        f"{report['detections']} detections identical: boxes within "
+        f"{report['max_box_error']:.1e} px, scores within {report['max_score_error']:.1e}{ties}"
+    )

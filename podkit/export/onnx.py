@@ -1,0 +1,101 @@
+"""ONNX export through the dynamo exporter, and an onnxruntime runner.
+
+opset 18 by default: >= 17 for the exporters, <= 19 so GridSample keeps mode "bilinear"
+(TensorRT's ONNX importer silently runs opset-20 "linear" as nearest, NVIDIA/TensorRT#4646).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from podkit.export.common import MISSING_ORT, BackendUnavailable, Runner
+from podkit.export.wrap import ONNX_TRANSLATIONS, SIZE_MULTIPLE, ExportWrapper, check_input_size
+
+MAX_DYNAMIC_SIDE = 2048
+
+
+def export(
+    model: nn.Module,
+    path: str | Path,
+    input_size: tuple[int, int] = (512, 512),
+    dynamic: bool = False,
+    nms: bool = True,
+    opset: int = 18,
+    max_detections: int = 100,
+) -> ExportWrapper:
+    """Write `model` (wrapped: one image in, flat tensors out) to `path`; checked by onnx.checker.
+
+    `dynamic` makes height and width free (multiples of 32 up to 2048); `input_size` is then
+    the example the exporter traces with.
+    """
+    import onnx
+
+    if not 17 <= opset <= 19:
+        raise ValueError(f"opset {opset}: podkit exports with opset 17-19 (see BACKENDS.md)")
+    check_input_size(*input_size)
+    wrapper = ExportWrapper(model.cpu().eval(), nms=nms, max_detections=max_detections)
+    example = torch.rand(1, 3, *input_size)
+    dynamic_shapes = None
+    if dynamic:
+        blocks = MAX_DYNAMIC_SIDE // SIZE_MULTIPLE
+        h = SIZE_MULTIPLE * torch.export.Dim("height_blocks", min=2, max=blocks)
+        w = SIZE_MULTIPLE * torch.export.Dim("width_blocks", min=2, max=blocks)
+        dynamic_shapes = {"image": {2: h, 3: w}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the exporter logs that torchvision's ops are not registered (podkit has its own)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=wrapper.output_names,
+            dynamic_shapes=dynamic_shapes,
+            custom_translation_table=ONNX_TRANSLATIONS,
+            external_data=False,
+            verbose=False,
+        )
+    onnx.checker.check_model(str(path))
+    return wrapper
+
+
+def load(path: str | Path, device: str = "cpu", threads: int | None = None) -> Runner:
+    """An onnxruntime session (all graph optimisations, `threads` intra-op threads)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackendUnavailable(MISSING_ORT) from exc
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ONNX model not found")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BackendUnavailable(
+                "onnxruntime has no CUDA provider here: pip install onnxruntime-gpu"
+            )
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    name = session.get_inputs()[0].name
+
+    def run(image: np.ndarray) -> list[np.ndarray]:
+        return session.run(None, {name: image})
+
+    run.providers = session.get_providers()  # type: ignore[attr-defined]
+    return run

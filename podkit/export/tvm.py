@@ -1,0 +1,261 @@
+"""TVM (Relax) from the ONNX export: import, optional MetaSchedule tuning, compile, run.
+
+Untuned Relax CPU code is naive (no default conv schedule): ResNet-50 ran ~400x slower than
+onnxruntime here, so tuning is what makes TVM worth deploying. Tuning records go to a JSON
+database directory that later runs and other models reuse: tasks already in it are not
+tuned again (the FD network shares most workloads with its baseline).
+
+Pitfalls handled here (../shared/BACKENDS.md):
+- TVM's ONNX `NonMaxSuppression` converter returns its padded (num_boxes, 3) buffer instead
+  of the valid rows; its `RoiAlign` converter shifts half_pixel RoIs by -0.5 before scaling
+  and the op ignores `aligned`; `_patched_converters` fixes both.
+- The default LocalBuilder's worker processes each import `tvm.s_tir.tensor_intrin` (~20 s)
+  and hit its timeout; `InProcessBuilder` builds candidates in this process.
+- apache-tvm-ffi 0.1.15 segfaults writing JSON; pyproject pins 0.1.14.post1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from podkit.export.common import MISSING_TVM, BackendUnavailable, Runner
+
+SIDECAR = ".json"
+
+
+def _tvm():
+    try:
+        import tvm
+        from tvm import relax
+    except ImportError as exc:
+        raise BackendUnavailable(MISSING_TVM) from exc
+    return tvm, relax
+
+
+def host_target(device: str = "cpu"):
+    """`llvm` with this host's CPU features and cores, or `cuda`."""
+    tvm, _ = _tvm()
+    if device == "cuda":
+        return tvm.target.Target({"kind": "cuda", "arch": _cuda_arch()}, host="llvm")
+    config = {"kind": "llvm", "num-cores": os.cpu_count() or 1}
+    cpu = tvm.target.codegen.llvm_get_system_cpu() if hasattr(tvm.target, "codegen") else None
+    if cpu:
+        config["mcpu"] = cpu
+    return tvm.target.Target(config)
+
+
+def _cuda_arch() -> str:
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return f"sm_{major}{minor}"
+
+
+@contextlib.contextmanager
+def _patched_converters():
+    """Patch two of TVM's ONNX converters: NonMaxSuppression (return only the selected
+    rows) and RoiAlign half_pixel (the aligned sampling positions)."""
+    from tvm import relax, tirx
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    original = onnx_frontend._get_convert_map
+
+    class TrimmedNMS(onnx_frontend.NonMaxSuppression):
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):
+            selected = super()._impl_v10(bb, inputs, attr, params)
+            nms_out = bb.lookup_binding(selected).tuple_value
+            count = bb.emit(relax.op.astype(relax.TupleGetItem(nms_out, 1), "int64"))
+            end = bb.emit(relax.op.concat([count, relax.const([3], "int64")]))
+            rows = relax.op.dynamic_strided_slice(
+                selected, relax.const([0, 0], "int64"), end, relax.const([1, 1], "int64")
+            )
+            kept = tirx.Var("nms_kept", "int64")  # give the sliced rows a symbolic shape
+            return bb.match_cast(rows, relax.TensorType([kept, 3], "int64"))
+
+    class HalfPixelRoiAlign(onnx_frontend.OnnxOpConverter):
+        """ONNX half_pixel = torchvision's aligned=True: sample at roi * scale - 0.5. TVM's op
+        ignores `aligned` (it always computes the unaligned form) and the stock converter
+        shifts the unscaled RoIs by -0.5; shifting by -0.5 / scale gives the aligned sampling.
+        The unaligned form still clamps RoIs to >= 1 feature cell: a RoI smaller than one
+        cell (a few pixels on P2) pools slightly differently than in PyTorch."""
+
+        @classmethod
+        def _impl_v16(cls, bb, inputs, attr, params):
+            data, rois, batch = inputs
+            mode = attr.get("coordinate_transformation_mode", b"half_pixel")
+            if (mode.decode() if isinstance(mode, bytes) else mode) != "half_pixel":
+                return onnx_frontend.RoiAlign._impl_v16(bb, inputs, attr, params)
+            batch = relax.op.astype(relax.op.expand_dims(batch, axis=1), rois.ty.dtype)
+            scale = attr.get("spatial_scale", 1.0)
+            rois = relax.op.subtract(rois, relax.const(0.5 / scale, rois.ty.dtype))
+            method = attr.get("mode", b"avg")
+            return relax.op.vision.roi_align(
+                data,
+                relax.op.concat([batch, rois], axis=1),
+                pooled_size=(attr.get("output_height", 1), attr.get("output_width", 1)),
+                spatial_scale=scale,
+                sample_ratio=attr.get("sampling_ratio", 0),
+                aligned=False,
+                layout="NCHW",
+                mode=method.decode() if isinstance(method, bytes) else method,
+            )
+
+    def patched():
+        table = original()
+        table["NonMaxSuppression"] = TrimmedNMS
+        table["RoiAlign"] = HalfPixelRoiAlign
+        return table
+
+    onnx_frontend._get_convert_map = patched
+    try:
+        yield
+    finally:
+        onnx_frontend._get_convert_map = original
+
+
+def import_onnx(onnx_path: str | Path, input_size: tuple[int, int]):
+    """The Relax module of an ONNX export at a fixed input size, lowered to TIR and fused."""
+    import onnx
+
+    tvm, relax = _tvm()
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = onnx.load(str(onnx_path))
+    name = model.graph.input[0].name
+    with _patched_converters():
+        mod = from_onnx(model, shape_dict={name: [1, 3, *input_size]}, keep_params_in_input=False)
+    return mod
+
+
+def _lower(mod, target):
+    tvm, relax = _tvm()
+    with target:
+        return tvm.transform.Sequential(
+            [
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.CanonicalizeBindings(),
+                relax.get_pipeline("zero"),
+            ]
+        )(mod)
+
+
+def in_process_builder():
+    """A MetaSchedule builder that compiles candidates in this process (see module doc)."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        def build(self, build_inputs):
+            results = []
+            for item in build_inputs:
+                try:
+                    module = default_build(item.mod, item.target, None)
+                    results.append(BuilderResult(default_export(module), None))
+                except Exception as exc:  # a candidate that fails to build is just a bad one
+                    results.append(BuilderResult(None, f"InProcessBuilder: {exc}"))
+            return results
+
+    return InProcessBuilder()
+
+
+def tune(mod, target, trials_per_task: int, database_dir: str | Path, log=print) -> dict:
+    """Tune the module's tasks missing from the database, `trials_per_task` each.
+
+    Returns {"tasks", "tuned", "reused", "trials"}.
+    """
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
+
+    try:
+        import xgboost  # noqa: F401  (MetaSchedule's default cost model)
+    except ImportError as exc:
+        raise BackendUnavailable("TVM tuning needs xgboost: pip install 'podkit[tune]'") from exc
+    database_dir = Path(database_dir)
+    database_dir.mkdir(parents=True, exist_ok=True)
+    database = ms.database.JSONDatabase(work_dir=str(database_dir))
+    tasks = extract_tasks(mod, target)
+    todo = [t for t in tasks if not database.has_workload(t.dispatched[0])]
+    summary = {"tasks": len(tasks), "tuned": len(todo), "reused": len(tasks) - len(todo)}
+    summary["trials"] = trials_per_task * len(todo)
+    log(
+        f"TVM tuning: {len(tasks)} tasks, {summary['reused']} found in {database_dir}, "
+        f"tuning {len(todo)} x {trials_per_task} trials"
+    )
+    if todo and trials_per_task > 0:
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            extracted_tasks=todo, work_dir=str(database_dir)
+        )
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(database_dir),
+            max_trials_global=summary["trials"],
+            max_trials_per_task=trials_per_task,
+            num_trials_per_iter=min(64, trials_per_task),
+            builder=in_process_builder(),
+            database=database,
+        )
+    return summary
+
+
+def export(
+    onnx_path: str | Path,
+    out: str | Path,
+    input_size: tuple[int, int],
+    device: str = "cpu",
+    tune_trials: int = 0,
+    tune_db: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Compile the ONNX export into `out` (a shared library) plus `out.json` (its interface)."""
+    tvm, relax = _tvm()
+    target = host_target(device)
+    mod = _lower(import_onnx(onnx_path, input_size), target)
+    info: dict = {"input_size": list(input_size), "device": device, "target": str(target)}
+    if tune_trials > 0:
+        db = Path(tune_db or Path(out).parent / "tvm_tuning_db")
+        info["tuning"] = tune(mod, target, tune_trials, db, log)
+        with target, tvm.transform.PassContext(opt_level=3):
+            mod = relax.transform.MetaScheduleApplyDatabase(str(db))(mod)
+    elif device == "cuda":
+        with target:  # untuned GPU kernels still need thread bindings
+            mod = tvm.s_tir.dlight.ApplyDefaultSchedule(tvm.s_tir.dlight.gpu.Fallback())(mod)
+    executable = tvm.compile(mod, target=target)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    executable.export_library(str(out))
+    import onnx
+
+    info["outputs"] = [
+        o.name for o in onnx.load(str(onnx_path), load_external_data=False).graph.output
+    ]
+    Path(str(out) + SIDECAR).write_text(json.dumps(info, indent=2))
+    return info
+
+
+def load(path: str | Path, device: str = "cpu") -> Runner:
+    """A callable running the compiled library through the Relax VM: image -> outputs."""
+    tvm, relax = _tvm()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: TVM library not found")
+    info = json.loads(Path(str(path) + SIDECAR).read_text())
+    dev = tvm.cuda() if device == "cuda" else tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), dev)
+
+    def run(image: np.ndarray) -> list[np.ndarray]:
+        out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(image), dev))
+        return [o.numpy() for o in out]  # the wrapper always returns a tuple
+
+    run.sync = dev.sync  # type: ignore[attr-defined]
+    run.info = info  # type: ignore[attr-defined]
+    return run

@@ -1,0 +1,49 @@
+"""`podkit bench latency` on tiny checkpoints: a well-formed report, honest about backends."""
+
+import json
+
+from tests.e2e.test_cli import invoke
+
+
+def test_bench_latency_report(checkpoints, tmp_path):
+    base = checkpoints("retinanet", "baseline")
+    fd = checkpoints("retinanet", "fd")
+    code, out = invoke(
+        "bench", "latency", base, fd,
+        "--backend", "torch,onnxruntime,tensorrt",
+        "--input-size", "128x128", "--warmup", 1, "--iters", 3,
+        "--labels", "base,fd", "--cache-dir", tmp_path / "cache",
+        "--out", tmp_path / "r.json", "--md", tmp_path / "r.md", "--plot", tmp_path / "r.png",
+    )  # fmt: skip
+    assert code == 0, out
+    report = json.loads((tmp_path / "r.json").read_text())
+    pairs = {(r["model"], r["backend"]): r for r in report["results"]}
+    assert set(pairs) == {(m, b) for m in ("base", "fd") for b in ("torch", "onnxruntime")}
+    for (model, _), r in pairs.items():
+        assert r["input"] == [128, 128]
+        assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"]
+        assert r["gflops"] > 0 and r["params_m"] > 0 and r["parity"] in ("ok", None)
+        if model == "base":
+            assert r["ratio_vs_baseline"] == 1.0
+    fd_ort = pairs["fd", "onnxruntime"]
+    base_ort = pairs["base", "onnxruntime"]
+    assert abs(fd_ort["ratio_vs_baseline"] - fd_ort["median_ms"] / base_ort["median_ms"]) < 1e-9
+    # TensorRT is in no image here: listed with the reason, never silently dropped
+    missing = {(u["model"], u["backend"]) for u in report["unavailable"]}
+    assert ("base", "tensorrt") in missing or ("base", "tensorrt") in pairs
+    assert report["device"] and report["versions"]["torch"]
+    assert "| fd | onnxruntime | 128x128 |" in (tmp_path / "r.md").read_text()
+    assert (tmp_path / "r.png").stat().st_size > 0
+    # a second run times the cached exports without exporting again
+    code, out = invoke(
+        "bench", "latency", base, "--backend", "onnxruntime", "--input-size", "128x128",
+        "--iters", 1, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "r2.json",
+    )  # fmt: skip
+    assert code == 0 and "cached" in out and "exporting" not in out
+
+
+def test_bench_latency_rejects_unknown_backend(checkpoints, tmp_path):
+    code, out = invoke(
+        "bench", "latency", checkpoints(), "--backend", "openvino", "--out", tmp_path / "r.json"
+    )
+    assert code == 2 and "unknown backend 'openvino'" in out

@@ -1,0 +1,60 @@
+"""The export wrapper computes exactly what the detector computes, in a traceable form."""
+
+import numpy as np
+import pytest
+import torch
+
+from podkit.export import sample_image, torch_runner
+from podkit.export.common import compare_outputs
+from podkit.export.wrap import ExportWrapper, check_input_size, nms_op
+from podkit.ops.nms import nms
+from podkit.train.checkpoint import load_detector
+
+
+@pytest.mark.parametrize("arch", ["faster_rcnn_fpn", "faster_rcnn_c4", "retinanet"])
+@pytest.mark.parametrize("variant", ["baseline", "gsl"])
+def test_wrapper_detections_equal_model(checkpoints, arch, variant):
+    model, _, _, _ = load_detector(checkpoints(arch, variant))
+    model.eval()
+    image = sample_image((128, 160))
+    with torch.no_grad():
+        ref = model([torch.from_numpy(image[0])]).detections[0]
+    boxes, scores, labels, count = torch_runner(ExportWrapper(model))(image)
+    n = int(count[0])
+    assert n == len(ref["boxes"]) > 0
+    np.testing.assert_allclose(boxes[:n], ref["boxes"].numpy(), atol=1e-3)
+    np.testing.assert_array_equal(labels[:n], ref["labels"].numpy())
+    np.testing.assert_allclose(scores[:n], ref["scores"].numpy(), atol=1e-5)
+    assert not boxes[n:].any() and not scores[n:].any()  # padding is zeros
+
+
+def test_nms_op_is_thresholded_greedy_nms():
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(200, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + 5 + torch.rand(200, 2, generator=g) * 30], dim=1)
+    scores = torch.rand(200, generator=g)
+    keep = nms_op(boxes, scores, 0.5, 0.3, 20)
+    above = torch.where(scores > 0.3)[0]
+    expected = above[nms(boxes[above], scores[above], 0.5)][:20]
+    assert torch.equal(keep, expected)
+
+
+def test_input_size_rules():
+    check_input_size(64, 96)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        check_input_size(100, 128)
+
+
+def test_compare_outputs_tolerates_only_ties():
+    names = ["boxes", "scores", "labels", "num_detections"]
+    boxes = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], np.float32)
+    ref = [boxes, np.array([0.9, 0.5, 0.5], np.float32), np.array([1, 2, 3]), np.array([3])]
+    swapped = [boxes[[0, 2, 1]], ref[1], ref[2][[0, 2, 1]], ref[3]]
+    report = compare_outputs(names, ref, swapped)
+    assert report["ok"] and report["reordered_ties"] == 2
+    not_tied = [boxes[[1, 0, 2]], ref[1], ref[2][[1, 0, 2]], ref[3]]
+    assert not compare_outputs(names, ref, not_tied)["ok"]
+    moved = [boxes + np.float32(0.01), *ref[1:]]
+    assert not compare_outputs(names, ref, moved)["ok"]
+    fewer = [*ref[:3], np.array([2])]
+    assert "2 detections vs PyTorch 3" in compare_outputs(names, ref, fewer)["error"]
