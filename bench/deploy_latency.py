@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--tune-trials", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/deploy"))
+    parser.add_argument("--models", default="baseline,GSL,FD", help="which of the three")
     args = parser.parse_args()
     model_cfg = (
         tiny_model_config(args.arch, 10)
@@ -49,6 +50,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, model in models.items():
+        if name not in args.models.split(","):
+            continue
         cfg = Config(model=copy.deepcopy(model_cfg))
         cfg.model.gsl = name == "GSL"
         cfg.model.fd_plan = plan if name == "FD" else None

@@ -400,7 +400,7 @@ def demo(
     out: Path = typer.Option(
         Path("runs/demo"), help="Folder for the demo's data, runs and report.md."
     ),
-    iters: int = typer.Option(250, help="Training iterations of the baseline and GSL runs."),
+    iters: int = typer.Option(350, help="Training iterations of the baseline and GSL runs."),
     train_images: int = typer.Option(400, help="Synthetic training images."),
     val_images: int = typer.Option(100, help="Synthetic validation images."),
     size: int = typer.Option(192, help="Image size of the synthetic set (and of the exports)."),

@@ -24,7 +24,7 @@ STEPS = 7
 
 def run_demo(
     out: Path,
-    iters: int = 250,
+    iters: int = 350,
     train_images: int = 400,
     val_images: int = 100,
     size: int = 192,

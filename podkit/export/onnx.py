@@ -32,8 +32,7 @@ def export(
 ) -> ExportWrapper:
     """Write `model` (wrapped: one image in, flat tensors out) to `path`; checked by onnx.checker.
 
-    `dynamic` makes height and width free (multiples of 32 up to 2048); `input_size` is then
-    the example the exporter traces with.
+    `dynamic` makes height and width free (multiples of 32, 64 to 2048).
     """
     import onnx
 
@@ -44,6 +43,9 @@ def export(
     example = torch.rand(1, 3, *input_size)
     dynamic_shapes = None
     if dynamic:
+        # trace where every level (down to P7, stride 128) has > 1 row and column: a size-1
+        # dimension would be specialised as a broadcast and break larger inputs
+        example = torch.rand(1, 3, max(input_size[0], 288), max(input_size[1], 320))
         blocks = MAX_DYNAMIC_SIDE // SIZE_MULTIPLE
         h = SIZE_MULTIPLE * torch.export.Dim("height_blocks", min=2, max=blocks)
         w = SIZE_MULTIPLE * torch.export.Dim("width_blocks", min=2, max=blocks)

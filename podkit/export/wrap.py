@@ -41,8 +41,6 @@ from podkit.ops.roi_align import roi_align as podkit_roi_align
 from podkit.pod.gsl import GlobalScaleConv, grid_sample_conv
 
 SIZE_MULTIPLE = 32
-# Score given to boxes the eager code drops before NMS; rejected by the NMS score threshold.
-DROPPED = -1e30
 
 
 @torch.library.custom_op("podkit::nms", mutates_args=())
@@ -268,9 +266,11 @@ class ExportWrapper(nn.Module):
         wide = ((boxes[:, 2] - boxes[:, 0]) >= cfg.min_size) & (
             (boxes[:, 3] - boxes[:, 1]) >= cfg.min_size
         )
-        scores = torch.where(wide, scores, torch.full_like(scores, 2 * DROPPED))
+        # objectness logits -> softplus: positive and in the same order (TVM's NMS mishandles
+        # scores <= 0), so the boxes the eager code drops can sit at -1 under a threshold of 0
+        scores = torch.where(wide, F.softplus(scores), torch.full_like(scores, -1.0))
         keep = nms_op(
-            _batched(boxes, levels), scores, rpn.nms_threshold, DROPPED, cfg.post_nms_top_n_test
+            _batched(boxes, levels), scores, rpn.nms_threshold, 0.0, cfg.post_nms_top_n_test
         )
         # anchors centred in the image survive clipping, so there is always a proposal; saying
         # so lets the exporter trace the C4 head's convs over a data-dependent RoI count
