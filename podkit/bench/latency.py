@@ -280,6 +280,9 @@ def plot(report: dict, path: str | Path) -> None:
         med = [rows[b]["median_ms"] if b in rows else 0 for b in backends]
         err = [rows[b]["p90_ms"] - rows[b]["median_ms"] if b in rows else 0 for b in backends]
         ax.bar(xs, med, width, yerr=[np.zeros(len(err)), err], label=model, capsize=2)
+    medians = [r["median_ms"] for r in report["results"]]
+    if max(medians) > 20 * min(medians):  # e.g. untuned TVM next to onnxruntime
+        ax.set_yscale("log")
     ax.set_xticks(range(len(backends)), backends)
     ax.set_ylabel("latency, ms (median, bar to p90)")
     ax.set_title(f"batch 1, {report['results'][0]['input'][0]}x{report['results'][0]['input'][1]}"
