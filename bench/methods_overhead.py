@@ -67,11 +67,12 @@ def main() -> None:
                     ROOT / f"configs/tiny/{arch}.yaml",
                     [
                         f"train.max_iter={args.iters}",
-                        "train.warmup_iters=5",
+                        f"train.warmup_iters={args.iters}",
+                        "train.lr=0.01",
                         "train.checkpoint_every=0",
                         "train.log_every=1",
                         "train.workers=0",
-                        "data.val.ann=",
+                        "data.val.ann=''",
                         f"methods={json.dumps(methods)}",
                     ],
                 )
