@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from podkit.export.common import BackendUnavailable, ParityError
+
 app = typer.Typer(
     help="podkit: scale-aware detectors, fast in production.",
     no_args_is_help=True,
@@ -32,26 +34,15 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, KeyError) as exc:
+        except (ValueError, FileNotFoundError, KeyError, BackendUnavailable) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             console.print(
                 f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True
             )
             raise typer.Exit(2) from None
-        except RuntimeError as exc:
-            from podkit.export.common import BackendUnavailable, ParityError
-
-            if isinstance(exc, BackendUnavailable):
-                console.print(
-                    f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
-                )
-                raise typer.Exit(2) from None
-            if isinstance(exc, ParityError):  # the artefact is written, but computes otherwise
-                console.print(
-                    f"[bold red]parity check failed:[/] {escape(str(exc))}", highlight=False
-                )
-                raise typer.Exit(1) from None
-            raise
+        except ParityError as exc:  # the artefact is written, but computes something else
+            console.print(f"[bold red]parity check failed:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(1) from None
 
     return wrapper
 

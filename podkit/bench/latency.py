@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from podkit.export import (
+    TARGETS,
     BackendUnavailable,
     ParityError,
     Runner,
@@ -34,7 +35,6 @@ from podkit.export import load as load_artefact
 
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "tvm", "tensorrt")
 TARGET_OF = {"onnxruntime": "onnx", "tvm": "tvm", "tensorrt": "tensorrt"}
-SUFFIX = {"onnx": ".onnx", "tvm": ".so", "tensorrt": ".engine"}
 
 
 @dataclass
@@ -107,17 +107,18 @@ def prepare(
     wrapper: torch.nn.Module,
     backend: str,
     opts: LatencyOptions,
+    cache: Path,
     log: Callable[[str], None],
 ) -> tuple[Runner, dict]:
-    """A runner for one (checkpoint, backend), exporting (or reusing the cached export)."""
+    """A runner for one (checkpoint, backend). Artefacts live in `cache` (one folder per
+    checkpoint, size and device): one ONNX export serves every backend, TVM libraries are
+    kept per tuning budget, and an artefact already there is timed without re-exporting."""
     if backend in ("torch", "torch-compile"):
         return torch_runner(wrapper, opts.device, compile=backend == "torch-compile"), {}
     target = TARGET_OF[backend]
-    h, w = opts.input_size
-    key = f"{checkpoint_hash(checkpoint)}_{h}x{w}_{opts.device}"
-    if target == "tvm":
-        key += f"_t{opts.tune_trials}"
-    path = opts.cache_dir / key / f"model{SUFFIX[target]}"
+    onnx_path = cache / "model.onnx"
+    name = f"model_t{opts.tune_trials}" if target == "tvm" else "model"
+    path = cache / f"{name}{TARGETS[target]}"
     info: dict = {}
     if not path.is_file():
         try:
@@ -131,17 +132,17 @@ def prepare(
                 tune_trials=opts.tune_trials,
                 tune_db=opts.tune_db or opts.cache_dir / "tvm_tuning_db",
                 log=log,
+                onnx_path=onnx_path,
             )
             info["parity"] = "ok" if opts.check else "not checked"
-            if "tvm" in report and "tuning" in report["tvm"]:
+            if "tuning" in report.get("tvm", {}):
                 info["tuning"] = report["tvm"]["tuning"]
         except ParityError as exc:
             log(f"warning: {exc}; timed anyway")
             info["parity"] = str(exc)
     else:
         log(f"{model_label(checkpoint)} / {backend}: cached {path}")
-    threads = opts.threads or os.cpu_count()
-    return load_artefact(path, opts.device, threads), info
+    return load_artefact(path, opts.device, opts.threads or os.cpu_count()), info
 
 
 def run_latency(
@@ -172,6 +173,8 @@ def run_latency(
     for ckpt, label in zip(checkpoints, labels, strict=True):
         model, _, _, _ = load_detector(ckpt)
         wrapper = ExportWrapper(model.cpu())
+        h, w = opts.input_size
+        cache = opts.cache_dir / f"{checkpoint_hash(Path(ckpt))}_{h}x{w}_{opts.device}"
         models[label] = {
             "checkpoint": str(ckpt),
             "gflops": count_flops(wrapper, image) / 1e9,
@@ -179,7 +182,7 @@ def run_latency(
         }
         for backend in backends:
             try:
-                runner, info = prepare(Path(ckpt), wrapper, backend, opts, log)
+                runner, info = prepare(Path(ckpt), wrapper, backend, opts, cache, log)
             except BackendUnavailable as exc:
                 unavailable.append({"model": label, "backend": backend, "reason": str(exc)})
                 log(f"{label} / {backend}: unavailable: {exc}")

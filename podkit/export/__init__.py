@@ -104,10 +104,13 @@ def export_checkpoint(
     tune_db: str | Path | None = None,
     opset: int = 18,
     log: Callable[[str], None] = print,
+    onnx_path: str | Path | None = None,
 ) -> dict:
     """Export a checkpoint to `target` at `out`; returns what was written and checked.
 
-    Non-ONNX targets write the intermediate ONNX file next to `out`. With `check` the
+    Non-ONNX targets go through an ONNX file: `onnx_path` if given (an existing one is
+    reused, as the latency benchmark's cache does for all backends of a checkpoint), else
+    one written next to `out`. With `check` the
     artefact runs on a sample image and must match PyTorch (ParityError otherwise; the
     files stay for inspection). `check_only` (TensorRT) stops after the op audit.
     """
@@ -118,12 +121,19 @@ def export_checkpoint(
         raise ValueError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
     if target == "tvm" and dynamic:
         raise ValueError("TVM compiles for one input size: drop --dynamic or use --target onnx")
+    from podkit.export.wrap import ExportWrapper
+
     out = Path(out)
-    onnx_path = out if target == "onnx" else out.with_suffix(".onnx")
+    reuse = target != "onnx" and onnx_path is not None and Path(onnx_path).is_file()
+    onnx_path = out if target == "onnx" else Path(onnx_path or out.with_suffix(".onnx"))
     model, _, _, _ = load_detector(checkpoint)
-    log(f"exporting {checkpoint} -> {onnx_path} ({'dynamic' if dynamic else 'static'} "
-        f"{input_size[0]}x{input_size[1]}, {'NMS in graph' if nms else 'raw outputs'})")  # fmt: skip
-    wrapper = onnx_export.export(model, onnx_path, input_size, dynamic, nms, opset)
+    if reuse:
+        log(f"{checkpoint}: reusing {onnx_path}")
+        wrapper = ExportWrapper(model.cpu().eval(), nms=nms)
+    else:
+        log(f"exporting {checkpoint} -> {onnx_path} ({'dynamic' if dynamic else 'static'} "
+            f"{input_size[0]}x{input_size[1]}, {'NMS in graph' if nms else 'raw outputs'})")  # fmt: skip
+        wrapper = onnx_export.export(model, onnx_path, input_size, dynamic, nms, opset)
     report: dict = {"target": target, "onnx": str(onnx_path), "outputs": wrapper.output_names}
     if target == "tensorrt":
         from podkit.export import tensorrt

@@ -248,7 +248,7 @@ def export(
 ) -> dict:
     """Compile the ONNX export into `out` (a shared library) plus `out.json` (its interface);
     TVM's native build warnings go to `out.build.log`."""
-    tvm, relax = _tvm()
+    _tvm()  # a missing TVM fails here, with the install line, before any file is written
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _native_stderr_to(Path(str(out) + ".build.log")):

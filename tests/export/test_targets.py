@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from podkit.export import BackendUnavailable, export_checkpoint, load
+from podkit.export import BackendUnavailable, export_checkpoint, load, sample_image
 from podkit.export.tensorrt import audit
 
 
@@ -38,26 +38,44 @@ def test_onnx_static_parity(checkpoints, tmp_path, arch, variant, nms):
 
 
 @pytest.mark.parametrize(
-    "arch,variant",
-    [("faster_rcnn_fpn", "baseline"), ("retinanet", "fd"), ("faster_rcnn_fpn", "gsl")],
+    "arch,variant,nms",
+    [
+        ("faster_rcnn_fpn", "baseline", True),
+        ("retinanet", "fd", True),
+        ("faster_rcnn_fpn", "gsl", True),
+        ("retinanet", "baseline", False),
+    ],
 )
-def test_onnx_dynamic_parity_at_two_sizes(checkpoints, tmp_path, arch, variant):
+def test_onnx_dynamic_parity_at_two_sizes(checkpoints, tmp_path, arch, variant, nms):
     report = export_checkpoint(
-        checkpoints(arch, variant), "onnx", tmp_path / "m.onnx", (128, 128), dynamic=True, log=str
+        checkpoints(arch, variant),
+        "onnx",
+        tmp_path / "m.onnx",
+        (128, 128),
+        dynamic=True,
+        nms=nms,
+        log=str,
     )
     assert [p["input"] for p in report["parity"]] == [[128, 128], [192, 224]]
-    assert all(p["ok"] and p["detections"] > 0 for p in report["parity"])
-    run = load(tmp_path / "m.onnx")
-    from podkit.export import sample_image
-
-    assert run(sample_image((64, 320)))[0].shape == (100, 4)
+    assert all(p["ok"] for p in report["parity"])
+    first = load(tmp_path / "m.onnx")(sample_image((64, 320)))[0]
+    if nms:
+        assert all(p["detections"] > 0 for p in report["parity"])
+        assert first.shape == (100, 4)
+    else:  # raw logits for every anchor of a 64x320 image (9 anchors per location, P3-P7)
+        cells = sum(-(-64 // s) * -(-320 // s) for s in (8, 16, 32, 64, 128))
+        assert first.shape[0] == 9 * cells
 
 
 @pytest.mark.parametrize("arch,variant", [("faster_rcnn_fpn", "fd"), ("retinanet", "baseline")])
 def test_tvm_parity_untuned(checkpoints, tmp_path, arch, variant):
+    ckpt = checkpoints(arch, variant)
+    export_checkpoint(ckpt, "onnx", tmp_path / "m.onnx", (128, 160), check=False, log=str)
+    said = []
     report = export_checkpoint(
-        checkpoints(arch, variant), "tvm", tmp_path / "m.so", (128, 160), log=str
+        ckpt, "tvm", tmp_path / "m.so", (128, 160), log=said.append, onnx_path=tmp_path / "m.onnx"
     )
+    assert any("reusing" in line for line in said)  # one ONNX export serves every target
     (parity,) = report["parity"]
     assert parity["ok"] and parity["detections"] > 0
     assert (tmp_path / "m.so").is_file() and report["tvm"]["input_size"] == [128, 160]

@@ -58,3 +58,14 @@ def test_compare_outputs_tolerates_only_ties():
     assert not compare_outputs(names, ref, moved)["ok"]
     fewer = [*ref[:3], np.array([2])]
     assert "2 detections vs PyTorch 3" in compare_outputs(names, ref, fewer)["error"]
+
+
+def test_torch_compile_runner_matches_eager(checkpoints):
+    """`bench latency --backend torch-compile` times the same function, compiled."""
+    model, _, _, _ = load_detector(checkpoints("retinanet", "baseline"))
+    wrapper = ExportWrapper(model)
+    image = sample_image((128, 128))
+    eager = torch_runner(wrapper)(image)
+    compiled = torch_runner(wrapper, compile=True)(image)
+    report = compare_outputs(wrapper.output_names, eager, compiled)
+    assert report["ok"] and report["detections"] > 0, report
