@@ -29,7 +29,10 @@ RUNS = {
 }
 
 
-def run(out: Path, arch: str, methods: list[dict], iters: int, seed: int) -> dict:
+def run(
+    out: Path, arch: str, methods: list[dict], iters: int, seed: int, overrides: tuple = ()
+) -> dict:
+    """Train one configuration (or read its finished eval.json) and summarise its log."""
     if (out / "eval.json").exists():  # resume a partly done study
         metrics = json.loads((out / "eval.json").read_text())
     else:
@@ -42,6 +45,7 @@ def run(out: Path, arch: str, methods: list[dict], iters: int, seed: int) -> dic
                 "train.checkpoint_every=0",
                 "train.log_every=1",
                 f"methods={json.dumps(methods)}",
+                *overrides,
             ],
         )
         metrics = train(cfg, out).metrics

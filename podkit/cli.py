@@ -120,13 +120,30 @@ def eval_(
     set_: list[str] = typer.Option(
         [], "--set", help="Override the checkpoint's config, e.g. --set data.val.ann=other.json."
     ),
+    multiscale: bool = typer.Option(
+        False, "--multiscale", help="Test on every resolution of eval.pyramid and merge."
+    ),
+    snip: bool = typer.Option(
+        False, "--snip", help="Multi-scale, each resolution keeping its valid range (SNIP)."
+    ),
+    pyramid: str | None = typer.Option(
+        None, "--pyramid", help="Pyramid preset for --multiscale/--snip: coco or synthetic."
+    ),
+    merge: str | None = typer.Option(
+        None, "--merge", help="soft_nms_linear (default), soft_nms_gaussian or nms."
+    ),
 ) -> None:
     """COCO metrics (AP, AP50, AP75, APs/m/l, AP60-AP90) of a checkpoint on data.val."""
     import json
 
     from podkit.train.evaluate import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(checkpoint, set_, console=console)
+    overrides = list(set_)
+    overrides += ["eval.multiscale=true"] if multiscale else []
+    overrides += ["eval.snip=true"] if snip else []
+    overrides += [f"eval.pyramid={pyramid}"] if pyramid else []
+    overrides += [f"eval.merge={merge}"] if merge else []
+    metrics = evaluate_checkpoint(checkpoint, overrides, console=console)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2))
     console.print(f"wrote {out}")

@@ -72,7 +72,10 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = 2
     max_images: int | None = None
-    multiscale: bool = False
+    multiscale: bool = False  # test on every resolution of `pyramid`, merged
+    snip: bool = False  # multiscale, each resolution keeping only its valid range (SNIP)
+    pyramid: str | list[list[float]] = "coco"  # preset (coco, synthetic) or [min, max, lo, hi] rows
+    merge: str = "soft_nms_linear"  # soft_nms_linear | soft_nms_gaussian | nms
 
 
 @dataclass

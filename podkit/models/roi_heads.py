@@ -19,6 +19,7 @@ from podkit.ops import (
     Matcher,
     MultiScaleRoIAlign,
     batched_nms,
+    box_area,
     box_iou,
     clip_boxes_to_image,
     remove_small_boxes,
@@ -147,6 +148,10 @@ class RoIHeads(nn.Module):
         matcher = Matcher(self.iou_threshold, self.iou_threshold, allow_low_quality_matches=False)
         for props, target in zip(proposals, targets, strict=True):
             gt, gt_labels = target["boxes"], target["labels"]
+            if "valid_range" in target:  # SNIP: out-of-range proposals are not trained on
+                side = box_area(props).sqrt()
+                lo, hi = target["valid_range"]
+                props = props[(side >= lo) & (side <= hi)]
             props = torch.cat([props, gt])
             if gt.numel():
                 iou = box_iou(gt, props)

@@ -14,6 +14,12 @@ from podkit.config import Config
 from podkit.data import LoadedDataset
 from podkit.data.loader import DetectionDataset, eval_batches, make_loader
 from podkit.data.records import Record
+from podkit.train.methods.snip import (
+    MERGES,
+    get_pyramid,
+    keep_in_range,
+    merge_detections,
+)
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP60", "AP70", "AP80", "AP90")
 
@@ -103,10 +109,48 @@ def _percent(x: float) -> float | None:
 def predict(
     model: torch.nn.Module, dataset: LoadedDataset, cfg: Config, device, progress=None
 ) -> tuple[list[dict], list[int]]:
-    """Detections for every image of `dataset` at the config's test size (original pixels, CPU)."""
+    """Detections for every image of `dataset` (original pixels, CPU): at the config's test
+    size, or with `eval.multiscale` / `eval.snip` at every resolution of `eval.pyramid`,
+    merged (SNIP keeps each resolution's detections inside its test range first)."""
     records = dataset.records[: cfg.eval.max_images] if cfg.eval.max_images else dataset.records
-    batches = eval_batches(len(records), cfg.eval.batch_size, cfg.data.test_min_size)
-    loader = make_loader(DetectionDataset(records, cfg.data.max_size), batches, cfg.train.workers)
+    if not (cfg.eval.multiscale or cfg.eval.snip):
+        return predict_at(
+            model, records, cfg, device, cfg.data.test_min_size, cfg.data.max_size, progress
+        )
+    if cfg.eval.merge not in MERGES:
+        raise ValueError(f"eval.merge must be one of {', '.join(MERGES)}, got {cfg.eval.merge!r}")
+    per_resolution = []
+    for res in get_pyramid(cfg.eval.pyramid):
+        detections, image_ids = predict_at(
+            model, records, cfg, device, res.min_size, res.max_size, progress
+        )
+        if cfg.eval.snip:
+            detections = [keep_in_range(d, res.test_range) for d in detections]
+        per_resolution.append(detections)
+    merged = [
+        merge_detections(list(dets), cfg.eval.merge, _merge_iou(cfg.eval.merge))
+        for dets in zip(*per_resolution, strict=True)
+    ]
+    return merged, image_ids
+
+
+def _merge_iou(method: str) -> float:
+    """NMS across resolutions at 0.5; linear soft-NMS decays above 0.3 (Bodla et al.)."""
+    return 0.5 if method == "nms" else 0.3
+
+
+def predict_at(
+    model: torch.nn.Module,
+    records: list[Record],
+    cfg: Config,
+    device,
+    min_size: int,
+    max_size: int,
+    progress=None,
+) -> tuple[list[dict], list[int]]:
+    """Detections for `records` resized to (min_size, max_size)."""
+    batches = eval_batches(len(records), cfg.eval.batch_size, min_size)
+    loader = make_loader(DetectionDataset(records, max_size), batches, cfg.train.workers)
     was_training = model.training
     model.eval()
     detections, image_ids = [], []

@@ -35,6 +35,13 @@ def test_synth_train_eval_info_through_the_cli(tmp_path):
     assert set(again) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP60", "AP70", "AP80", "AP90"}
     code, out = invoke("info", run / "last.pt")
     assert code == 0 and "faster_rcnn_fpn" in out and "3 of 3" in out
+    code, out = invoke(
+        "eval", run / "last.pt", "--snip", "--pyramid", "synthetic", "--out", tmp_path / "ms.json"
+    )
+    assert code == 0, out
+    assert set(json.loads((tmp_path / "ms.json").read_text())) == set(again)
+    code, out = invoke("eval", run / "last.pt", "--multiscale", "--merge", "wbf")
+    assert code == 2 and "merge must be one of" in out
 
 
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path):

@@ -8,12 +8,14 @@ from podkit.train.hooks import Hook
 from podkit.train.methods.dst import DynamicScaleTraining
 from podkit.train.methods.dynamic_rcnn import DynamicRCNN
 from podkit.train.methods.loss_balance import AVW, RLO
+from podkit.train.methods.snip import SNIP
 
 METHODS: dict[str, type[Hook]] = {
     "dst": DynamicScaleTraining,
     "dynamic_rcnn": DynamicRCNN,
     "avw": AVW,
     "rlo": RLO,
+    "snip": SNIP,
 }
 
 
@@ -32,4 +34,10 @@ def build_hooks(specs: list[dict[str, Any]]) -> list[Hook]:
             hooks.append(METHODS[name](**options))
         except TypeError as exc:
             raise ValueError(f"method {name}: {exc}") from exc
+    names = [h.name for h in hooks]
+    if "snip" in names and "dst" in names and names.index("snip") < names.index("dst"):
+        raise ValueError(
+            "methods: put snip after dst (SNIP resizes the collage DST builds; before it, "
+            "the batches DST draws would miss SNIP's resolution and valid ranges)"
+        )
     return hooks
