@@ -281,6 +281,7 @@ def test_state_round_trip_and_order_check():
         build_hooks([{"name": "snip"}, {"name": "dst"}])
 
 
+@pytest.mark.filterwarnings("ignore:snip")
 @pytest.mark.parametrize(
     "arch,methods",
     [
@@ -309,3 +310,23 @@ def test_training_step_with_snip_and_with_dst_and_rlo(synth_set, tmp_path, arch,
     assert all(math.isfinite(r["loss"]) for r in lines)
     if "dst" in methods:
         assert lines[0]["dst_collage"] == 1 and "rlo_probs" in lines[-1]
+
+
+@pytest.mark.filterwarnings("ignore:snip")
+def test_snip_dst_rlo_resume_exactly(synth_set, tmp_path):
+    from tests.train.test_loop import CtrlCAt
+
+    methods = "[{name: dst}, {name: snip, pyramid: synthetic, seed: 4}, {name: rlo, interval: 2}]"
+    cfg = tiny_config(synth_set, f"methods={methods}", "data.val.ann=''", max_iter=5)
+    train(cfg, tmp_path / "straight")
+    interrupted = train(cfg, tmp_path / "resumed", hooks=[*build_hooks(cfg.methods), CtrlCAt(2)])
+    assert interrupted.iteration == 2
+    train(cfg, tmp_path / "resumed", resume=True)
+    logs = [
+        [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        for run in ("straight", "resumed")
+    ]
+    for a, b in zip(*logs, strict=True):
+        for key in ("snip_resolution", "snip_images", "dst_collage", "rlo_action", "rlo_probs"):
+            assert a[key] == b[key], (a["iter"], key)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
