@@ -42,7 +42,7 @@ class TimedHook(Hook):
     """Runs a hook and adds up the seconds spent in it, and in the batches it draws."""
 
     def __init__(self, hook: Hook) -> None:
-        self.hook, self.name = hook, hook.name
+        self.hook, self.name, self.draws_per_step = hook, hook.name, hook.draws_per_step
         self.seconds, self.draw_seconds = 0.0, 0.0
 
     def _timed(self, fn, *args):
@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("runs/overhead"))
+    parser.add_argument("--workers", type=int, default=1, help="loader workers (tiny recipes: 1)")
     args = parser.parse_args()
     report = {}
     for arch, variants in VARIANTS.items():
@@ -113,7 +114,7 @@ def main() -> None:
                         "train.lr=0.01",
                         "train.checkpoint_every=0",
                         "train.log_every=1",
-                        "train.workers=0",
+                        f"train.workers={args.workers}",
                         "data.val.ann=''",
                         f"methods={json.dumps(methods)}",
                     ],

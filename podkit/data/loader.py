@@ -148,12 +148,18 @@ def _epoch_batches(
 
 
 def make_loader(
-    dataset: DetectionDataset, batches, workers: int, size_divisible: int = 32
+    dataset: DetectionDataset,
+    batches,
+    workers: int,
+    size_divisible: int = 32,
+    prefetch_batches: int = 2,
 ) -> DataLoader:
+    """`prefetch_batches` per worker are loaded ahead (more when a step draws several)."""
     return DataLoader(
         dataset,
         batch_sampler=batches,
         num_workers=workers,
+        prefetch_factor=prefetch_batches if workers else None,
         collate_fn=functools.partial(collate, size_divisible=size_divisible),
         # its own generator: creating the iterator must not consume the global RNG, or a
         # resumed run would sample differently from an uninterrupted one

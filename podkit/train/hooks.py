@@ -32,6 +32,7 @@ class Hook:
     """A training method. Every method is all no-ops by default."""
 
     name = "hook"
+    draws_per_step = 1  # batches one step may take from the stream; the loader prefetches 2x
 
     def before_step(self, state: TrainState, batch):
         return batch

@@ -170,6 +170,7 @@ def train(
             batches,
             cfg.train.workers,
             cfg.data.size_divisible,
+            prefetch_batches=2 * max([h.draws_per_step for h in hooks] + [1]),
         )
     )
 

@@ -90,6 +90,7 @@ class DynamicScaleTraining(Hook):
         if grid * grid != k or grid < 2:
             raise ValueError(f"dst: k must be a square >= 4 (4 for 2x2, 9 for 3x3), got {k}")
         self.tau, self.grid, self.feedback = tau, grid, feedback
+        self.draws_per_step = k
         self.min_box_size, self.random_p = min_box_size, random_p
         self.rng = random.Random(seed)
         self.ratio = 0.0  # the paper starts at 0: the first batch is a collage

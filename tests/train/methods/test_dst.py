@@ -163,12 +163,19 @@ def test_state_round_trip():
 
 
 def test_training_with_dst_alone_and_with_dynamic_rcnn(synth_set, tmp_path):
-    for name, methods in (
-        ("dst", "[{name: dst}]"),
-        ("both", "[{name: dst, k: 9}, {name: dynamic_rcnn, interval: 2}]"),
+    for name, methods, workers in (
+        ("dst", "[{name: dst}]", 1),  # a worker prefetching 2k batches for the collages
+        ("both", "[{name: dst, k: 9}, {name: dynamic_rcnn, interval: 2}]", 0),
     ):
         run = tmp_path / name
-        train(tiny_config(synth_set, f"methods={methods}", "data.val.ann=''", max_iter=3), run)
+        cfg = tiny_config(
+            synth_set,
+            f"methods={methods}",
+            "data.val.ann=''",
+            f"train.workers={workers}",
+            max_iter=3,
+        )
+        train(cfg, run)
         lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         assert lines[0]["dst_collage"] == 1  # the first batch is always a collage
         assert all("dst_small_ratio" in r for r in lines)
