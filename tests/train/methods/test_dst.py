@@ -162,17 +162,17 @@ def test_state_round_trip():
     ]
 
 
-def test_training_with_dst_alone_and_with_dynamic_rcnn(synth_set, tmp_path):
-    for name, methods, workers in (
-        ("dst", "[{name: dst}]", 1),  # a worker prefetching 2k batches for the collages
-        ("both", "[{name: dst, k: 9}, {name: dynamic_rcnn, interval: 2}]", 0),
+def test_training_with_dst_alone_and_with_dynamic_rcnn_on_gsl(synth_set, tmp_path):
+    for name, methods, extra in (
+        ("dst", "[{name: dst}]", "train.workers=1"),  # a worker prefetching 2k batches
+        ("both", "[{name: dst, k: 9}, {name: dynamic_rcnn, interval: 2}]", "model.gsl=true"),
     ):
         run = tmp_path / name
         cfg = tiny_config(
             synth_set,
             f"methods={methods}",
             "data.val.ann=''",
-            f"train.workers={workers}",
+            extra,
             max_iter=3,
         )
         train(cfg, run)
