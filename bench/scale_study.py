@@ -19,6 +19,7 @@ import json
 import random
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -74,6 +75,15 @@ RUNS = {  # name: (arch, methods, overrides, test variants, baseline folder name
         None,
     ),
 }
+
+
+def wait_for(path: Path, minutes: float = 180) -> None:
+    """A baseline that bench/methods_study.py is still training (run both side by side)."""
+    deadline = time.time() + 60 * minutes
+    while not path.exists():
+        if time.time() > deadline:
+            raise TimeoutError(f"{path} did not appear: run bench/methods_study.py first")
+        time.sleep(30)
 
 
 def evaluate_variant(run_dir: Path, test: str, single: dict) -> dict:
@@ -145,7 +155,10 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run names to include (default: all)")
     args = parser.parse_args()
     results: dict[str, dict] = {}
-    for name, (arch, methods, overrides, tests, baseline) in RUNS.items():
+    # own runs first, the baselines bench/methods_study.py trains last
+    order = sorted(RUNS, key=lambda name: RUNS[name][4] is not None)
+    for name in order:
+        arch, methods, overrides, tests, baseline = RUNS[name]
         if args.only and name not in args.only:
             continue
         per_test = {t: [] for t in tests}
@@ -157,6 +170,8 @@ def main() -> None:
                 if baseline
                 else args.out / f"seed{seed}" / slug
             )
+            if baseline:
+                wait_for(run_dir / "eval.json")
             single = run(run_dir, arch, methods, args.iters, seed, tuple(overrides))
             for test in tests:
                 per_test[test].append(evaluate_variant(run_dir, test, single))
@@ -167,6 +182,7 @@ def main() -> None:
                 }
             )
         results[name] = {"tests": per_test, "extra": extra}
+    results = {name: results[name] for name in RUNS if name in results}
     memory = chip_memory(args.chip)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(
