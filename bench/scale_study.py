@@ -1,6 +1,7 @@
 """SNIP and AVW/RLO on the synthetic set: equal iterations, several seeds (issue 7).
 
 Run: .venv/bin/python bench/scale_study.py [--iters 300] [--seeds 0 1] [--out runs/scale_study]
+    [--init ... --lr ...] (as bench/methods_study.py; pass the same to both)
 (needs `podkit data synth data/synth`). Tiny RetinaNet: baseline, AVW, RLO. Tiny Faster R-CNN
 FPN: baseline (224-288 px), multi-scale training (the pyramid's three sizes, every object
 trained at every size), SNIP (the same sizes with the synthetic preset's valid ranges); each
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from methods_study import KEYS, ROOT, run  # noqa: E402
+from methods_study import KEYS, ROOT, add_study_arguments, run, study_overrides  # noqa: E402
 
 from podkit.config import load_config  # noqa: E402
 from podkit.data import load_dataset  # noqa: E402
@@ -147,12 +148,9 @@ def chip_memory(chip: int, batches: int = 4) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--iters", type=int, default=300)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--out", type=Path, default=Path("runs/scale_study"))
+    add_study_arguments(parser, "runs/scale_study")
     parser.add_argument("--baselines", type=Path, default=Path("runs/methods_study"))
     parser.add_argument("--chip", type=int, default=256)
-    parser.add_argument("--only", nargs="*", help="run names to include (default: all)")
     args = parser.parse_args()
     results: dict[str, dict] = {}
     # own runs first, the baselines bench/methods_study.py trains last
@@ -172,7 +170,14 @@ def main() -> None:
             )
             if baseline:
                 wait_for(run_dir / "eval.json")
-            single = run(run_dir, arch, methods, args.iters, seed, tuple(overrides))
+            single = run(
+                run_dir,
+                arch,
+                methods,
+                args.iters,
+                seed,
+                (*overrides, *study_overrides(arch, args.init, args.lr)),
+            )
             for test in tests:
                 per_test[test].append(evaluate_variant(run_dir, test, single))
             extra.append(
