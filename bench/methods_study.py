@@ -28,6 +28,8 @@ RUNS = {
     "FRCNN baseline": ("faster_rcnn_fpn", []),
     "FRCNN DST": ("faster_rcnn_fpn", [{"name": "dst"}]),
     "FRCNN Dynamic R-CNN": ("faster_rcnn_fpn", [{"name": "dynamic_rcnn"}]),
+    # K_I = 75 assumes 2000 proposals per image; the tiny recipe keeps 300: 75 * 300 / 2000
+    "FRCNN Dynamic R-CNN K11": ("faster_rcnn_fpn", [{"name": "dynamic_rcnn", "k_iou": 11}]),
     "FRCNN DST + Dynamic R-CNN": ("faster_rcnn_fpn", [{"name": "dst"}, {"name": "dynamic_rcnn"}]),
     "RetinaNet baseline": ("retinanet", []),
     "RetinaNet DST": ("retinanet", [{"name": "dst"}]),
