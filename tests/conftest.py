@@ -45,6 +45,11 @@ def tiny_overrides(data: Path, max_iter: int = 4) -> list[str]:
     ]
 
 
+def arch_overrides(arch: str) -> list[str]:
+    """The tiny config as `arch` (RetinaNet with one-conv heads, to stay fast)."""
+    return ["model.arch=retinanet", "model.retinanet.num_convs=1"] if arch == "retinanet" else []
+
+
 def tiny_config(data: Path, *extra: str, max_iter: int = 4):
     return load_config(
         ROOT / "configs/tiny/faster_rcnn_fpn.yaml", [*tiny_overrides(data, max_iter), *extra]

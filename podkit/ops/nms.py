@@ -52,14 +52,17 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return order[keep]
 
 
+def _apart(boxes: Tensor, idxs: Tensor) -> Tensor:
+    """Boxes shifted group by group so far apart that boxes of two groups never overlap."""
+    return boxes + (idxs.to(boxes) * (boxes.max() - boxes.min() + 1))[:, None]
+
+
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """NMS applied independently per group `idxs` (class or level); indices by decreasing score."""
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     if boxes.shape[0] <= _BATCHED_NMS_DENSE_LIMIT:
-        # shift each group far away from the others so groups never overlap
-        offsets = idxs.to(boxes) * (boxes.max() - boxes.min() + 1)
-        return nms(boxes + offsets[:, None], scores, iou_threshold)
+        return nms(_apart(boxes, idxs), scores, iou_threshold)
     keep_mask = torch.zeros_like(scores, dtype=torch.bool)
     for group in torch.unique(idxs):
         members = torch.where(idxs == group)[0]
@@ -108,3 +111,19 @@ def soft_nms(
         alive &= current >= score_threshold
     index = torch.tensor(picked, dtype=torch.int64, device=boxes.device)
     return index, torch.stack(picked_scores).to(scores.dtype)
+
+
+def batched_soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    idxs: Tensor,
+    iou_threshold: float = 0.3,
+    sigma: float = 0.5,
+    score_threshold: float = 0.001,
+    method: str = "linear",
+) -> tuple[Tensor, Tensor]:
+    """Soft-NMS independently per group `idxs`: groups shifted apart have IoU 0 with each
+    other, which decays no score (linear: not above the threshold; gaussian: exp(0) = 1)."""
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device), scores[:0]
+    return soft_nms(_apart(boxes, idxs), scores, iou_threshold, sigma, score_threshold, method)

@@ -8,6 +8,7 @@ explicit model attributes (`roi_heads.iou_threshold`, `level_weights`, ...).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,3 +49,13 @@ class Hook:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def rng_state(rng: random.Random) -> list:
+    """A method's seeded generator as plain JSON-able data for its checkpoint state."""
+    version, internal, _ = rng.getstate()
+    return [version, list(internal)]
+
+
+def set_rng_state(rng: random.Random, state: list) -> None:
+    rng.setstate((state[0], tuple(state[1]), None))

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from podkit.ops import batched_nms, box_iou, nms, soft_nms
+from podkit.ops import batched_nms, batched_soft_nms, box_iou, nms, soft_nms
 
 nms_module = importlib.import_module("podkit.ops.nms")
 
@@ -112,3 +112,22 @@ def test_nms_blocks_do_not_change_the_result(monkeypatch, block):
     monkeypatch.setattr(nms_module, "_BLOCK", block)
     boxes, scores = clustered_boxes(300, 11)
     assert nms(boxes, scores, 0.5).tolist() == brute_force_nms(boxes, scores, 0.5)
+
+
+@pytest.mark.parametrize("method", ["linear", "gaussian"])
+def test_batched_soft_nms_is_soft_nms_per_group(method):
+    boxes, scores = clustered_boxes(60, 3)
+    groups = torch.arange(60) % 3
+    index, decayed = batched_soft_nms(
+        boxes.double(), scores.double(), groups, 0.3, 0.5, 0.01, method
+    )
+    expected = []
+    for g in range(3):
+        members = torch.where(groups == g)[0]
+        picked = direct_soft_nms(
+            boxes[members].double(), scores[members].double(), 0.3, 0.5, 0.01, method
+        )
+        expected += [(int(members[i]), s) for i, s in picked]
+    got = sorted(zip(index.tolist(), decayed.tolist(), strict=True))
+    assert [i for i, _ in got] == sorted(i for i, _ in expected)
+    assert [s for _, s in got] == pytest.approx([s for _, s in sorted(expected)], abs=1e-9)

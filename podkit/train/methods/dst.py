@@ -25,7 +25,7 @@ from podkit.data.loader import Batch
 from podkit.models.output import ImageBatch
 from podkit.ops import box_area
 from podkit.train.distributed import is_distributed
-from podkit.train.hooks import Hook, TrainState
+from podkit.train.hooks import Hook, TrainState, rng_state, set_rng_state
 
 FEEDBACKS = ("reg", "cls", "joint", "input", "always", "random")
 
@@ -146,11 +146,10 @@ class DynamicScaleTraining(Hook):
         return {
             "ratio": self.ratio,
             "collage_next": self.collage_next,
-            "rng": list(self.rng.getstate()[1]),
-            "rng_version": self.rng.getstate()[0],
+            "rng": rng_state(self.rng),
         }
 
     def load_state_dict(self, state: dict) -> None:
         if state:
             self.ratio, self.collage_next = state["ratio"], state["collage_next"]
-            self.rng.setstate((state["rng_version"], tuple(state["rng"]), None))
+            set_rng_state(self.rng, state["rng"])

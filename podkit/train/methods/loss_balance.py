@@ -25,7 +25,7 @@ import random
 import torch
 
 from podkit.train.distributed import all_reduce_mean
-from podkit.train.hooks import Hook, TrainState
+from podkit.train.hooks import Hook, TrainState, rng_state, set_rng_state
 
 ACTIONS = ("avw", "smallest_loss", "largest_loss", "uniform")
 
@@ -153,7 +153,6 @@ class LossBalance(Hook):
         self.history = {}
 
     def state_dict(self) -> dict:
-        version, internal, gauss = self.rng.getstate()
         return {
             "probs": list(self.probs),
             "action": self.action,
@@ -161,7 +160,7 @@ class LossBalance(Hook):
             "history": {k: [r.tolist() for r in v] for k, v in self.history.items()},
             "prev_var": {k: v.tolist() for k, v in self.prev_var.items()},
             "weights": {k: v.tolist() for k, v in self.weights.items()},
-            "rng": [version, list(internal)],
+            "rng": rng_state(self.rng),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -180,7 +179,7 @@ class LossBalance(Hook):
             k: torch.tensor(v, dtype=torch.float64) for k, v in state["prev_var"].items()
         }
         self.weights = {k: torch.tensor(v) for k, v in state["weights"].items()}
-        self.rng.setstate((state["rng"][0], tuple(state["rng"][1]), None))
+        set_rng_state(self.rng, state["rng"])
 
 
 class AVW(LossBalance):

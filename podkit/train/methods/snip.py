@@ -35,8 +35,8 @@ from torch.nn import functional as F
 from podkit.data.loader import Batch
 from podkit.data.transforms import resize_scale
 from podkit.models.output import ImageBatch
-from podkit.ops import batched_nms, box_area, soft_nms
-from podkit.train.hooks import Hook, TrainState
+from podkit.ops import batched_nms, batched_soft_nms, box_area, clip_boxes_to_image
+from podkit.train.hooks import Hook, TrainState, rng_state, set_rng_state
 
 INF = math.inf
 
@@ -185,14 +185,6 @@ def best_chip(boxes: Tensor, size: tuple[int, int], chip: int, candidates: int, 
     return best
 
 
-def to_window(boxes: Tensor, window: tuple[int, int, int, int]) -> Tensor:
-    """Boxes in the coordinates of the window (x0, y0, width, height), clipped to it."""
-    x0, y0, w, h = window
-    return torch.minimum(
-        (boxes - boxes.new_tensor([x0, y0, x0, y0])).clamp(min=0), boxes.new_tensor([w, h, w, h])
-    )
-
-
 def crop_to_chips(batch: Batch, chip: int, candidates: int, rng, size_divisible: int = 32) -> Batch:
     """Each image cut to its best chip; boxes cut by the chip border are clipped to it, and
     those that lose more than half their area become ignore regions."""
@@ -202,10 +194,10 @@ def crop_to_chips(batch: Batch, chip: int, candidates: int, rng, size_divisible:
         x0, y0 = best_chip(target["boxes"], (h, w), chip, candidates, rng)
         ch, cw = min(chip, h), min(chip, w)
         images.append(batch.images.tensor[i, :, y0 : y0 + ch, x0 : x0 + cw])
-        window = (x0, y0, cw, ch)
-        boxes = to_window(target["boxes"], window)
+        shift = target["boxes"].new_tensor([x0, y0, x0, y0])
+        boxes = clip_boxes_to_image(target["boxes"] - shift, (ch, cw))
         kept = box_area(boxes) > 0.5 * box_area(target["boxes"])
-        ignore = to_window(target["ignore"], window)
+        ignore = clip_boxes_to_image(target["ignore"] - shift, (ch, cw))
         ignore = torch.cat([ignore[box_area(ignore) > 0], boxes[~kept & (box_area(boxes) > 0)]])
         targets.append(
             {**target, "boxes": boxes[kept], "labels": target["labels"][kept], "ignore": ignore}
@@ -283,12 +275,11 @@ class SNIP(Hook):
         state.metrics["snip_skipped"] = total - kept
 
     def state_dict(self) -> dict:
-        version, internal, _ = self.rng.getstate()
-        return {"rng": list(internal), "rng_version": version}
+        return {"rng": rng_state(self.rng)}
 
     def load_state_dict(self, state: dict) -> None:
         if state:
-            self.rng.setstate((state["rng_version"], tuple(state["rng"]), None))
+            set_rng_state(self.rng, state["rng"])
 
 
 def keep_in_range(det: dict[str, Tensor], valid: tuple[float, float]) -> dict[str, Tensor]:
@@ -316,16 +307,9 @@ def merge_detections(
     if method == "nms":
         keep = batched_nms(boxes, scores, labels, iou_threshold)[:max_detections]
         return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
-    kept, kept_scores = [], []
-    for c in labels.unique():
-        idx = torch.where(labels == c)[0]
-        order, decayed = soft_nms(
-            boxes[idx], scores[idx], iou_threshold, method=method.removeprefix("soft_nms_")
-        )
-        kept.append(idx[order])
-        kept_scores.append(decayed)
-    keep = torch.cat(kept) if kept else labels.new_zeros(0)
-    new_scores = torch.cat(kept_scores) if kept_scores else scores[:0]
-    top = new_scores.argsort(descending=True)[:max_detections]
+    keep, decayed = batched_soft_nms(
+        boxes, scores, labels, iou_threshold, method=method.removeprefix("soft_nms_")
+    )
+    top = decayed.argsort(descending=True, stable=True)[:max_detections]
     keep = keep[top]
-    return {"boxes": boxes[keep], "scores": new_scores[top], "labels": labels[keep]}
+    return {"boxes": boxes[keep], "scores": decayed[top], "labels": labels[keep]}

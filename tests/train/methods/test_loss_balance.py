@@ -6,7 +6,7 @@ import torch
 from podkit.train.hooks import TrainState
 from podkit.train.loop import train
 from podkit.train.methods.loss_balance import AVW, RLO, action_weights, update_probs
-from tests.conftest import tiny_config
+from tests.conftest import arch_overrides, tiny_config
 
 
 def test_action_weights_by_hand():
@@ -91,10 +91,9 @@ def test_state_round_trip_continues_identically():
 
 @pytest.mark.parametrize("arch,method", [("retinanet", "rlo"), ("faster_rcnn_fpn", "avw")])
 def test_training_sets_the_heads_level_weights(synth_set, tmp_path, arch, method):
-    extra = ["model.arch=retinanet", "model.retinanet.num_convs=1"] if arch == "retinanet" else []
     cfg = tiny_config(
         synth_set,
-        *extra,
+        *arch_overrides(arch),
         f"methods=[{{name: {method}, interval: 2}}]",
         "data.val.ann=''",
         max_iter=5,

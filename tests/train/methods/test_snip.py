@@ -20,7 +20,7 @@ from podkit.train.methods.snip import (
     merge_detections,
     resize_batch,
 )
-from tests.conftest import tiny_config
+from tests.conftest import arch_overrides, tiny_config
 from tests.ops.test_nms import direct_soft_nms
 
 
@@ -294,10 +294,9 @@ def test_state_round_trip_and_order_check():
     ],
 )
 def test_training_step_with_snip_and_with_dst_and_rlo(synth_set, tmp_path, arch, methods):
-    extra = ["model.arch=retinanet", "model.retinanet.num_convs=1"] if arch == "retinanet" else []
     cfg = tiny_config(
         synth_set,
-        *extra,
+        *arch_overrides(arch),
         f"methods={methods}",
         "data.val.ann=''",
         "data.min_size=[160]",
