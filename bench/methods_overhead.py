@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
 
+from short_runs import short_run  # bench/, the script's folder
+
 from podkit.config import load_config
 from podkit.train.hooks import Hook
-from podkit.train.loop import train
 from podkit.train.methods import build_hooks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,24 +105,10 @@ def main() -> None:
         for round_ in range(args.rounds):
             for name, methods in variants.items():
                 out = args.out / arch / f"{name.replace(' ', '_')}_{round_}"
-                shutil.rmtree(out, ignore_errors=True)
-                cfg = load_config(
-                    ROOT / f"configs/tiny/{arch}.yaml",
-                    [
-                        f"train.max_iter={args.iters}",
-                        f"train.warmup_iters={args.iters}",
-                        "train.lr=0.01",
-                        "train.checkpoint_every=0",
-                        "train.log_every=1",
-                        f"train.workers={args.workers}",
-                        "data.val.ann=''",
-                        f"methods={json.dumps(methods)}",
-                    ],
-                )
-                hooks = [TimedHook(h) for h in build_hooks(cfg.methods)]
-                train(cfg, out, hooks=hooks)
-                log = (out / "metrics.jsonl").read_text().splitlines()
-                seconds[name] += [json.loads(line)["time"] for line in log[5:]]
+                hooks = [TimedHook(h) for h in build_hooks(methods)]
+                overrides = ["train.lr=0.01", f"train.workers={args.workers}"]
+                log = short_run(arch, out, args.iters, overrides, hooks)
+                seconds[name] += [r["time"] for r in log]
                 drawn = sum(h.draw_seconds for h in hooks)
                 in_hooks[name].append((sum(h.seconds for h in hooks) - drawn) / args.iters)
                 drawing[name].append(drawn / args.iters)

@@ -1,13 +1,17 @@
 """SNIP and AVW/RLO on the synthetic set: equal iterations, several seeds (issue 7).
 
 Run: .venv/bin/python bench/scale_study.py [--iters 300] [--seeds 0 1] [--out runs/scale_study]
-    [--init ... --lr ...] (as bench/methods_study.py; pass the same to both)
+    [--init faster_rcnn_fpn=CKPT --init retinanet=CKPT] [--lr 0.01] [--baselines DIR]
+
+The issue-7 protocol (continued training from a converged checkpoint), kept until SNIP and
+AVW/RLO move to bench/study.py's shared-start protocol on the scale benchmark; DST and
+Dynamic R-CNN have moved already (bench/methods_study.py is retired).
 (needs `podkit data synth data/synth`). Tiny RetinaNet: baseline, AVW, RLO. Tiny Faster R-CNN
 FPN: baseline (224-288 px), multi-scale training (the pyramid's three sizes, every object
 trained at every size), SNIP (the same sizes with the synthetic preset's valid ranges); each
 tested single-scale (256) and multi-scale (the pyramid merged with linear soft-NMS; SNIP's
-keeps each resolution's test range). The baselines are the ones bench/methods_study.py
-trains (same config, iterations and seeds): pass its folder as --baselines to reuse them.
+keeps each resolution's test range). The two baselines are trained here unless --baselines
+holds them (seedN/frcnn_baseline, seedN/retinanet_baseline).
 Also: RLO's action frequencies, and the activation memory of a SNIP batch at the highest
 resolution with and without chips. Writes OUT/results.json and prints markdown tables.
 """
@@ -19,21 +23,20 @@ import collections
 import json
 import random
 import statistics
-import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from methods_study import KEYS, ROOT, add_study_arguments, run, study_overrides  # noqa: E402
+from podkit.config import load_config
+from podkit.data import load_dataset
+from podkit.data.loader import DetectionDataset, collate, training_batches
+from podkit.models import build_detector
+from podkit.train.evaluate import evaluate_checkpoint
+from podkit.train.loop import train
+from podkit.train.methods.snip import PYRAMIDS, crop_to_chips, mark_invalid, resize_batch
 
-from podkit.config import load_config  # noqa: E402
-from podkit.data import load_dataset  # noqa: E402
-from podkit.data.loader import DetectionDataset, collate, training_batches  # noqa: E402
-from podkit.models import build_detector  # noqa: E402
-from podkit.train.evaluate import evaluate_checkpoint  # noqa: E402
-from podkit.train.methods.snip import PYRAMIDS, crop_to_chips, mark_invalid, resize_batch  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP60", "AP70", "AP80", "AP90")
 
 PYRAMID = PYRAMIDS["synthetic"]
 LARGEST = max(PYRAMID, key=lambda r: r.min_size)
@@ -76,15 +79,6 @@ RUNS = {  # name: (arch, methods, overrides, test variants, baseline folder name
         None,
     ),
 }
-
-
-def wait_for(path: Path, minutes: float = 180) -> None:
-    """A baseline that bench/methods_study.py is still training (run both side by side)."""
-    deadline = time.time() + 60 * minutes
-    while not path.exists():
-        if time.time() > deadline:
-            raise TimeoutError(f"{path} did not appear: run bench/methods_study.py first")
-        time.sleep(30)
 
 
 def evaluate_variant(run_dir: Path, test: str, single: dict) -> dict:
@@ -146,14 +140,67 @@ def chip_memory(chip: int, batches: int = 4) -> dict:
     }
 
 
+def run(
+    out: Path, arch: str, methods: list[dict], iters: int, seed: int, overrides: tuple = ()
+) -> dict:
+    """Train one configuration (or read its finished eval.json) and summarise its log."""
+    if (out / "eval.json").exists():  # resume a partly done study
+        metrics = json.loads((out / "eval.json").read_text())
+    else:
+        cfg = load_config(
+            ROOT / f"configs/tiny/{arch}.yaml",
+            [
+                f"train.max_iter={iters}",
+                f"train.seed={seed}",
+                f"train.warmup_iters={min(200, iters // 4)}",
+                "train.checkpoint_every=0",
+                "train.log_every=1",
+                # the tiny RetinaNet recipe's clipping for every run: without it, DST's
+                # collages took the Faster R-CNN recipe (lr 0.04) to inf at iteration 125
+                "train.clip_grad_norm=10.0",
+                f"methods={json.dumps(methods)}",
+                *overrides,
+            ],
+        )
+        metrics = train(cfg, out).metrics
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    state = {"seconds_per_iter": statistics.median(r["time"] for r in log[5:])}
+    if any("dst_collage" in r for r in log):
+        state["collage_fraction"] = statistics.mean(r.get("dst_collage", 0) for r in log)
+    if any("iou_threshold" in r for r in log):
+        last = [r for r in log if "iou_threshold" in r][-1]
+        state.update(final_iou_threshold=last["iou_threshold"], final_beta=last["beta"])
+    return {**metrics, **state}
+
+
+def study_overrides(arch: str, init: list[str], lr: float | None) -> tuple[str, ...]:
+    """`--init ARCH=CKPT` and `--lr` as config overrides for one detector's runs."""
+    paths = dict(item.split("=", 1) for item in init)
+    out = [f"model.init_from={paths[arch]}"] if arch in paths else []
+    return tuple(out + ([f"train.lr={lr}"] if lr else []))
+
+
+def add_study_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--out", type=Path, default=Path(out))
+    parser.add_argument("--init", nargs="*", default=[], help="ARCH=CKPT to start from")
+    parser.add_argument("--lr", type=float, default=None, help="base lr (default: recipe's)")
+    parser.add_argument("--only", nargs="*", help="run names to include (default: all)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_study_arguments(parser, "runs/scale_study")
-    parser.add_argument("--baselines", type=Path, default=Path("runs/methods_study"))
+    parser.add_argument(
+        "--baselines",
+        type=Path,
+        default=Path("runs/methods_study"),
+        help="where earlier baselines are",
+    )
     parser.add_argument("--chip", type=int, default=256)
     args = parser.parse_args()
     results: dict[str, dict] = {}
-    # own runs first, the baselines bench/methods_study.py trains last
     order = sorted(RUNS, key=lambda name: RUNS[name][4] is not None)
     for name in order:
         arch, methods, overrides, tests, baseline = RUNS[name]
@@ -165,11 +212,9 @@ def main() -> None:
             slug = name.lower().replace(" ", "_").replace("-", "_")
             run_dir = (
                 args.baselines / f"seed{seed}" / baseline
-                if baseline
+                if baseline and (args.baselines / f"seed{seed}" / baseline).exists()
                 else args.out / f"seed{seed}" / slug
             )
-            if baseline:
-                wait_for(run_dir / "eval.json")
             single = run(
                 run_dir,
                 arch,

@@ -59,20 +59,27 @@ def data_synth(
     ),
     train: int = typer.Option(2000, help="Training images."),
     val: int = typer.Option(300, help="Validation images."),
-    size: int = typer.Option(
-        256, help="Typical image side in pixels (each side varies by +-15 %)."
+    size: int | None = typer.Option(
+        None,
+        help="standard preset: typical image side in pixels, each side +-15 % (default 256).",
+    ),
+    preset: str = typer.Option(
+        "standard",
+        help="standard (256 px, objects 8 px to most of the image) or scale (the scale "
+        "benchmark: 384-512 px, objects from 4 px; use with --val 1000).",
     ),
     seed: int = typer.Option(0, help="Seed: the same seed writes the same set."),
 ) -> None:
     """Generate the built-in synthetic set (10 classes of textured shapes, COCO json)."""
     from rich.progress import Progress
 
-    from podkit.data.synthetic import dataset_statistics, write_split
+    from podkit.data.synthetic import dataset_statistics, preset_style, write_split
 
+    style = preset_style(preset, size)
     with Progress(console=console) as progress:
         for split, count in (("train", train), ("val", val)):
             task = progress.add_task(f"synth {split}", total=count)
-            path = write_split(out, split, count, size, seed, lambda t=task: progress.advance(t))
+            path = write_split(out, split, count, style, seed, lambda t=task: progress.advance(t))
             stats = dataset_statistics(path)
             progress.console.print(
                 f"{path}: {count} images, {stats['instances_per_image']:.1f} objects/image, "

@@ -58,7 +58,8 @@ class TrainConfig:
     )  # decay points, fractions of max_iter
     gamma: float = 0.1
     clip_grad_norm: float | None = None
-    amp: bool = False  # CUDA only
+    amp: bool = False  # mixed precision: fp16 autocast on CUDA, bf16 autocast on the CPU
+    channels_last: bool = False  # NHWC weights and activations (faster convs on the CPU)
     checkpoint_every: int = 5000
     keep_checkpoints: bool = False  # also keep iter_N.pt at every checkpoint
     eval_every: int = 0  # 0: only at the end

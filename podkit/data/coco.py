@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,47 @@ def read_coco_json(path: Path) -> dict:
         raise ValueError(
             f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a COCO annotation file (the top level is not an object)")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{path}: not a COCO annotation file (no {key!r} list)")
+    for key, what in (
+        ("images", "image"),
+        ("annotations", "annotation"),
+        ("categories", "category"),
+    ):
+        seen = set()
+        for entry in data[key]:
+            if not isinstance(entry, dict) or "id" not in entry:
+                raise ValueError(f"{path}: an entry of {key!r} has no id: {str(entry)[:80]}")
+            if entry["id"] in seen:  # pycocotools would keep the last silently: wrong AP
+                raise ValueError(f"{path}: duplicate {what} id {entry['id']!r}")
+            seen.add(entry["id"])
     return data
+
+
+def check_bbox(bbox, source: Path, ann_id) -> list[float]:
+    """A COCO bbox must be 4 finite numbers (not strings, booleans or NaN)."""
+    ok = isinstance(bbox, list) and len(bbox) == 4
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+    if not ok or not all(math.isfinite(v) for v in bbox):
+        raise ValueError(
+            f"{source}: annotation {ann_id} has no [x, y, w, h] bbox of 4 finite numbers: {bbox!r}"
+        )
+    return bbox
+
+
+def image_path(folder: Path, file_name, source: Path, image_id) -> Path:
+    """The image inside `folder`: a file_name that is absolute or climbs out is refused."""
+    if not isinstance(file_name, str) or not file_name:
+        raise ValueError(f"{source}: image {image_id} has no file_name")
+    relative = Path(file_name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ValueError(
+            f"{source}: image {image_id} file_name {file_name!r} points outside the image folder"
+        )
+    return folder / relative
 
 
 def load_coco(
@@ -52,20 +90,20 @@ def load_coco(
             raise ValueError(
                 f"{ann}: annotation {a.get('id')} refers to unknown image {a.get('image_id')!r}"
             )
-        if not (isinstance(a.get("bbox"), list) and len(a["bbox"]) == 4):
-            raise ValueError(f"{ann}: annotation {a.get('id')} has no [x, y, w, h] bbox")
+        check_bbox(a.get("bbox"), ann, a.get("id"))
         by_image.setdefault(a["image_id"], []).append(a)
     report = BoxReport()
     records = []
     for im in data["images"]:
-        path = images / im["file_name"]
+        path = image_path(images, im.get("file_name"), ann, im["id"])
         width, height = check_image(path, str(ann))
         anns = by_image.get(im["id"], [])
         xywh = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
         xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], bool)
         labels = np.array([label_of[a["category_id"]] for a in anns], np.int64)
-        boxes, keep = clean_boxes(xyxy[~crowd], width, height, report)
+        ids = [a.get("id") for a in anns if not a.get("iscrowd", 0)]
+        boxes, keep = clean_boxes(xyxy[~crowd], width, height, report, ids)
         ignore, _ = clean_boxes(xyxy[crowd], width, height, BoxReport())
         records.append(Record(im["id"], path, width, height, boxes, labels[~crowd][keep], ignore))
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress

@@ -8,11 +8,17 @@ lines and class-free polygons; a few lines cross the objects. About 40 % of the 
 are small but only half of the images hold one. Boxes are the extent of each object's
 visible pixels; an object less than 35 % visible becomes a crowd (ignore) region.
 Deterministic from the seed.
+
+Presets: `standard` (the above, images of `size` +-15 %, 256 px by default) and `scale`, the
+scale benchmark: images of 384-512 px a side and objects from 4 px to most of the image
+(small 4-30 px, medium 34-90 px, large 100 px to 85 % of the shorter side), with the same
+imbalance: many small instances, but only about half of the images holding one.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +42,27 @@ BUCKETS = {
     "medium": (0.7, 1, 3, 34, 90),
     "small": (0.5, 2, 6, 8, 30),
 }
+
+
+@dataclass(frozen=True)
+class SynthStyle:
+    """Image sides drawn from [min_side, max_side]; objects per `buckets` (see BUCKETS)."""
+
+    min_side: float
+    max_side: float
+    buckets: dict
+
+
+def preset_style(preset: str, size: int | None = None) -> SynthStyle:
+    """`standard` (images of `size` +-15 %, default 256) or `scale` (the scale benchmark)."""
+    if preset == "standard":
+        size = size or 256
+        return SynthStyle(0.85 * size, 1.15 * size, BUCKETS)
+    if preset == "scale":
+        if size is not None:
+            raise ValueError("--size applies to the standard preset (scale: 384-512 px)")
+        return SynthStyle(384, 512, {**BUCKETS, "small": (0.5, 2, 6, 4, 30)})
+    raise ValueError(f"unknown synthetic preset {preset!r}; choose standard or scale")
 
 
 def _polygon(shape: str, w: int, h: int) -> list[tuple[float, float]] | None:
@@ -138,14 +165,17 @@ def background(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(im).astype(np.float64)
 
 
-def synth_image(size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
-    """One image and its annotations (COCO fields, category_id 1-based)."""
-    w, h = (int(size * rng.uniform(0.85, 1.15)) for _ in range(2))
+def synth_image(style: SynthStyle | int, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
+    """One image and its annotations (COCO fields, category_id 1-based); an int style is the
+    standard preset at that size."""
+    if isinstance(style, int):
+        style = preset_style("standard", style)
+    w, h = (int(rng.uniform(style.min_side, style.max_side)) for _ in range(2))
     img = background(w, h, rng)
     owner = np.full((h, w), -1, np.int64)
     objects = []
     for bucket in ("large", "medium", "small"):
-        prob, lo, hi, min_side, max_side = BUCKETS[bucket]
+        prob, lo, hi, min_side, max_side = style.buckets[bucket]
         if rng.random() >= prob:
             continue
         max_side = max_side or max(
@@ -194,8 +224,11 @@ def synth_image(size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[d
     return np.asarray(im), anns
 
 
-def write_split(out: Path, split: str, count: int, size: int, seed: int, progress=None) -> Path:
-    """Writes OUT/split/*.png and OUT/annotations/split.json; returns the json path."""
+def write_split(
+    out: Path, split: str, count: int, size: SynthStyle | int, seed: int, progress=None
+) -> Path:
+    """Writes OUT/split/*.png and OUT/annotations/split.json; returns the json path.
+    `size`: a style, or the image size of the standard preset."""
     (out / split).mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     split_key = {"train": 0, "val": 1}.get(split, 2)

@@ -23,13 +23,18 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean over processes (a no-op alone): every rank gets the same statistic."""
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over processes (a no-op alone): every rank gets the same figure."""
     if not is_distributed():
         return t
     t = t.clone()
     dist.all_reduce(t)
-    return t / dist.get_world_size()
+    return t
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean over processes (a no-op alone): every rank gets the same statistic."""
+    return all_reduce_sum(t) / (dist.get_world_size() if is_distributed() else 1)
 
 
 def any_rank(flag: bool, device) -> bool:

@@ -111,12 +111,16 @@ def train(
             console.print(note)
     torch.manual_seed(cfg.train.seed)
     model = build_model_for(cfg, len(train_set.classes)).to(device)
+    if cfg.train.channels_last:  # NHWC convolutions: ~1.3x on this CPU's oneDNN kernels
+        model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg.train))
     hooks = build_hooks(cfg.methods) if hooks is None else hooks
+    # bf16 needs no loss scaling (fp32's exponent range); fp16 on CUDA does
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda")
 
     iteration, position = 0, 0
@@ -152,7 +156,7 @@ def train(
             model, device_ids=[local_rank] if device.type == "cuda" else None
         )
 
-    stream_state = {"position": position}
+    stream_state = {"position": position, "wait": 0.0}
     batches = training_batches(
         train_set.records,
         cfg.train.batch_size,
@@ -176,7 +180,10 @@ def train(
 
     def draw_batch():
         stream_state["position"] += 1
-        return next(loader)
+        start = time.perf_counter()
+        batch = next(loader)
+        stream_state["wait"] += time.perf_counter() - start  # time the step waited for data
+        return batch
 
     def checkpoint(it: int) -> None:
         if main:
@@ -225,13 +232,15 @@ def train(
                 start = time.perf_counter()
                 state.metrics = {}
                 state.iteration = iteration
+                stream_state["wait"] = 0.0
                 batch = draw_batch()
                 for hook in hooks:
                     batch = hook.before_step(state, batch)
                 batch = batch.to(device)
-                with torch.autocast(device.type, enabled=scaler.is_enabled()):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.train.amp):
                     output = train_model(batch.images, batch.targets)
                 losses = output.losses
+                state.metrics.update(small_loss_share(output.stats))
                 for hook in hooks:
                     losses = hook.loss(state, losses, output.stats)
                 loss = sum(losses.values())
@@ -267,6 +276,7 @@ def train(
                         **{k: v.item() for k, v in losses.items()},
                         "lr": lr,
                         "time": time.perf_counter() - start,
+                        "data_time": stream_state["wait"],
                         **_plain(state.metrics),
                     }
                     metrics_file.write(json.dumps(record) + "\n")
@@ -339,6 +349,16 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
             if ln.strip() and json.loads(ln)["iter"] <= iteration
         ]
         path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def small_loss_share(stats: dict) -> dict[str, float]:
+    """The share of the box-regression loss owed to small GTs (DST's feedback), logged in
+    every run whose detector reports it, so a baseline shows what DST would have seen."""
+    by_size = stats.get("reg_loss_by_size")
+    if by_size is None:
+        return {}
+    total = float(by_size.sum())
+    return {"small_loss_share": float(by_size[0]) / total if total > 0 else 0.0}
 
 
 def _plain(metrics: dict) -> dict:

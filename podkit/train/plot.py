@@ -11,7 +11,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-KNOWN = {"iter", "loss", "lr", "time", "dst_small_ratio", "dst_collage", "iou_threshold", "beta"}
+KNOWN = {
+    "iter",
+    "loss",
+    "lr",
+    "time",
+    "data_time",
+    "dst_small_ratio",
+    "dst_collage",
+    "iou_threshold",
+    "beta",
+}
 
 
 def read_metrics(path: Path) -> list[dict]:

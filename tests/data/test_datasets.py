@@ -64,7 +64,8 @@ def test_coco_labels_crowd_negatives_and_box_cleaning(tmp_path):
     assert a.ignore.tolist() == [[0, 0, 8, 8]]
     assert len(b.boxes) == 0  # image without boxes kept as a negative
     assert ds.notes == [
-        f"{tmp_path / 'ann.json'}: 1 boxes clipped to their image, 1 boxes of zero or negative size dropped"
+        f"{tmp_path / 'ann.json'}: 1 boxes clipped to their image (annotations 2), 1 boxes of "
+        "zero or negative size dropped (annotations 3)"
     ]
 
 

@@ -7,7 +7,7 @@ from PIL import Image
 
 from podkit.data.loader import Sample, collate, eval_batches, training_batches
 from podkit.data.records import Record
-from podkit.data.synthetic import dataset_statistics, write_split
+from podkit.data.synthetic import dataset_statistics, preset_style, write_split
 from podkit.data.transforms import hflip, resize, resize_scale
 
 
@@ -30,6 +30,22 @@ def test_synthetic_is_deterministic_and_has_the_scale_imbalance(tmp_path):
         assert (
             x >= 0 and y >= 0 and x + w <= im["width"] and y + h <= im["height"] and w > 0 and h > 0
         )
+
+
+def test_scale_preset_spans_4_px_to_most_of_the_image(tmp_path):
+    path = write_split(tmp_path, "val", 60, preset_style("scale"), seed=0)
+    data = json.loads(path.read_text())
+    sides = [s for im in data["images"] for s in (im["width"], im["height"])]
+    assert min(sides) >= 384 and max(sides) < 512
+    objects = [a["bbox"] for a in data["annotations"] if not a["iscrowd"]]
+    sizes = sorted((w * h) ** 0.5 for _, _, w, h in objects)
+    assert sizes[0] < 8 and sizes[-1] > 300  # ~4 px to most of a 384-512 px image
+    stats = dataset_statistics(path)
+    assert 0.3 < stats["images_with_small"] < 0.7 and stats["instances_small"] > 0.3
+    with pytest.raises(ValueError, match="standard preset"):
+        preset_style("scale", 300)
+    with pytest.raises(ValueError, match="unknown synthetic preset"):
+        preset_style("huge")
 
 
 def test_resize_caps_the_longer_side_and_scales_boxes():

@@ -97,3 +97,76 @@ def test_demo_in_a_reduced_mode(tmp_path):
     assert {(r["model"], r["backend"]) for r in latency["results"]} == {
         (m, b) for m in ("baseline", "GSL", "FD-WT") for b in ("torch", "onnxruntime")
     }
+
+
+def test_malformed_coco_is_refused_through_the_cli_naming_the_id(tmp_path):
+    """Duplicate ids, bad boxes, paths outside the image folder: exit 2, one line, no run."""
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "images/a.png")
+    image = {"id": 1, "file_name": "a.png", "width": 40, "height": 30}
+    box = {"id": 5, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 10], "iscrowd": 0}
+    cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    cases = {
+        "duplicate image id 1": ([image, dict(image)], [box], cats),
+        "duplicate annotation id 5": ([image], [box, dict(box)], cats),
+        "duplicate category id 2": ([image], [box], [*cats, {"id": 2, "name": "c"}]),
+        "annotation 5 has no [x, y, w, h] bbox of 4 finite numbers": (
+            [image],
+            [dict(box, bbox=["10", 5, 10, 10])],
+            cats,
+        ),
+        "annotation 6 has no [x, y, w, h] bbox": (
+            [image],
+            [box, dict(box, id=6, bbox=[5, 5, float("nan"), 10])],
+            cats,
+        ),
+        "image 1 file_name '../a.png' points outside the image folder": (
+            [dict(image, file_name="../a.png")],
+            [box],
+            cats,
+        ),
+        "top level is not an object": None,
+    }
+    for i, (message, content) in enumerate(cases.items()):
+        ann = tmp_path / f"ann{i}.json"
+        if content is None:
+            ann.write_text("[]")
+        else:
+            images, annotations, categories = content
+            ann.write_text(
+                json.dumps({"images": images, "annotations": annotations, "categories": categories})
+            )
+        run = tmp_path / f"run{i}"
+        sets = [f"data.train.ann={ann}", f"data.train.images={tmp_path / 'images'}"]
+        sets += ["data.val.ann=''", "model.num_classes=2"]
+        code, out = invoke(
+            "train", ROOT / "configs/tiny/faster_rcnn_fpn.yaml", "--out", run,
+            *[x for s in sets for x in ("--set", s)],
+        )  # fmt: skip
+        assert code == 2 and message in out and str(ann) in out.replace("\n", ""), (message, out)
+        assert "Traceback" not in out and not run.exists()
+
+
+def test_box_report_names_the_first_annotations(tmp_path):
+    from PIL import Image
+
+    from podkit.config import DatasetConfig
+    from podkit.data import load_dataset
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    anns = [
+        {"id": 10 + k, "image_id": 1, "category_id": 1, "bbox": [30, 20, 20, 20]} for k in range(7)
+    ] + [{"id": 99, "image_id": 1, "category_id": 1, "bbox": [1, 1, 0, 5]}]
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "a"}],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    ds = load_dataset(DatasetConfig("coco", str(tmp_path / "ann.json"), str(tmp_path)))
+    assert ds.notes == [
+        f"{tmp_path / 'ann.json'}: 7 boxes clipped to their image (annotations 10, 11, 12, 13, "
+        "14, ...), 1 boxes of zero or negative size dropped (annotations 99)"
+    ]

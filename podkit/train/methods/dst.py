@@ -9,6 +9,11 @@ keeps a second loader drawing k times more); resume and the distributed sampler 
 because the stream is a function of its position. Under DDP the ratio is reduced over all
 processes (sums of numerator and denominator), so every rank takes the same decision.
 
+`tau: auto` chooses tau as the paper's section 4.3 does: the first `auto_iters` (100)
+iterations train on regular batches and record the feedback; tau is their median (logged as
+`dst_tau`). A box that a collage shrinks below `min_box_size` becomes an ignore region (the
+object is still there: it must not train as background).
+
 feedback: reg (default; the box-regression loss of the R-CNN head / RetinaNet box branch),
 cls, joint (both), input (share of small GTs in the batch); `always` and `random` (p = 0.5,
 seeded, saved in checkpoints) are the paper's ablation baselines.
@@ -17,6 +22,7 @@ seeded, saved in checkpoints) are the paper's ablation baselines.
 from __future__ import annotations
 
 import random
+import statistics
 
 import torch
 from torch.nn import functional as F
@@ -55,7 +61,9 @@ def make_collage(batches: list[Batch], grid: int, min_box_size: float = 0.0) -> 
             keep = ((b[:, 2] - b[:, 0]) >= min_box_size) & ((b[:, 3] - b[:, 1]) >= min_box_size)
             boxes.append(b[keep])
             labels.append(target["labels"][keep])
+            # a box shrunk below the minimum is still an object: ignored, not background
             ignore.append(target.get("ignore", b.new_zeros((0, 4))) * scale + shift)
+            ignore.append(b[~keep])
         targets.append(
             {"boxes": torch.cat(boxes), "labels": torch.cat(labels), "ignore": torch.cat(ignore)}
         )
@@ -75,13 +83,18 @@ class DynamicScaleTraining(Hook):
 
     def __init__(
         self,
-        tau: float = 0.1,
+        tau: float | str = 0.1,
         k: int = 4,
         feedback: str = "reg",
         min_box_size: float = 0.0,
         random_p: float = 0.5,
         seed: int = 0,
+        auto_iters: int = 100,
     ) -> None:
+        if not (tau == "auto" or isinstance(tau, (int, float)) and not isinstance(tau, bool)):
+            raise ValueError(f"dst: tau must be a number or 'auto', got {tau!r}")
+        if tau == "auto" and (feedback in ("always", "random") or auto_iters < 1):
+            raise ValueError("dst: tau 'auto' needs a loss or input feedback and auto_iters >= 1")
         if feedback not in FEEDBACKS:
             raise ValueError(
                 f"dst: feedback must be one of {', '.join(FEEDBACKS)}, got {feedback!r}"
@@ -89,12 +102,19 @@ class DynamicScaleTraining(Hook):
         grid = round(k**0.5)
         if grid * grid != k or grid < 2:
             raise ValueError(f"dst: k must be a square >= 4 (4 for 2x2, 9 for 3x3), got {k}")
-        self.tau, self.grid, self.feedback = tau, grid, feedback
+        self.grid, self.feedback = grid, feedback
         self.draws_per_step = k
         self.min_box_size, self.random_p = min_box_size, random_p
+        # tau 'auto' (the paper's section 4.3): regular batches for the first auto_iters
+        # iterations, then tau = the median feedback they gave
+        self.tau: float | None = None if tau == "auto" else float(tau)
+        self.auto_iters = auto_iters
+        self.calibration: list[float] = []
         self.rng = random.Random(seed)
         self.ratio = 0.0  # the paper starts at 0: the first batch is a collage
-        self.collage_next = feedback != "random" or self.rng.random() < random_p
+        self.collage_next = self.tau is not None and (
+            feedback != "random" or self.rng.random() < random_p
+        )
         self.collage_now = False
         self._input_counts = (0.0, 0.0)
 
@@ -133,7 +153,13 @@ class DynamicScaleTraining(Hook):
         return float(by_size[0]), float(by_size.sum())
 
     def after_step(self, state: TrainState) -> None:
-        if self.feedback == "always":
+        if self.tau is None:  # calibrating tau 'auto'
+            self.calibration.append(self.ratio)
+            if len(self.calibration) >= self.auto_iters:
+                self.tau = statistics.median(self.calibration)
+        if self.tau is None:
+            self.collage_next = False
+        elif self.feedback == "always":
             self.collage_next = True
         elif self.feedback == "random":
             self.collage_next = self.rng.random() < self.random_p
@@ -141,15 +167,20 @@ class DynamicScaleTraining(Hook):
             self.collage_next = self.ratio <= self.tau
         state.metrics["dst_small_ratio"] = self.ratio
         state.metrics["dst_collage"] = int(self.collage_now)
+        state.metrics["dst_tau"] = self.tau
 
     def state_dict(self) -> dict:
         return {
             "ratio": self.ratio,
             "collage_next": self.collage_next,
             "rng": rng_state(self.rng),
+            "tau": self.tau,
+            "calibration": list(self.calibration),
         }
 
     def load_state_dict(self, state: dict) -> None:
         if state:
             self.ratio, self.collage_next = state["ratio"], state["collage_next"]
             set_rng_state(self.rng, state["rng"])
+            if "tau" in state:  # checkpoints before tau 'auto' keep the configured tau
+                self.tau, self.calibration = state["tau"], list(state["calibration"])

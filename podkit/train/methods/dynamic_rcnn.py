@@ -6,9 +6,16 @@ IoU threshold (positive = negative threshold) becomes max(initial_iou, mean of t
 Dynamic SmoothL1: each iteration records the (K_beta * images)-th smallest mean(|dx|, |dy|)
 of the sampled positives' normalised regression targets; every C iterations beta becomes
 min(initial_beta, median of the record). An iteration without positives records nothing, and
-a median of ~0 leaves beta unchanged (MMDetection let it collapse to 0). Under DDP both
-statistics are averaged over processes, so every rank sets the same values (the references
-decide per GPU). Changes only `roi_heads.iou_threshold` and `roi_heads.smooth_l1_beta`.
+a median of ~0 leaves beta unchanged (MMDetection let it collapse to 0).
+
+K_I and K_beta belong to the paper's 512 RoIs per image (section 5.5: K_I = 75 is ~15 % of
+the RoI batch). Left unset, they are scaled to the detector's RoI batch R:
+K_I = round(75 R / 512), K_beta = round(10 R / 512), at least 1 (R = 128: 19 and 2).
+`assign: false` or `smooth_l1: false` switch one half off (the paper's ablations): that
+half of the head keeps the recipe's value. Under DDP each statistic is a masked sum and a
+count reduced over processes, so a rank without positives neither loses the statistic nor
+sends NaN, and every rank sets the same values (the references decide per GPU). Changes only
+`roi_heads.iou_threshold` and `roi_heads.smooth_l1_beta`.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import statistics
 
 import torch
 
-from podkit.train.distributed import all_reduce_mean
+from podkit.train.distributed import all_reduce_sum
 from podkit.train.hooks import Hook, TrainState
 
 
@@ -26,15 +33,20 @@ class DynamicRCNN(Hook):
 
     def __init__(
         self,
-        k_iou: int = 75,
-        k_beta: int = 10,
+        k_iou: int | None = None,
+        k_beta: int | None = None,
         interval: int = 100,
         initial_iou: float = 0.4,
         initial_beta: float = 1.0,
+        assign: bool = True,
+        smooth_l1: bool = True,
     ) -> None:
-        if interval < 1 or k_iou < 1 or k_beta < 1:
+        if interval < 1 or any(k is not None and k < 1 for k in (k_iou, k_beta)):
             raise ValueError("dynamic_rcnn: k_iou, k_beta and interval must be >= 1")
+        if not (assign or smooth_l1):
+            raise ValueError("dynamic_rcnn: assign and smooth_l1 are both off: nothing to do")
         self.k_iou, self.k_beta, self.interval = k_iou, k_beta, interval
+        self.assign, self.smooth_l1 = assign, smooth_l1
         self.initial_iou, self.initial_beta = initial_iou, initial_beta
         self.iou_threshold, self.beta = initial_iou, initial_beta
         self.iou_history: list[float] = []
@@ -46,18 +58,28 @@ class DynamicRCNN(Hook):
             raise ValueError(
                 "dynamic_rcnn needs a two-stage detector (model.arch faster_rcnn_fpn or faster_rcnn_c4)"
             )
-        heads.iou_threshold = self.iou_threshold
-        heads.smooth_l1_beta = self.beta
+        if self.k_iou is None or self.k_beta is None:
+            self.k_iou, self.k_beta = (
+                self.k_iou or scaled_k(75, heads),
+                self.k_beta or scaled_k(10, heads),
+            )
+        if self.assign:
+            heads.iou_threshold = self.iou_threshold
+        if self.smooth_l1:
+            heads.smooth_l1_beta = self.beta
         return batch
 
     def loss(self, state: TrainState, losses, stats):
         iou, beta = self.statistics(stats)
-        # one all-reduce for both (NaN marks "none on this rank"): ranks decide alike
-        both = all_reduce_mean(torch.tensor([iou, beta], dtype=torch.float64))
-        if not torch.isnan(both[0]):
-            self.iou_history.append(float(both[0]))
-        if not torch.isnan(both[1]):
-            self.beta_history.append(float(both[1]))
+        # one all-reduce of masked sums and counts: a rank with none adds 0 and 0
+        terms = torch.tensor(
+            [_or0(iou), float(iou == iou), _or0(beta), float(beta == beta)], dtype=torch.float64
+        )
+        iou_sum, iou_count, beta_sum, beta_count = all_reduce_sum(terms).tolist()
+        if iou_count:
+            self.iou_history.append(iou_sum / iou_count)
+        if beta_count:
+            self.beta_history.append(beta_sum / beta_count)
         return losses
 
     def statistics(self, stats: dict) -> tuple[float, float]:
@@ -86,8 +108,10 @@ class DynamicRCNN(Hook):
                     self.beta = min(self.initial_beta, median)
             self.iou_history.clear()
             self.beta_history.clear()
-        state.metrics["iou_threshold"] = self.iou_threshold
-        state.metrics["beta"] = self.beta
+        if self.assign:
+            state.metrics["iou_threshold"] = self.iou_threshold
+        if self.smooth_l1:
+            state.metrics["beta"] = self.beta
 
     def state_dict(self) -> dict:
         return {
@@ -104,3 +128,12 @@ class DynamicRCNN(Hook):
                 list(state["iou_history"]),
                 list(state["beta_history"]),
             )
+
+
+def scaled_k(paper_k: int, heads) -> int:
+    """A K of the paper's 512-RoI batch, scaled to this head's RoI batch per image."""
+    return max(1, round(paper_k * heads.config.batch_size_per_image / 512))
+
+
+def _or0(x: float) -> float:
+    return 0.0 if x != x else x

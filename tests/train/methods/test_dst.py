@@ -77,6 +77,10 @@ def test_collage_drops_boxes_below_the_minimum_size():
     batches = [painted_batch((64, 64), [[(0, 0, 30, 30), (40, 40, 50, 50)]], 1) for _ in range(4)]
     collage = make_collage(batches, 2, min_box_size=10)  # 10 px boxes become 5 px
     assert len(collage.targets[0]["boxes"]) == 4
+    # the shrunk boxes become ignore regions where they landed, one per quadrant
+    ignore = collage.targets[0]["ignore"]
+    cells = [(0, 0), (32, 0), (0, 32), (32, 32)]
+    assert sorted(ignore.tolist()) == sorted([[x + 20, y + 20, x + 25, y + 25] for x, y in cells])
 
 
 def stats(small, medium, large, cls=(0.0, 0.0, 0.0)):
@@ -185,3 +189,32 @@ def test_training_with_dst_alone_and_with_dynamic_rcnn_on_gsl(synth_set, tmp_pat
         assert load_checkpoint(run / "last.pt")["data_position"] == 3 + collages * (k - 1)
         if name == "both":
             assert "iou_threshold" in lines[-1]
+
+
+def test_tau_auto_is_the_median_feedback_of_the_first_iterations():
+    hook = DynamicScaleTraining(tau="auto", auto_iters=5)
+    assert not hook.collage_next  # calibrating: regular batches
+    shares = [0.3, 0.1, 0.5, 0.2, 0.4]  # median 0.3
+    for k, share in enumerate(shares):
+        state = step(hook, stats(share, 1 - share, 0.0))
+        if k < len(shares) - 1:
+            assert hook.tau is None and not hook.collage_next
+    assert hook.tau == pytest.approx(0.3) and state.metrics["dst_tau"] == pytest.approx(0.3)
+    assert not hook.collage_next  # 0.4 > tau
+    step(hook, stats(0.2, 0.8, 0.0))
+    assert hook.collage_next  # 0.2 <= tau
+    resumed = DynamicScaleTraining(tau="auto", auto_iters=5)
+    resumed.load_state_dict(hook.state_dict())
+    assert resumed.tau == hook.tau and resumed.collage_next
+    half = DynamicScaleTraining(tau="auto", auto_iters=5)
+    for share in shares[:2]:
+        step(half, stats(share, 1 - share, 0.0))
+    again = DynamicScaleTraining(tau="auto", auto_iters=5)
+    again.load_state_dict(half.state_dict())  # interrupted while calibrating
+    for share in shares[2:]:
+        step(again, stats(share, 1 - share, 0.0))
+    assert again.tau == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="tau"):
+        DynamicScaleTraining(tau="median")
+    with pytest.raises(ValueError, match="auto"):
+        DynamicScaleTraining(tau="auto", feedback="always")

@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,7 +11,7 @@ from podkit.train.hooks import TrainState
 from podkit.train.loop import train
 from podkit.train.methods import build_hooks
 from podkit.train.methods.dynamic_rcnn import DynamicRCNN
-from tests.conftest import tiny_config
+from tests.conftest import ROOT, tiny_config
 
 
 def state_at(iteration, model=None):
@@ -94,3 +97,54 @@ def test_built_from_config_and_trains(synth_set, tmp_path):
     assert result.model.roi_heads.iou_threshold == pytest.approx(lines[-2]["iou_threshold"])
     hooks_state = torch.load(tmp_path / "run/last.pt", weights_only=True)["hooks"]["dynamic_rcnn"]
     assert hooks_state["iou_threshold"] == lines[-1]["iou_threshold"]
+
+
+def test_k_scaled_to_the_roi_batch_when_unset():
+    """K_I = 75 and K_beta = 10 of the paper's 512 RoIs per image, scaled to this head's 128."""
+    model = build_detector(tiny_model_config("faster_rcnn_fpn", 3))
+    model.roi_heads.config.batch_size_per_image = 128
+    hook = DynamicRCNN()
+    hook.before_step(state_at(0, model), None)
+    assert (hook.k_iou, hook.k_beta) == (19, 2)  # round(75 / 4), round(10 / 4)
+    ious = torch.linspace(1.0, 0.01, 100)  # 1.0, 0.99, ...: the 19th largest is 0.82
+    targets = torch.tensor([[e, e, 0.0, 0.0] for e in (0.5, 0.1, 0.3, 0.2)])
+    iou, beta = hook.statistics(
+        {"proposal_ious": [ious], "pos_reg_targets": targets, "num_images": 1}
+    )
+    assert iou == pytest.approx(float(ious.sort(descending=True).values[18]))
+    assert beta == pytest.approx(0.2)  # the 2nd smallest of 0.5, 0.1, 0.3, 0.2
+    assert DynamicRCNN(k_iou=7).k_iou == 7  # set explicitly: kept
+
+
+@pytest.mark.parametrize("half", ["assign", "smooth_l1"])
+def test_ablation_switches_leave_the_other_half_at_the_recipe(half):
+    model = build_detector(tiny_model_config("faster_rcnn_fpn", 3))
+    recipe = (model.roi_heads.iou_threshold, model.roi_heads.smooth_l1_beta)
+    hook = DynamicRCNN(**{half: False})
+    hook.iou_threshold, hook.beta = 0.6, 0.3
+    state = state_at(0, model)
+    hook.before_step(state, None)
+    heads = model.roi_heads
+    if half == "assign":
+        assert (heads.iou_threshold, heads.smooth_l1_beta) == (recipe[0], 0.3)
+    else:
+        assert (heads.iou_threshold, heads.smooth_l1_beta) == (0.6, recipe[1])
+    hook.after_step(state)
+    assert set(state.metrics) == {"beta"} if half == "assign" else {"iou_threshold"}
+    with pytest.raises(ValueError, match="nothing to do"):
+        DynamicRCNN(assign=False, smooth_l1=False)
+
+
+def test_ddp_rank_without_positives_keeps_the_statistic(tmp_path):
+    """2 gloo processes: rank 1 has no proposals or positives; both ranks record rank 0's."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    worker = ROOT / "tests/train/methods/dynamic_rcnn_ddp_worker.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*cmd, str(worker), str(tmp_path)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["iou_history"] == pytest.approx([0.9])
+        assert report["beta_history"] == pytest.approx([0.3])  # mean(|0.2|, |0.4|)

@@ -1,0 +1,210 @@
+"""Method studies on the scale benchmark: named arms x seeds from one shared start, resumable.
+
+Run (one study at a time; safe to leave in the background, re-run the same command to go on):
+    podkit data synth data/scale --preset scale --val 1000
+    nohup .venv/bin/python bench/study.py dst dynamic_rcnn --seeds 0 1 > runs/study.log 2>&1 &
+    .venv/bin/python bench/study.py dst dynamic_rcnn --report     # tables of what has finished
+
+Protocol. Each detector first trains one start checkpoint with its recipe
+(configs/scale/ARCH.yaml) for `--start-iters` iterations at the recipe's lr with no decay:
+just past the point where the classifier forms. Every arm of every study, every seed,
+starts from it (`model.init_from`), so arms differ only by the method, and trains the full
+recipe schedule (warm-up, decay at 2/3 and 8/9 of `--iters`, default 1200 iterations).
+Arms are paired by seed (same data order, same start); the report gives, per arm and
+metric, the per-seed differences to its study's baseline, their mean, and the seed spread
+of the baseline (max - min over seeds): a difference smaller than the spread is not resolved.
+
+An arm is done when RUN/eval.json exists; an interrupted arm resumes from RUN/last.pt
+(checkpoints every 200 iterations). Writes OUT/results.json and OUT/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from podkit.config import load_config
+from podkit.train.loop import train
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP80", "AP90")
+MULTI_SCALE_TRAIN = "data.min_size=[320, 384, 448, 512, 576]"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way of training a detector; `slug` names its run folder (shared across studies)."""
+
+    slug: str
+    arch: str  # configs/scale/ARCH.yaml
+    methods: list = field(default_factory=list)
+    overrides: tuple[str, ...] = ()
+
+
+ARMS = {
+    "frcnn": Arm("frcnn_baseline", "faster_rcnn_fpn"),
+    "frcnn_ms": Arm("frcnn_multiscale", "faster_rcnn_fpn", overrides=(MULTI_SCALE_TRAIN,)),
+    "frcnn_dst": Arm("frcnn_dst", "faster_rcnn_fpn", [{"name": "dst", "tau": "auto"}]),
+    "frcnn_drcnn": Arm("frcnn_dynamic_rcnn", "faster_rcnn_fpn", [{"name": "dynamic_rcnn"}]),
+    "retina": Arm("retinanet_baseline", "retinanet"),
+    "retina_dst": Arm("retinanet_dst", "retinanet", [{"name": "dst", "tau": "auto"}]),
+}
+# study: (its arms, baseline first; the metrics the papers judge it on)
+STUDIES = {
+    "dst": (("frcnn", "frcnn_ms", "frcnn_dst", "retina", "retina_dst"), ("APs", "AP")),
+    "dynamic_rcnn": (("frcnn", "frcnn_drcnn"), ("AP80", "AP90", "AP")),
+}
+BASELINES = {
+    "frcnn_ms": "frcnn",
+    "frcnn_dst": "frcnn",
+    "frcnn_drcnn": "frcnn",
+    "retina_dst": "retina",
+}
+
+
+EXTRA: list[str] = []  # --set overrides, applied to every run
+
+
+def recipe(arch: str, overrides: list[str]):
+    return load_config(ROOT / f"configs/scale/{arch}.yaml", [*overrides, *EXTRA])
+
+
+def train_start(arch: str, out: Path, iters: int) -> Path:
+    """The shared start: the baseline recipe for `iters` iterations, constant lr after warm-up."""
+    run = out / "start" / arch
+    if not (run / "eval.json").exists():
+        cfg = recipe(arch, [f"train.max_iter={iters}", "train.steps=[]"])
+        train(cfg, run, resume=(run / "last.pt").exists())
+    return run / "last.pt"
+
+
+def train_arm(arm: Arm, seed: int, start: Path, out: Path, iters: int) -> Path:
+    run = out / arm.slug / f"seed{seed}"
+    if not (run / "eval.json").exists():
+        cfg = recipe(
+            arm.arch,
+            [
+                f"model.init_from={start}",
+                f"train.max_iter={iters}",
+                f"train.seed={seed}",
+                f"methods={json.dumps(arm.methods)}",
+                *arm.overrides,
+            ],
+        )
+        train(cfg, run, resume=(run / "last.pt").exists())
+    return run
+
+
+def summarise(run: Path) -> dict:
+    """eval.json plus what the log says about the method (collages, T and beta, speed)."""
+    log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    out = dict(json.loads((run / "eval.json").read_text()))
+    out["seconds_per_iter"] = statistics.median(r["time"] for r in log)
+    shares = [r["small_loss_share"] for r in log if r.get("small_loss_share") is not None]
+    if shares:
+        out["small_loss_share"] = statistics.median(shares)
+    if any("dst_collage" in r for r in log):  # logged every log_every iterations
+        out["collage_fraction"] = statistics.mean(r["dst_collage"] for r in log)
+        out["dst_tau"] = log[-1].get("dst_tau")
+    if any("iou_threshold" in r for r in log):
+        out["final_iou_threshold"] = log[-1]["iou_threshold"]
+        out["final_beta"] = log[-1]["beta"]
+    return out
+
+
+def paired(arm: list[dict], base: list[dict], key: str) -> dict:
+    diffs = [a[key] - b[key] for a, b in zip(arm, base, strict=True)]
+    spread = max(b[key] for b in base) - min(b[key] for b in base)
+    return {"diffs": diffs, "mean": statistics.mean(diffs), "baseline_spread": spread}
+
+
+def report(studies: list[str], out: Path, seeds: list[int]) -> str:
+    """Markdown tables of the finished arms (all seeds done), with paired differences."""
+    done: dict[str, list[dict]] = {}
+    for name in {a for s in studies for a in STUDIES[s][0]}:
+        runs = [out / ARMS[name].slug / f"seed{s}" for s in seeds]
+        if all((r / "eval.json").exists() for r in runs):
+            done[name] = [summarise(r) for r in runs]
+    results: dict = {"seeds": seeds, "arms": done, "studies": {}}
+    lines = []
+    for study in studies:
+        arms, judged = STUDIES[study]
+        lines += [f"### {study} (seeds {seeds}; mean, then per-seed in brackets)", ""]
+        lines += ["| arm | " + " | ".join(KEYS) + " | extra |", "|---" * (len(KEYS) + 2) + "|"]
+        for name in arms:
+            if name not in done:
+                lines.append(f"| {name} | " + " | ".join("-" for _ in KEYS) + " | not run yet |")
+                continue
+            cells = [_cell([r[k] for r in done[name]]) for k in KEYS]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_extra(done[name])} |")
+        lines += ["", "Paired differences to the baseline (per seed; mean; baseline spread):", ""]
+        results["studies"][study] = {}
+        for name in arms:
+            base = BASELINES.get(name)
+            if base is None or name not in done or base not in done:
+                continue
+            diff = {k: paired(done[name], done[base], k) for k in KEYS}
+            results["studies"][study][name] = diff
+            cells = [
+                f"{k} {d['mean']:+.1f} ({', '.join(f'{x:+.1f}' for x in d['diffs'])}; "
+                f"spread {d['baseline_spread']:.1f})"
+                for k, d in diff.items()
+                if k in judged
+            ]
+            lines.append(f"- {name} vs {base}: " + "; ".join(cells))
+        lines.append("")
+    text = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(text)
+    return text
+
+
+def _cell(values: list[float | None]) -> str:
+    if any(v is None for v in values):
+        return "-"
+    return f"{statistics.mean(values):.1f} [{', '.join(f'{v:.1f}' for v in values)}]"
+
+
+def _extra(runs: list[dict]) -> str:
+    keys = ("collage_fraction", "dst_tau", "final_iou_threshold", "final_beta")
+    parts = [
+        f"{k} {[round(r[k], 3) for r in runs if r.get(k) is not None]}"
+        for k in keys
+        if k in runs[0]
+    ]
+    parts.append(f"s/iter {statistics.mean(r['seconds_per_iter'] for r in runs):.2f}")
+    return ", ".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("studies", nargs="+", choices=sorted(STUDIES))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--iters", type=int, default=1200, help="iterations of every arm")
+    parser.add_argument("--start-iters", type=int, default=500, help="of the shared start")
+    parser.add_argument("--out", type=Path, default=Path("runs/study"))
+    parser.add_argument("--only", nargs="*", choices=sorted(ARMS), help="arms to run")
+    parser.add_argument("--report", action="store_true", help="only print what has finished")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    args = parser.parse_args()
+    EXTRA.extend(args.overrides)
+    if not args.report:
+        # seeds inner: an arm's pair of seeds finishes before the next arm starts
+        order = [a for s in args.studies for a in STUDIES[s][0] if not args.only or a in args.only]
+        for name in dict.fromkeys(order):
+            arm = ARMS[name]
+            start = train_start(arm.arch, args.out, args.start_iters)
+            for seed in args.seeds:
+                train_arm(arm, seed, start, args.out, args.iters)
+            print(report(args.studies, args.out, args.seeds), flush=True)
+    print(report(args.studies, args.out, args.seeds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""bench/study.py: paired differences, spread and the method columns from run folders."""
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("study", ROOT / "bench/study.py")
+study = importlib.util.module_from_spec(spec)
+sys.modules["study"] = study  # dataclasses look their module up
+spec.loader.exec_module(study)
+
+
+def fake_run(folder, ap, aps, log):
+    folder.mkdir(parents=True)
+    metrics = dict.fromkeys(study.KEYS, 10.0) | {"AP": ap, "APs": aps}
+    (folder / "eval.json").write_text(json.dumps(metrics))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+
+
+def test_report_pairs_arms_by_seed_with_the_baseline_spread(tmp_path):
+    plain = [{"iter": 10 * i, "time": 0.5, "small_loss_share": 0.1 * i} for i in (1, 2, 3)]
+    fake_run(tmp_path / "frcnn_baseline/seed0", 30.0, 20.0, plain)
+    fake_run(tmp_path / "frcnn_baseline/seed1", 31.0, 22.0, plain)
+    dst = [dict(r, dst_collage=int(i == 0), dst_tau=0.2) for i, r in enumerate(plain)]
+    fake_run(tmp_path / "frcnn_dst/seed0", 30.5, 23.0, dst)
+    fake_run(tmp_path / "frcnn_dst/seed1", 32.0, 23.5, dst)
+    text = study.report(["dst"], tmp_path, [0, 1])
+    result = json.loads((tmp_path / "results.json").read_text())
+    aps = result["studies"]["dst"]["frcnn_dst"]["APs"]
+    assert aps["diffs"] == pytest.approx([3.0, 1.5]) and aps["mean"] == pytest.approx(2.25)
+    assert aps["baseline_spread"] == pytest.approx(2.0)
+    arm = result["arms"]["frcnn_dst"][0]
+    assert arm["collage_fraction"] == pytest.approx(1 / 3) and arm["dst_tau"] == 0.2
+    assert arm["small_loss_share"] == pytest.approx(0.2)
+    assert "frcnn_multiscale" not in result["arms"] and "| frcnn_ms | -" in text
+    assert "APs +2.2 (+3.0, +1.5; spread 2.0)" in text  # 2.25 rounds half to even
+    # an arm with one seed missing is not reported
+    (tmp_path / "frcnn_dst/seed1/eval.json").unlink()
+    study.report(["dst"], tmp_path, [0, 1])
+    assert "frcnn_dst" not in json.loads((tmp_path / "results.json").read_text())["arms"]
