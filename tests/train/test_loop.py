@@ -38,8 +38,10 @@ def losses_of(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_interrupted_and_resumed_run_logs_the_same_losses(synth_set, tmp_path):
-    cfg = tiny_config(synth_set, "data.min_size=[96, 128]", "data.flip=0.5", max_iter=6)
+@pytest.mark.parametrize("precision", [[], ["train.amp=true", "train.channels_last=true"]])
+def test_interrupted_and_resumed_run_logs_the_same_losses(synth_set, tmp_path, precision):
+    """Also under bf16 autocast with channels_last (the tiny recipes' CPU mode)."""
+    cfg = tiny_config(synth_set, "data.min_size=[96, 128]", "data.flip=0.5", *precision, max_iter=6)
     straight = train(cfg, tmp_path / "straight")
     assert straight.status == "finished" and straight.iteration == 6
     interrupted = train(cfg, tmp_path / "resumed", hooks=[CtrlCAt(3)])
