@@ -25,7 +25,7 @@ from pod_speed import build_three  # noqa: E402
 from podkit.bench.latency import LatencyOptions, plot, run_latency, to_markdown  # noqa: E402
 from podkit.config import Config, to_dict  # noqa: E402
 from podkit.models import ModelConfig, tiny_model_config  # noqa: E402
-from podkit.train.checkpoint import save_checkpoint  # noqa: E402
+from podkit.models.checkpoint import save_checkpoint  # noqa: E402
 
 
 def main() -> None:

@@ -17,8 +17,9 @@ import time
 import torch
 
 from podkit.models import ModelConfig, build_detector, tiny_model_config
-from podkit.pod.decompose import apply_plan, make_plan
-from podkit.pod.gsl import gsl_convs
+from podkit.models.gsl import gsl_convs
+from podkit.models.split_conv import apply_plan
+from podkit.pod.decompose import make_plan
 
 
 def build_three(cfg: ModelConfig, seed: int = 0):

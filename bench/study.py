@@ -124,7 +124,7 @@ def paired(arm: list[dict], base: list[dict], key: str) -> dict:
 def report(studies: list[str], out: Path, seeds: list[int]) -> str:
     """Markdown tables of the finished arms (all seeds done), with paired differences."""
     done: dict[str, list[dict]] = {}
-    for name in {a for s in studies for a in STUDIES[s][0]}:
+    for name in dict.fromkeys(a for s in studies for a in STUDIES[s][0]):
         runs = [out / ARMS[name].slug / f"seed{s}" for s in seeds]
         if all((r / "eval.json").exists() for r in runs):
             done[name] = [summarise(r) for r in runs]

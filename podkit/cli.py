@@ -162,7 +162,7 @@ def info(checkpoint: Path = typer.Argument(..., help="A podkit checkpoint.")) ->
     """What a checkpoint holds: model, classes, iteration, methods, sizes."""
     from rich.table import Table
 
-    from podkit.train.checkpoint import load_checkpoint
+    from podkit.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt["config"]

@@ -1,6 +1,7 @@
 """Run configuration: dataclasses, YAML files and `--set a.b=value` overrides.
 
-Each part owns its dataclass (models/build.py has `ModelConfig`); `Config` composes them.
+Every option of a run is a field of a dataclass here, at the bottom of the package (it
+imports nothing of podkit): models, data and training read their part; `Config` composes them.
 Values are type-checked against the annotations when loaded, and an unknown key fails
 with the list of valid ones, so a typo never silently trains the wrong thing.
 """
@@ -17,7 +18,92 @@ from typing import Any
 
 import yaml
 
-from podkit.models.build import ModelConfig
+
+@dataclass
+class RPNConfig:
+    """Options of the RPN. Top-k before NMS is per level; after NMS per image."""
+
+    anchor_sizes: tuple[tuple[float, ...], ...] = ((32,), (64,), (128,), (256,), (512,))
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    pre_nms_top_n_train: int = 2000
+    pre_nms_top_n_test: int = 1000
+    post_nms_top_n_train: int = 1000
+    post_nms_top_n_test: int = 1000
+    nms_threshold: float = 0.7
+    fg_iou_threshold: float = 0.7
+    bg_iou_threshold: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    smooth_l1_beta: float = 1.0 / 9
+    min_size: float = 1e-3
+    ignore_iou_threshold: float = 0.3
+
+
+@dataclass
+class RoIHeadConfig:
+    """Options of the R-CNN stage (defaults: Faster R-CNN FPN 1x).
+
+    pooler_resolution / sampling_ratio None take the architecture's default: 7 and 2 for
+    FPN, 14 and 0 (adaptive) for C4.
+    """
+
+    pooler_resolution: int | None = None
+    sampling_ratio: int | None = None
+    representation_size: int = 1024
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    iou_threshold: float = 0.5
+    smooth_l1_beta: float = 1.0
+    bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+    ignore_iou_threshold: float = 0.5
+
+
+@dataclass
+class RetinaNetConfig:
+    """Options of the RetinaNet head (defaults: the paper's R50-FPN 1x)."""
+
+    anchor_base_sizes: tuple[float, ...] = (32, 64, 128, 256, 512)
+    anchor_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    num_convs: int = 4
+    head_norm: str | None = None  # "gn": GroupNorm in the towers (trains faster from scratch)
+    fg_iou_threshold: float = 0.5
+    bg_iou_threshold: float = 0.4
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    smooth_l1_beta: float = 0.1
+    prior_prob: float = 0.01
+    score_threshold: float = 0.05
+    topk_candidates: int = 1000
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+    ignore_iou_threshold: float = 0.3
+
+
+@dataclass
+class ModelConfig:
+    """What to build. `depth`/`width` shrink the network for tests (18 and 0.25 is tiny)."""
+
+    arch: str = "faster_rcnn_fpn"
+    depth: int = 50
+    width: float = 1.0
+    num_classes: int = 80
+    norm: str = "frozen"
+    freeze_at: int = 2
+    fpn_channels: int = 256
+    gsl: bool = False  # 3x3 convs of gsl_stages learn their dilation (POD's GSL)
+    gsl_stages: list[str] = field(default_factory=lambda: ["layer2", "layer3", "layer4"])
+    fd_plan: str | list[dict[str, Any]] | None = (
+        None  # FD network: a plan.json path or the plan itself
+    )
+    init_from: str | None = None
+    backbone_weights: str | None = None
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: RoIHeadConfig = field(default_factory=RoIHeadConfig)
+    retinanet: RetinaNetConfig = field(default_factory=RetinaNetConfig)
 
 
 @dataclass

@@ -167,7 +167,7 @@ def run_latency(
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
     image = sample_image(opts.input_size)
     from podkit.export.wrap import ExportWrapper
-    from podkit.train.checkpoint import load_detector
+    from podkit.models.checkpoint import load_detector
 
     pairs, unavailable, models = [], [], {}
     for ckpt, label in zip(checkpoints, labels, strict=True):

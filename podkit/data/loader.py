@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from podkit.data.records import Record, load_image
 from podkit.data.transforms import hflip, resize, to_tensor
-from podkit.models.output import ImageBatch
+from podkit.ops.image_batch import ImageBatch
 
 
 @dataclass

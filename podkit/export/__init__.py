@@ -115,7 +115,7 @@ def export_checkpoint(
     files stay for inspection). `check_only` (TensorRT) stops after the op audit.
     """
     from podkit.export import onnx as onnx_export
-    from podkit.train.checkpoint import load_detector
+    from podkit.models.checkpoint import load_detector
 
     if target not in TARGETS:
         raise ValueError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")

@@ -33,12 +33,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from podkit.models.faster_rcnn import FasterRCNN
+from podkit.models.gsl import GlobalScaleConv, grid_sample_conv
 from podkit.models.retinanet import RetinaNet
 from podkit.models.rpn import flatten_level
 from podkit.ops import clip_boxes_to_image
 from podkit.ops.nms import nms as greedy_nms
 from podkit.ops.roi_align import roi_align as podkit_roi_align
-from podkit.pod.gsl import GlobalScaleConv, grid_sample_conv
 
 SIZE_MULTIPLE = 32
 

@@ -3,46 +3,24 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from podkit.config import ModelConfig, RetinaNetConfig, RoIHeadConfig, RPNConfig
 from podkit.models.backbone import C4Backbone, FPNBackbone
 from podkit.models.faster_rcnn import FasterRCNN
+from podkit.models.gsl import to_gsl
 from podkit.models.resnet import DEPTHS, ResNet, load_resnet_weights, make_stage
-from podkit.models.retinanet import RetinaNet, RetinaNetConfig
-from podkit.models.roi_heads import Res5Head, RoIHeadConfig, RoIHeads, TwoMLPHead
-from podkit.models.rpn import RPN, RPNConfig
+from podkit.models.retinanet import RetinaNet
+from podkit.models.roi_heads import Res5Head, RoIHeads, TwoMLPHead
+from podkit.models.rpn import RPN
+from podkit.models.split_conv import apply_plan
 from podkit.ops import MultiScaleRoIAlign
-from podkit.pod.decompose import apply_plan
-from podkit.pod.gsl import to_gsl
 
 ARCHS = ("faster_rcnn_fpn", "faster_rcnn_c4", "retinanet")
-
-
-@dataclass
-class ModelConfig:
-    """What to build. `depth`/`width` shrink the network for tests (18 and 0.25 is tiny)."""
-
-    arch: str = "faster_rcnn_fpn"
-    depth: int = 50
-    width: float = 1.0
-    num_classes: int = 80
-    norm: str = "frozen"
-    freeze_at: int = 2
-    fpn_channels: int = 256
-    gsl: bool = False  # 3x3 convs of gsl_stages learn their dilation (POD's GSL)
-    gsl_stages: list[str] = field(default_factory=lambda: ["layer2", "layer3", "layer4"])
-    fd_plan: str | list[dict[str, Any]] | None = (
-        None  # FD network: a plan.json path or the plan itself
-    )
-    init_from: str | None = None
-    backbone_weights: str | None = None
-    rpn: RPNConfig = field(default_factory=RPNConfig)
-    roi_heads: RoIHeadConfig = field(default_factory=RoIHeadConfig)
-    retinanet: RetinaNetConfig = field(default_factory=RetinaNetConfig)
 
 
 def tiny_model_config(arch: str, num_classes: int) -> ModelConfig:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from podkit.models.output import DetectorOutput, ImageBatch, rescale_detections
+from podkit.models.output import DetectorOutput, rescale_detections
 from podkit.models.roi_heads import RoIHeads
 from podkit.models.rpn import RPN
+from podkit.ops.image_batch import ImageBatch
 
 
 class FasterRCNN(nn.Module):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from podkit.config import RetinaNetConfig
 from podkit.models.output import (
     DetectorOutput,
-    ImageBatch,
     element_weights,
     per_level_sum,
     rescale_detections,
@@ -28,29 +27,8 @@ from podkit.ops import (
     size_bucket,
     smooth_l1_loss,
 )
+from podkit.ops.image_batch import ImageBatch
 from podkit.ops.matcher import ignore_near
-
-
-@dataclass
-class RetinaNetConfig:
-    """Options of the RetinaNet head (defaults: the paper's R50-FPN 1x)."""
-
-    anchor_base_sizes: tuple[float, ...] = (32, 64, 128, 256, 512)
-    anchor_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    num_convs: int = 4
-    head_norm: str | None = None  # "gn": GroupNorm in the towers (trains faster from scratch)
-    fg_iou_threshold: float = 0.5
-    bg_iou_threshold: float = 0.4
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    smooth_l1_beta: float = 0.1
-    prior_prob: float = 0.01
-    score_threshold: float = 0.05
-    topk_candidates: int = 1000
-    nms_threshold: float = 0.5
-    detections_per_image: int = 100
-    ignore_iou_threshold: float = 0.3
 
 
 def conv_tower(channels: int, num_convs: int, norm: str | None = None) -> nn.Sequential:

@@ -6,12 +6,11 @@ between iterations; `level_weights` rebalances the per-level loss (AVW/RLO).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from podkit.config import RoIHeadConfig
 from podkit.models.output import element_weights, per_level_sum
 from podkit.ops import (
     BalancedSampler,
@@ -27,28 +26,6 @@ from podkit.ops import (
     smooth_l1_loss,
 )
 from podkit.ops.matcher import ignore_near
-
-
-@dataclass
-class RoIHeadConfig:
-    """Options of the R-CNN stage (defaults: Faster R-CNN FPN 1x).
-
-    pooler_resolution / sampling_ratio None take the architecture's default: 7 and 2 for
-    FPN, 14 and 0 (adaptive) for C4.
-    """
-
-    pooler_resolution: int | None = None
-    sampling_ratio: int | None = None
-    representation_size: int = 1024
-    batch_size_per_image: int = 512
-    positive_fraction: float = 0.25
-    iou_threshold: float = 0.5
-    smooth_l1_beta: float = 1.0
-    bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
-    score_threshold: float = 0.05
-    nms_threshold: float = 0.5
-    detections_per_image: int = 100
-    ignore_iou_threshold: float = 0.5
 
 
 class TwoMLPHead(nn.Module):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from podkit.config import RPNConfig
 from podkit.models.output import element_weights, per_level_sum
 from podkit.ops import (
     AnchorGenerator,
@@ -21,26 +20,6 @@ from podkit.ops import (
     smooth_l1_loss,
 )
 from podkit.ops.matcher import ignore_near
-
-
-@dataclass
-class RPNConfig:
-    """Options of the RPN. Top-k before NMS is per level; after NMS per image."""
-
-    anchor_sizes: tuple[tuple[float, ...], ...] = ((32,), (64,), (128,), (256,), (512,))
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    pre_nms_top_n_train: int = 2000
-    pre_nms_top_n_test: int = 1000
-    post_nms_top_n_train: int = 1000
-    post_nms_top_n_test: int = 1000
-    nms_threshold: float = 0.7
-    fg_iou_threshold: float = 0.7
-    bg_iou_threshold: float = 0.3
-    batch_size_per_image: int = 256
-    positive_fraction: float = 0.5
-    smooth_l1_beta: float = 1.0 / 9
-    min_size: float = 1e-3
-    ignore_iou_threshold: float = 0.3
 
 
 class RPNHead(nn.Module):

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from podkit.data import LoadedDataset
+from podkit.data import LoadedDataset, load_dataset
 from podkit.data.loader import DetectionDataset, eval_batches, make_loader
-from podkit.pod.gsl import gsl_convs
+from podkit.models.checkpoint import load_detector
+from podkit.models.gsl import gsl_convs
 
 
 @torch.no_grad()
@@ -115,9 +116,6 @@ def _short(name: str) -> str:
 
 def scales_from_checkpoint(path: str | Path, num_images: int, progress=None) -> dict[str, Any]:
     """`podkit scales`: a GSL checkpoint's learned scales over its first N training images."""
-    from podkit.data import load_dataset
-    from podkit.train.checkpoint import load_detector
-
     model, cfg, _, device = load_detector(path)
     if not cfg.model.gsl:
         raise ValueError(f"{path}: not a GSL checkpoint (model.gsl is false)")

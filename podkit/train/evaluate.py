@@ -11,9 +11,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from podkit.config import Config
-from podkit.data import LoadedDataset
+from podkit.data import LoadedDataset, load_dataset
 from podkit.data.loader import DetectionDataset, eval_batches, make_loader
 from podkit.data.records import Record
+from podkit.models.checkpoint import load_detector
 from podkit.train.methods.snip import (
     MERGES,
     get_pyramid,
@@ -180,9 +181,6 @@ def evaluate_checkpoint(
     path, overrides: list[str] | tuple[str, ...] = (), console=None
 ) -> dict[str, float | None]:
     """`podkit eval`: the checkpoint's model on its config's data.val (overrides applied)."""
-    from podkit.data import load_dataset
-    from podkit.train.checkpoint import load_detector
-
     model, cfg, _, device = load_detector(path, overrides)
     if not cfg.data.val.ann:
         raise ValueError(

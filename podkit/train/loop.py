@@ -34,7 +34,7 @@ from podkit.config import Config, dump_config, to_dict
 from podkit.data import LoadedDataset, load_dataset
 from podkit.data.loader import DetectionDataset, make_loader, training_batches
 from podkit.models import build_detector
-from podkit.train.checkpoint import load_checkpoint, save_checkpoint
+from podkit.models.checkpoint import load_checkpoint, save_checkpoint
 from podkit.train.distributed import any_rank, barrier, init_distributed
 from podkit.train.evaluate import evaluate, format_metrics
 from podkit.train.hooks import TrainState

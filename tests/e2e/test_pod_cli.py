@@ -2,7 +2,7 @@ import json
 
 import torch
 
-from podkit.train.checkpoint import load_checkpoint
+from podkit.models.checkpoint import load_checkpoint
 from tests.conftest import ROOT, tiny_overrides
 from tests.e2e.test_cli import invoke
 

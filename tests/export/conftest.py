@@ -7,9 +7,9 @@ import torch
 
 from podkit.config import to_dict
 from podkit.models import build_detector
+from podkit.models.checkpoint import save_checkpoint
+from podkit.models.gsl import gsl_convs
 from podkit.pod.decompose import make_plan
-from podkit.pod.gsl import gsl_convs
-from podkit.train.checkpoint import save_checkpoint
 from tests.conftest import tiny_config
 
 VARIANTS = ("baseline", "gsl", "fd")

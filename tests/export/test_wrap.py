@@ -7,8 +7,8 @@ import torch
 from podkit.export import sample_image, torch_runner
 from podkit.export.common import compare_outputs
 from podkit.export.wrap import ExportWrapper, check_input_size, nms_op
+from podkit.models.checkpoint import load_detector
 from podkit.ops.nms import nms
-from podkit.train.checkpoint import load_detector
 
 
 @pytest.mark.parametrize("arch", ["faster_rcnn_fpn", "faster_rcnn_c4", "retinanet"])

@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 from podkit.models import build_detector, tiny_model_config
-from podkit.pod.decompose import apply_plan, decompose_conv, make_plan, plan_layer
+from podkit.models.gsl import GlobalScaleConv, gsl_convs
+from podkit.models.split_conv import apply_plan, decompose_conv
+from podkit.pod.decompose import make_plan, plan_layer
 from podkit.pod.density import (
     fd_density_1d,
     fd_density_2d,
@@ -14,7 +16,6 @@ from podkit.pod.density import (
     gsl_density_2d,
     marginal,
 )
-from podkit.pod.gsl import GlobalScaleConv, gsl_convs
 
 
 def parts(layer):

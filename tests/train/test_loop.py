@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from podkit.config import TrainConfig
-from podkit.train.checkpoint import load_checkpoint, save_checkpoint
+from podkit.models.checkpoint import load_checkpoint, save_checkpoint
 from podkit.train.hooks import Hook
 from podkit.train.loop import NonFiniteLossError, lr_factor, train
 from tests.conftest import tiny_config

@@ -28,8 +28,8 @@ import torch
 from torch.nn import functional as F
 
 from podkit.data.loader import Batch
-from podkit.models.output import ImageBatch
 from podkit.ops import box_area
+from podkit.ops.image_batch import ImageBatch
 from podkit.train.distributed import is_distributed
 from podkit.train.hooks import Hook, TrainState, rng_state, set_rng_state
 

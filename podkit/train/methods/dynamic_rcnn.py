@@ -20,6 +20,7 @@ sends NaN, and every rank sets the same values (the references decide per GPU). 
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import torch
@@ -72,8 +73,10 @@ class DynamicRCNN(Hook):
     def loss(self, state: TrainState, losses, stats):
         iou, beta = self.statistics(stats)
         # one all-reduce of masked sums and counts: a rank with none adds 0 and 0
+        has_iou, has_beta = not math.isnan(iou), not math.isnan(beta)
         terms = torch.tensor(
-            [_or0(iou), float(iou == iou), _or0(beta), float(beta == beta)], dtype=torch.float64
+            [iou if has_iou else 0.0, has_iou, beta if has_beta else 0.0, has_beta],
+            dtype=torch.float64,
         )
         iou_sum, iou_count, beta_sum, beta_count = all_reduce_sum(terms).tolist()
         if iou_count:
@@ -133,7 +136,3 @@ class DynamicRCNN(Hook):
 def scaled_k(paper_k: int, heads) -> int:
     """A K of the paper's 512-RoI batch, scaled to this head's RoI batch per image."""
     return max(1, round(paper_k * heads.config.batch_size_per_image / 512))
-
-
-def _or0(x: float) -> float:
-    return 0.0 if x != x else x

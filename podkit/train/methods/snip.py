@@ -34,8 +34,8 @@ from torch.nn import functional as F
 
 from podkit.data.loader import Batch
 from podkit.data.transforms import resize_scale
-from podkit.models.output import ImageBatch
 from podkit.ops import batched_nms, batched_soft_nms, box_area, clip_boxes_to_image
+from podkit.ops.image_batch import ImageBatch
 from podkit.train.hooks import Hook, TrainState, rng_state, set_rng_state
 
 INF = math.inf

@@ -5,7 +5,7 @@ import torch
 
 from podkit.data.loader import Batch
 from podkit.models import ImageBatch, build_detector, tiny_model_config
-from podkit.train.checkpoint import load_checkpoint
+from podkit.models.checkpoint import load_checkpoint
 from podkit.train.hooks import TrainState
 from podkit.train.loop import train
 from podkit.train.methods.dst import DynamicScaleTraining, make_collage

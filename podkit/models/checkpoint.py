@@ -9,6 +9,9 @@ from typing import Any
 
 import torch
 
+from podkit.config import Config, apply_override, from_dict
+from podkit.models.build import build_detector
+
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
@@ -40,9 +43,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_detector(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
     """(model with the checkpoint's weights on its device, its config with `overrides` applied,
     the checkpoint, the device: cuda if the config asks for it and one is present)."""
-    from podkit.config import Config, apply_override, from_dict
-    from podkit.models import build_detector
-
     ckpt = load_checkpoint(path)
     raw = ckpt["config"]
     for item in overrides:

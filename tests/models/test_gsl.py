@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from podkit.models import build_detector, tiny_model_config
-from podkit.pod.gsl import GlobalScaleConv, blend_conv, grid_sample_conv, gsl_convs, to_gsl
+from podkit.models.gsl import GlobalScaleConv, blend_conv, grid_sample_conv, gsl_convs, to_gsl
 
 CASES = [
     ([[1.3, 2.7], [0.4, 1.6]], (1, 1)),  # fractional, one below 1
