@@ -38,7 +38,7 @@ def run(out: Path, iters: int, seed: int, *extra: str) -> dict:
     )
     if (out / "eval.json").exists():  # resume a partly done study
         return json.loads((out / "eval.json").read_text())
-    return train(cfg, out).metrics
+    return train(cfg, out, overwrite=True).metrics
 
 
 def main() -> None:

@@ -162,7 +162,7 @@ def run(
                 *overrides,
             ],
         )
-        metrics = train(cfg, out).metrics
+        metrics = train(cfg, out, overwrite=True).metrics
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     state = {"seconds_per_iter": statistics.median(r["time"] for r in log[5:])}
     if any("dst_collage" in r for r in log):

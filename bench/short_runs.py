@@ -27,5 +27,5 @@ def short_run(arch: str, out: Path, iters: int, overrides: list[str], hooks=None
             *overrides,
         ],
     )
-    train(cfg, out, hooks=hooks)
+    train(cfg, out, hooks=hooks, overwrite=True)
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][5:]

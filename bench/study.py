@@ -77,7 +77,7 @@ def train_start(arch: str, out: Path, iters: int) -> Path:
     run = out / "start" / arch
     if not (run / "eval.json").exists():
         cfg = recipe(arch, [f"train.max_iter={iters}", "train.steps=[]"])
-        train(cfg, run, resume=(run / "last.pt").exists())
+        train(cfg, run, resume=(run / "last.pt").exists(), overwrite=True)
     return run / "last.pt"
 
 
@@ -94,7 +94,7 @@ def train_arm(arm: Arm, seed: int, start: Path, out: Path, iters: int) -> Path:
                 *arm.overrides,
             ],
         )
-        train(cfg, run, resume=(run / "last.pt").exists())
+        train(cfg, run, resume=(run / "last.pt").exists(), overwrite=True)
     return run
 
 

@@ -60,7 +60,7 @@ def accuracy(out: Path) -> dict[str, dict]:
         run = out / "ap" / mode.replace(" ", "_")
         if not (run / "eval.json").exists():
             cfg = load_config(ROOT / "configs/tiny/faster_rcnn_fpn.yaml", MODES[mode])
-            train(cfg, run, resume=(run / "last.pt").exists())
+            train(cfg, run, resume=(run / "last.pt").exists(), overwrite=True)
         log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         results[mode] = {
             **json.loads((run / "eval.json").read_text()),

@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from podkit.export.common import BackendUnavailable, ParityError
+from podkit.errors import BackendUnavailable, ParityError
+from podkit.train.run_folder import check_writable
 
 app = typer.Typer(
     help="podkit: scale-aware detectors, fast in production.",
@@ -22,8 +23,23 @@ app = typer.Typer(
 console = Console()
 
 
+def print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            console.print(f"podkit {version('podkit')}")
+        except PackageNotFoundError:
+            console.print("podkit (not installed: run from a source tree)")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
     """podkit: train scale-aware detectors, decompose GSL into FD, export and benchmark."""
 
 
@@ -34,8 +50,10 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, KeyError, BackendUnavailable) as exc:
+        except (ValueError, OSError, KeyError, BackendUnavailable) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            if isinstance(exc, OSError) and exc.filename is not None:  # PermissionError, ...
+                message = f"{exc.filename}: {exc.strerror}"
             console.print(
                 f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True
             )
@@ -76,6 +94,7 @@ def data_synth(
     from podkit.data.synthetic import dataset_statistics, preset_style, write_split
 
     style = preset_style(preset, size)
+    check_writable(out / "annotations" / "train.json")
     with Progress(console=console) as progress:
         for split, count in (("train", train), ("val", val)):
             task = progress.add_task(f"synth {split}", total=count)
@@ -91,23 +110,39 @@ def data_synth(
 @app.command()
 @user_errors
 def train(
-    config: Path = typer.Argument(..., help="YAML config (see configs/)."),
+    config: Path | None = typer.Argument(
+        None, help="YAML config (see configs/); with --resume the run's own config.yaml is used."
+    ),
     out: Path = typer.Option(
         ..., "--out", help="Run folder: config.yaml, last.pt, metrics.jsonl, eval.json."
     ),
     set_: list[str] = typer.Option(
         [], "--set", help="Override a config key: --set train.max_iter=100 (value parsed as YAML)."
     ),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from OUT/last.pt with OUT/config.yaml (+ --set)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start over in a folder holding an earlier run (removes it)."
+    ),
 ) -> None:
     """Train a detector (torchrun --nproc_per_node N -m podkit.cli train ... for several processes)."""
     from podkit.config import load_config
     from podkit.train.loop import NonFiniteLossError
     from podkit.train.loop import train as run_training
 
-    cfg = load_config(config, set_)
+    if resume:
+        if config is not None and config.resolve() != (out / "config.yaml").resolve():
+            console.print(
+                f"resuming with the run's own {out / 'config.yaml'}; {config} is not read"
+            )
+        cfg = load_config(out / "config.yaml", set_)
+    elif config is None:
+        raise ValueError("train: give a config file (or --resume --out RUN to continue a run)")
+    else:
+        cfg = load_config(config, set_)
     try:
-        result = run_training(cfg, out, resume=resume, console=console)
+        result = run_training(cfg, out, resume=resume, console=console, overwrite=overwrite)
     except NonFiniteLossError as exc:
         console.print(f"[bold red]stopped:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
@@ -150,8 +185,8 @@ def eval_(
     overrides += ["eval.snip=true"] if snip else []
     overrides += [f"eval.pyramid={pyramid}"] if pyramid else []
     overrides += [f"eval.merge={merge}"] if merge else []
+    check_writable(out)
     metrics = evaluate_checkpoint(checkpoint, overrides, console=console)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2))
     console.print(f"wrote {out}")
 
@@ -166,24 +201,30 @@ def info(checkpoint: Path = typer.Argument(..., help="A podkit checkpoint.")) ->
 
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt["config"]
-    model = cfg["model"]
+
+    def get(*keys: str):  # "?" where an older or foreign config lacks the key
+        node = cfg
+        for key in keys:
+            node = node.get(key, "?") if isinstance(node, dict) else "?"
+        return node
+
     table = Table(title=str(checkpoint), show_header=False)
     n_params = sum(
         v.numel()
         for k, v in ckpt["model"].items()
         if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
     )
+    kind = "FD (decomposed)" if get("model", "fd_plan") not in (None, "?") else (
+        "GSL" if get("model", "gsl") is True else "baseline")  # fmt: skip
+    classes = ckpt.get("classes", [])
     rows = [
-        (
-            "model",
-            f"{model['arch']} R{model['depth']} width {model['width']}"
-            + (" GSL" if model.get("gsl") else ""),
-        ),
+        ("kind", kind),
+        ("model", f"{get('model', 'arch')} R{get('model', 'depth')} width {get('model', 'width')}"),
         ("parameters", f"{n_params / 1e6:.2f}M"),
-        ("classes", f"{len(ckpt.get('classes', []))}: {', '.join(ckpt.get('classes', []))}"),
-        ("iteration", f"{ckpt.get('iteration', '?')} of {cfg['train']['max_iter']}"),
-        ("methods", ", ".join(m["name"] for m in cfg.get("methods", [])) or "none"),
-        ("train sizes", f"min {cfg['data']['min_size']} max {cfg['data']['max_size']}"),
+        ("classes", f"{len(classes)}: {', '.join(map(str, classes))}"),
+        ("iteration", f"{ckpt.get('iteration', '?')} of {get('train', 'max_iter')}"),
+        ("methods", ", ".join(str(m.get("name")) for m in cfg.get("methods", [])) or "none"),
+        ("train sizes", f"min {get('data', 'min_size')} max {get('data', 'max_size')}"),
         ("holds", ", ".join(sorted(ckpt))),
     ]
     for key, value in rows:
@@ -209,6 +250,9 @@ def scales(
 
     from podkit.pod.scales import plot_scales, scales_from_checkpoint
 
+    for path in (out, plot):
+        if path is not None:
+            check_writable(path)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("scales", total=images)
         result = scales_from_checkpoint(checkpoint, images, lambda: progress.advance(task))
@@ -222,7 +266,6 @@ def scales(
             f"{layer['d_w_mean']:.2f} +- {layer['d_w_std']:.2f}",
         )
     console.print(table)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     console.print(f"wrote {out}")
     if plot is not None:
@@ -251,6 +294,9 @@ def decompose(
 
     from podkit.pod.decompose import decompose_checkpoint
 
+    for path in (out, plan_file):
+        if path is not None:
+            check_writable(path)
     try:
         scales_doc = json.loads(scales_file.read_text())
     except FileNotFoundError:
@@ -259,8 +305,9 @@ def decompose(
         raise ValueError(f"{scales_file}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
     plan = decompose_checkpoint(checkpoint, scales_doc, out, channel_multiple, zero_dilation_init)
     table = Table(title="scale decomposition plan")
-    for column in ("layer", "d_h", "d_w", "alpha", "parts (dilation / kernel / channels)"):
-        table.add_column(column)
+    table.add_column("layer", no_wrap=True, min_width=max(len(layer["name"]) for layer in plan))
+    for column in ("d_h", "d_w", "alpha", "parts (dilation / kernel / channels)"):
+        table.add_column(column, overflow="fold")
     for layer in plan:
         desc = " + ".join(
             f"d{tuple(p['dilation'])} k{p['kernel'][0]}x{p['kernel'][1]} c{p['out_channels']}"
@@ -275,7 +322,6 @@ def decompose(
         )
     console.print(table)
     if plan_file is not None:
-        plan_file.parent.mkdir(parents=True, exist_ok=True)
         plan_file.write_text(json.dumps(plan, indent=2))
         console.print(f"wrote {plan_file}")
     console.print(f"wrote {out}")
@@ -299,13 +345,17 @@ def parse_size(text: str) -> tuple[int, int]:
 def export(
     checkpoint: Path = typer.Argument(..., help="A podkit checkpoint (baseline, GSL or FD)."),
     target: str = typer.Option(..., "--target", help="onnx, tvm or tensorrt."),
-    out: Path = typer.Option(..., "--out", help="Artefact to write (.onnx, .so, .engine)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Artefact to write (.onnx, .so, .engine); not with --check-only."
+    ),
     input_size: str = typer.Option("512x512", help="HxW, multiples of 32."),
     dynamic: bool = typer.Option(False, "--dynamic", help="ONNX/TensorRT: free height and width."),
     nms: bool = typer.Option(
         True, "--nms/--no-nms", help="Post-processing in the graph, or raw outputs."
     ),
-    fp16: bool = typer.Option(False, "--fp16", help="TensorRT: build an FP16 engine."),
+    fp16: bool = typer.Option(
+        False, "--fp16", help="TensorRT: build an FP16 engine (other targets refuse it)."
+    ),
     check: bool = typer.Option(
         True, "--check/--no-check", help="Compare with PyTorch after export."
     ),
@@ -319,13 +369,15 @@ def export(
     """Export a checkpoint to ONNX, TVM or TensorRT and check it against PyTorch."""
     from podkit.export import export_checkpoint
 
+    if out is not None:
+        check_writable(out)
     report = export_checkpoint(
         checkpoint, target, out, parse_size(input_size), dynamic, nms, fp16, check,
         check_only, device, tune_trials, tune_db, log=console.print,
     )  # fmt: skip
-    if check_only and report.get("audit"):
-        raise typer.Exit(1)
-    console.print(f"wrote {report.get('path', report['onnx'])}")
+    if check_only:
+        raise typer.Exit(1 if report["audit"] else 0)
+    console.print(f"wrote {report['path']}")
 
 
 bench_app = typer.Typer(
@@ -367,6 +419,9 @@ def bench_latency(
     from podkit.bench.latency import LatencyOptions, run_latency, to_markdown
     from podkit.bench.latency import plot as plot_latency
 
+    for path in (out, md, plot):
+        if path is not None:
+            check_writable(path)
     opts = LatencyOptions(
         input_size=parse_size(input_size), warmup=warmup, iters=iters, threads=threads,
         device=device, tune_trials=tune_trials, tune_db=tune_db, cache_dir=cache_dir,
@@ -383,7 +438,6 @@ def bench_latency(
         )
     table = to_markdown(report)
     console.print(table, highlight=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     console.print(f"wrote {out}")
     if md is not None:
@@ -405,6 +459,8 @@ def plot(
     """Training curves: losses, lr, DST feedback and collages, Dynamic R-CNN's IoU and beta, method state."""
     from podkit.train.plot import plot_run
 
+    if out is not None:
+        check_writable(out / "losses.png")
     for path in plot_run(run, out):
         console.print(f"wrote {path}")
 
@@ -425,6 +481,7 @@ def demo(
     """The whole pipeline on the built-in data, on the CPU: train -> POD -> export -> latency."""
     from podkit.demo import run_demo
 
+    check_writable(out / "report.md")
     run_demo(
         out, iters, train_images, val_images, size, tuple(backends.split(",")), bench_iters,
         console=console,

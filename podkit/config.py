@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,32 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+ARCHS = ("faster_rcnn_fpn", "faster_rcnn_c4", "retinanet")
+RESNET_DEPTHS = (18, 34, 50, 101)
+NORMS = ("frozen", "bn", "gn")
+DEVICES = ("cpu", "cuda")
+FORMATS = ("coco", "voc")
+MERGES = ("soft_nms_linear", "soft_nms_gaussian", "nms")
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+class ConfigRangeError(ValueError):
+    """A field's value lies outside what it can mean; `from_dict` adds the key's full path."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+def require(obj: Any, key: str, ok: bool, what: str) -> None:
+    """Raise naming `key` when its value is not `what` (e.g. "an integer >= 1")."""
+    if not ok:
+        raise ConfigRangeError(key, f"must be {what}, got {getattr(obj, key)!r}")
+
+
+def fraction(x: float, low_open: bool = False) -> bool:
+    return (x > 0 if low_open else x >= 0) and x <= 1
 
 
 @dataclass
@@ -37,6 +64,30 @@ class RPNConfig:
     smooth_l1_beta: float = 1.0 / 9
     min_size: float = 1e-3
     ignore_iou_threshold: float = 0.3
+
+    def __post_init__(self) -> None:
+        sizes = [s for level in self.anchor_sizes for s in level]
+        require(self, "anchor_sizes", bool(sizes) and min(sizes) > 0, "positive sizes per level")
+        require(
+            self,
+            "aspect_ratios",
+            bool(self.aspect_ratios) and min(self.aspect_ratios) > 0,
+            "positive ratios",
+        )
+        for key in (
+            "pre_nms_top_n_train",
+            "pre_nms_top_n_test",
+            "post_nms_top_n_train",
+            "post_nms_top_n_test",
+            "batch_size_per_image",
+        ):
+            require(self, key, getattr(self, key) >= 1, "an integer >= 1")
+        for key in ("fg_iou_threshold", "bg_iou_threshold", "ignore_iou_threshold"):
+            require(self, key, fraction(getattr(self, key)), "in [0, 1]")
+        require(self, "nms_threshold", fraction(self.nms_threshold, True), "in (0, 1]")
+        require(self, "positive_fraction", fraction(self.positive_fraction, True), "in (0, 1]")
+        require(self, "smooth_l1_beta", self.smooth_l1_beta >= 0, ">= 0")
+        require(self, "min_size", self.min_size >= 0, ">= 0")
 
 
 @dataclass
@@ -60,6 +111,28 @@ class RoIHeadConfig:
     detections_per_image: int = 100
     ignore_iou_threshold: float = 0.5
 
+    def __post_init__(self) -> None:
+        require(
+            self,
+            "pooler_resolution",
+            self.pooler_resolution is None or self.pooler_resolution >= 1,
+            "an integer >= 1",
+        )
+        require(
+            self,
+            "sampling_ratio",
+            self.sampling_ratio is None or self.sampling_ratio >= 0,
+            "an integer >= 0 (0: adaptive)",
+        )
+        for key in ("representation_size", "batch_size_per_image", "detections_per_image"):
+            require(self, key, getattr(self, key) >= 1, "an integer >= 1")
+        for key in ("iou_threshold", "nms_threshold", "positive_fraction"):
+            require(self, key, fraction(getattr(self, key), True), "in (0, 1]")
+        for key in ("score_threshold", "ignore_iou_threshold"):
+            require(self, key, fraction(getattr(self, key)), "in [0, 1]")
+        require(self, "smooth_l1_beta", self.smooth_l1_beta >= 0, ">= 0")
+        require(self, "bbox_reg_weights", min(self.bbox_reg_weights) > 0, "4 positive numbers")
+
 
 @dataclass
 class RetinaNetConfig:
@@ -82,6 +155,27 @@ class RetinaNetConfig:
     detections_per_image: int = 100
     ignore_iou_threshold: float = 0.3
 
+    def __post_init__(self) -> None:
+        for key in ("anchor_base_sizes", "anchor_scales", "aspect_ratios"):
+            values = getattr(self, key)
+            require(self, key, bool(values) and min(values) > 0, "a list of positive numbers")
+        require(self, "num_convs", self.num_convs >= 0, "an integer >= 0")
+        require(self, "head_norm", self.head_norm in (None, "gn"), "null or gn")
+        for key in (
+            "fg_iou_threshold",
+            "bg_iou_threshold",
+            "ignore_iou_threshold",
+            "focal_alpha",
+            "score_threshold",
+        ):
+            require(self, key, fraction(getattr(self, key)), "in [0, 1]")
+        require(self, "nms_threshold", fraction(self.nms_threshold, True), "in (0, 1]")
+        require(self, "prior_prob", 0 < self.prior_prob < 1, "in (0, 1)")
+        require(self, "focal_gamma", self.focal_gamma >= 0, ">= 0")
+        require(self, "smooth_l1_beta", self.smooth_l1_beta >= 0, ">= 0")
+        for key in ("topk_candidates", "detections_per_image"):
+            require(self, key, getattr(self, key) >= 1, "an integer >= 1")
+
 
 @dataclass
 class ModelConfig:
@@ -100,10 +194,26 @@ class ModelConfig:
         None  # FD network: a plan.json path or the plan itself
     )
     init_from: str | None = None
+    init_partial: bool = False  # init_from may leave whole blocks or heads at their initial values
     backbone_weights: str | None = None
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadConfig = field(default_factory=RoIHeadConfig)
     retinanet: RetinaNetConfig = field(default_factory=RetinaNetConfig)
+
+    def __post_init__(self) -> None:
+        require(self, "arch", self.arch in ARCHS, f"one of {', '.join(ARCHS)}")
+        require(self, "depth", self.depth in RESNET_DEPTHS, f"one of {RESNET_DEPTHS}")
+        require(self, "width", 0 < self.width <= 4, "in (0, 4]")
+        require(self, "num_classes", self.num_classes >= 1, "an integer >= 1")
+        require(self, "norm", self.norm in NORMS, f"one of {', '.join(NORMS)}")
+        require(self, "freeze_at", 0 <= self.freeze_at <= 5, "in 0..5")
+        require(self, "fpn_channels", self.fpn_channels >= 1, "an integer >= 1")
+        require(
+            self,
+            "gsl_stages",
+            set(self.gsl_stages) <= set(STAGES),
+            f"a list of {', '.join(STAGES)}",
+        )
 
 
 @dataclass
@@ -111,9 +221,12 @@ class DatasetConfig:
     """One split: `format` coco (ann = json file) or voc (ann = folder of xml files)."""
 
     format: str = "coco"
-    ann: str = ""
+    ann: str | None = ""  # empty or null: no such split (data.val.ann=null: no validation)
     images: str = ""
     classes: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        require(self, "format", self.format in FORMATS, f"one of {', '.join(FORMATS)}")
 
 
 @dataclass
@@ -128,6 +241,18 @@ class DataConfig:
     flip: float = 0.5
     size_divisible: int = 32
     aspect_grouping: bool = True
+    max_image_pixels: int = 64_000_000  # larger images are refused (decompression bombs)
+
+    def __post_init__(self) -> None:
+        require(
+            self,
+            "min_size",
+            bool(self.min_size) and min(self.min_size) >= 1,
+            "a non-empty list of sizes >= 1",
+        )
+        for key in ("max_size", "test_min_size", "size_divisible", "max_image_pixels"):
+            require(self, key, getattr(self, key) >= 1, "an integer >= 1")
+        require(self, "flip", fraction(self.flip), "a probability in [0, 1]")
 
 
 @dataclass
@@ -154,6 +279,27 @@ class TrainConfig:
     device: str = "cpu"
     workers: int = 2
 
+    def __post_init__(self) -> None:
+        for key in ("max_iter", "batch_size", "log_every"):
+            require(self, key, getattr(self, key) >= 1, "an integer >= 1")
+        for key in ("warmup_iters", "checkpoint_every", "eval_every", "workers"):
+            require(self, key, getattr(self, key) >= 0, "an integer >= 0")
+        require(self, "lr", self.lr >= 0, "a number >= 0")
+        require(self, "momentum", 0 <= self.momentum < 1, "in [0, 1)")
+        require(self, "weight_decay", self.weight_decay >= 0, ">= 0")
+        require(self, "warmup_factor", fraction(self.warmup_factor, True), "in (0, 1]")
+        require(
+            self, "steps", all(0 < f <= 1 for f in self.steps), "fractions of max_iter in (0, 1]"
+        )
+        require(self, "gamma", self.gamma > 0, "a number > 0")
+        require(
+            self,
+            "clip_grad_norm",
+            self.clip_grad_norm is None or self.clip_grad_norm > 0,
+            "null or a number > 0",
+        )
+        require(self, "device", self.device in DEVICES, f"one of {', '.join(DEVICES)}")
+
 
 @dataclass
 class EvalConfig:
@@ -163,6 +309,16 @@ class EvalConfig:
     snip: bool = False  # multiscale, each resolution keeping only its valid range (SNIP)
     pyramid: str | list[list[float]] = "coco"  # preset (coco, synthetic) or [min, max, lo, hi] rows
     merge: str = "soft_nms_linear"  # soft_nms_linear | soft_nms_gaussian | nms
+
+    def __post_init__(self) -> None:
+        require(self, "batch_size", self.batch_size >= 1, "an integer >= 1")
+        require(
+            self,
+            "max_images",
+            self.max_images is None or self.max_images >= 1,
+            "null or an integer >= 1",
+        )
+        require(self, "merge", self.merge in MERGES, f"one of {', '.join(MERGES)}")
 
 
 @dataclass
@@ -228,7 +384,10 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
                 f"unknown config key {_join(where, key)!r}{hint}; valid keys: {', '.join(names)}"
             )
     kwargs = {key: _coerce(value, hints[key], _join(where, key)) for key, value in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigRangeError as exc:
+        raise ValueError(f"{_join(where, exc.key)}: {exc.message}") from None
 
 
 def _join(where: str, key: str) -> str:
@@ -279,7 +438,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ValueError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            if math.isfinite(value):
+                return float(value)
+            raise ValueError(f"{where}: expected a finite number, got {value!r}")
         raise ValueError(f"{where}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

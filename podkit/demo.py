@@ -62,7 +62,7 @@ def run_demo(
     def train_run(name: str, extra: list[str], steps: int) -> dict:
         overrides = [*common, f"train.max_iter={steps}", f"train.checkpoint_every={steps}", *extra]
         cfg = load_config(CONFIGS / "faster_rcnn_fpn.yaml", overrides)
-        return train(cfg, out / name, console=console).metrics or {}
+        return train(cfg, out / name, console=console, overwrite=True).metrics or {}
 
     ap = {}
     console.rule(f"2/{STEPS} train the baseline ({iters} iterations)")

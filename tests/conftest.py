@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Caches (verified images) in a temporary folder, not the user's ~/.cache."""
+    os.environ["PODKIT_CACHE"] = str(tmp_path_factory.mktemp("podkit-cache"))
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from tests.conftest import ROOT
 PACKAGE = ROOT / "podkit"
 LAYERS = {
     "config": 0,
+    "errors": 0,
     "ops": 1,
     "models": 2,
     "data": 3,

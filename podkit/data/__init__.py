@@ -11,8 +11,6 @@ from podkit.data.coco import load_coco
 from podkit.data.records import Record
 from podkit.data.voc import load_voc
 
-FORMATS = ("coco", "voc")
-
 
 @dataclass
 class LoadedDataset:
@@ -27,8 +25,6 @@ class LoadedDataset:
 
 
 def load_dataset(cfg: DatasetConfig) -> LoadedDataset:
-    if cfg.format not in FORMATS:
-        raise ValueError(f"data format must be one of {', '.join(FORMATS)}, got {cfg.format!r}")
     if not cfg.ann:
         raise ValueError("no annotation path: set data.train.ann / data.val.ann")
     notes = []

@@ -7,19 +7,15 @@ times all backends alike.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from podkit.export.common import (
-    BackendUnavailable,
-    ParityError,
-    Runner,
-    compare_outputs,
-    format_parity,
-)
+from podkit.errors import BackendUnavailable, ParityError
+from podkit.export.common import Runner, compare_outputs, format_parity
 
 TARGETS = {"onnx": ".onnx", "tvm": ".so", "tensorrt": ".engine"}
 
@@ -92,7 +88,7 @@ def check_parity(wrapper, runner: Runner, input_size: tuple[int, int], seed: int
 def export_checkpoint(
     checkpoint: str | Path,
     target: str,
-    out: str | Path,
+    out: str | Path | None,
     input_size: tuple[int, int] = (512, 512),
     dynamic: bool = False,
     nms: bool = True,
@@ -109,32 +105,57 @@ def export_checkpoint(
     """Export a checkpoint to `target` at `out`; returns what was written and checked.
 
     Non-ONNX targets go through an ONNX file: `onnx_path` if given (an existing one is
-    reused, as the latency benchmark's cache does for all backends of a checkpoint), else
-    one written next to `out`. With `check` the
-    artefact runs on a sample image and must match PyTorch (ParityError otherwise; the
-    files stay for inspection). `check_only` (TensorRT) stops after the op audit.
+    reused, as the latency benchmark's cache does for all backends of a checkpoint), else a
+    temporary one, so no file of the user's is ever replaced. With `check` the artefact runs
+    on a sample image and must match PyTorch (ParityError otherwise; the artefact stays for
+    inspection). `check_only` (TensorRT) stops after the op audit and needs no `out`.
     """
-    from podkit.export import onnx as onnx_export
-    from podkit.models.checkpoint import load_detector
-
     if target not in TARGETS:
         raise ValueError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
     if target == "tvm" and dynamic:
         raise ValueError("TVM compiles for one input size: drop --dynamic or use --target onnx")
-    from podkit.export.wrap import ExportWrapper
+    if fp16 and target != "tensorrt":
+        raise ValueError(f"--fp16 builds TensorRT engines only; --target {target} exports FP32")
+    if check_only and target != "tensorrt":
+        raise ValueError("--check-only is the TensorRT op audit: use it with --target tensorrt")
+    if out is None and not check_only:
+        raise ValueError("--out is required (the artefact to write)")
+    if target == "tensorrt" and not check_only:
+        from podkit.export import tensorrt
 
-    out = Path(out)
-    reuse = target != "onnx" and onnx_path is not None and Path(onnx_path).is_file()
-    onnx_path = out if target == "onnx" else Path(onnx_path or out.with_suffix(".onnx"))
+        tensorrt.require()  # missing TensorRT or GPU: say so before minutes of export
+    if target == "tvm":
+        from podkit.export import tvm
+
+        tvm.require()
+    with tempfile.TemporaryDirectory(prefix="podkit-export-") as scratch:
+        if onnx_path is None and target != "onnx":
+            onnx_path = Path(scratch) / "model.onnx"
+        return _export(
+            checkpoint, target, Path(out) if out is not None else None, input_size, dynamic, nms,
+            fp16, check, check_only, device, tune_trials, tune_db, opset, log, Path(onnx_path or out),
+        )  # fmt: skip
+
+
+def _export(
+    checkpoint, target, out, input_size, dynamic, nms, fp16, check, check_only, device,
+    tune_trials, tune_db, opset, log, onnx_path: Path,
+) -> dict:  # fmt: skip
+    from podkit.export import onnx as onnx_export
+    from podkit.export.wrap import ExportWrapper
+    from podkit.models.checkpoint import load_detector
+
     model, _, _, _ = load_detector(checkpoint)
-    if reuse:
+    if target != "onnx" and onnx_path.is_file():
         log(f"{checkpoint}: reusing {onnx_path}")
         wrapper = ExportWrapper(model.cpu().eval(), nms=nms)
     else:
-        log(f"exporting {checkpoint} -> {onnx_path} ({'dynamic' if dynamic else 'static'} "
+        log(f"exporting {checkpoint} to ONNX ({'dynamic' if dynamic else 'static'} "
             f"{input_size[0]}x{input_size[1]}, {'NMS in graph' if nms else 'raw outputs'})")  # fmt: skip
         wrapper = onnx_export.export(model, onnx_path, input_size, dynamic, nms, opset)
-    report: dict = {"target": target, "onnx": str(onnx_path), "outputs": wrapper.output_names}
+    report: dict = {"target": target, "outputs": wrapper.output_names}
+    if target == "onnx":
+        report["onnx"] = str(onnx_path)
     if target == "tensorrt":
         from podkit.export import tensorrt
 
@@ -143,16 +164,19 @@ def export_checkpoint(
         log("TensorRT op audit: " + ("passed" if not problems else "; ".join(problems)))
         if check_only:
             return report
+        log(f"building the TensorRT engine {out}")
         tensorrt.export(onnx_path, out, input_size, fp16, (2048, 2048) if dynamic else None)
         device = "cuda"
     elif target == "tvm":
         from podkit.export import tvm
 
+        log(f"compiling {out} with TVM ({tune_trials} tuning trials per task)")
         report["tvm"] = tvm.export(onnx_path, out, input_size, device, tune_trials, tune_db, log)
     report["path"] = str(out)
     if check:
         runner = load(out, device)
         sizes = [input_size] + ([(input_size[0] + 64, input_size[1] + 96)] if dynamic else [])
+        log(f"checking {out} against PyTorch at {len(sizes)} size(s)")
         report["parity"] = [check_parity(wrapper, runner, size) for size in sizes]
         for item in report["parity"]:
             log(

@@ -1,4 +1,4 @@
-"""What every export target shares: the runner interface and the missing-backend error."""
+"""What every export target shares: the runner interface, install lines and parity checks."""
 
 from __future__ import annotations
 
@@ -15,14 +15,6 @@ MISSING_TENSORRT = (
     "TensorRT is not installed: on a machine with an NVIDIA GPU, pip install 'podkit[tensorrt]' "
     "(the tensorrt wheel; CUDA driver required)"
 )
-
-
-class BackendUnavailable(RuntimeError):
-    """A backend's package, device or plugin is missing; the message says what to install."""
-
-
-class ParityError(RuntimeError):
-    """An exported artefact computes something else than the PyTorch model."""
 
 
 def compare_outputs(

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from podkit.export.common import MISSING_ORT, BackendUnavailable, Runner
+from podkit.errors import BackendUnavailable
+from podkit.export.common import MISSING_ORT, Runner
 from podkit.export.wrap import ONNX_TRANSLATIONS, SIZE_MULTIPLE, ExportWrapper, check_input_size
 
 MAX_DYNAMIC_SIDE = 2048

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from podkit.export.common import MISSING_TENSORRT, BackendUnavailable, Runner
+from podkit.errors import BackendUnavailable
+from podkit.export.common import MISSING_TENSORRT, Runner
 
 # ONNX ops the TensorRT ONNX parser does not import (operators.md, "Supported: N").
 UNSUPPORTED_OPS = frozenset(
@@ -74,6 +75,11 @@ def audit(onnx_path: str | Path) -> list[str]:
                 "GridSample at opset >= 20: TensorRT runs mode 'linear' as nearest (TensorRT#4646)"
             )
     return [f"{m} (x{n})" if n > 1 else m for m, n in problems.items()]
+
+
+def require() -> None:
+    """Raise BackendUnavailable (with what to install) unless TensorRT and a GPU are here."""
+    _tensorrt()
 
 
 def _tensorrt():

@@ -24,13 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
-from podkit.export.common import MISSING_TVM, BackendUnavailable, Runner
+from podkit.errors import BackendUnavailable
+from podkit.export.common import MISSING_TVM, Runner
 
 SIDECAR = ".json"
 # Tuning covers the convolutions and matmuls (where the time goes). A detector has ~170
 # tasks, most of them small element-wise and post-processing kernels; some of those (RoIAlign
 # fused with its level selection) make MetaSchedule's search space fail to build.
 TUNED_OPS = ("conv2d", "matmul", "dense")
+
+
+def require() -> None:
+    """Raise BackendUnavailable (with the install line) unless TVM imports."""
+    _tvm()
 
 
 def _tvm():

@@ -33,8 +33,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable podkit checkpoint ({exc})") from exc
+    except Exception:  # torch's own message advises weights_only=False: never do that
+        raise ValueError(
+            f"{path}: not a podkit checkpoint (truncated, or from an untrusted source); "
+            "podkit never unpickles code"
+        ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path}: not a podkit checkpoint (needs 'model' and 'config')")
     return ckpt

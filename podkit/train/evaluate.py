@@ -16,7 +16,6 @@ from podkit.data.loader import DetectionDataset, eval_batches, make_loader
 from podkit.data.records import Record
 from podkit.models.checkpoint import load_detector
 from podkit.train.methods.snip import (
-    MERGES,
     get_pyramid,
     keep_in_range,
     merge_detections,
@@ -118,8 +117,6 @@ def predict(
         return predict_at(
             model, records, cfg, device, cfg.data.test_min_size, cfg.data.max_size, progress
         )
-    if cfg.eval.merge not in MERGES:
-        raise ValueError(f"eval.merge must be one of {', '.join(MERGES)}, got {cfg.eval.merge!r}")
     per_resolution = []
     for res in get_pyramid(cfg.eval.pyramid):
         detections, image_ids = predict_at(
@@ -174,7 +171,9 @@ def evaluate(
 
 
 def format_metrics(metrics: dict[str, float | None]) -> str:
-    return "  ".join(f"{k} {'-' if v is None else f'{v:.1f}'}" for k, v in metrics.items())
+    """One line of the COCO figures, in percent (`-`: no ground truth of that size)."""
+    figures = "  ".join(f"{k} {'-' if v is None else f'{v:.1f}'}" for k, v in metrics.items())
+    return f"{figures}  (percent)"
 
 
 def evaluate_checkpoint(

@@ -10,6 +10,7 @@ leaving the last good checkpoint in place.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -29,16 +30,19 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from torch import Tensor, nn
 
-from podkit.config import Config, dump_config, to_dict
+from podkit.config import Config, TrainConfig, dump_config, to_dict
 from podkit.data import LoadedDataset, load_dataset
-from podkit.data.loader import DetectionDataset, make_loader, training_batches
+from podkit.data.loader import Batch, DetectionDataset, make_loader, training_batches
+from podkit.data.verify import verify_images
 from podkit.models import build_detector
 from podkit.models.checkpoint import load_checkpoint, save_checkpoint
 from podkit.train.distributed import any_rank, barrier, init_distributed
 from podkit.train.evaluate import evaluate, format_metrics
-from podkit.train.hooks import TrainState
+from podkit.train.hooks import Hook, TrainState
 from podkit.train.methods import build_hooks
+from podkit.train.run_folder import check_writable, claim_run_folder, run_lock
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,32 +54,42 @@ class TrainResult:
     status: str  # "finished" | "interrupted"
     iteration: int
     metrics: dict | None  # eval.json contents when an evaluation ran at the end
-    model: torch.nn.Module | None = None  # the trained detector (unwrapped)
+    model: nn.Module | None = None  # the trained detector (unwrapped)
 
 
-def lr_factor(iteration: int, cfg) -> float:
+def warmup_length(cfg: TrainConfig) -> int:
+    """Warm-up iterations, at most a quarter of the run (a shortened run keeps its peak lr)."""
+    return min(cfg.warmup_iters, cfg.max_iter // 4)
+
+
+def lr_factor(iteration: int, cfg: TrainConfig) -> float:
     """Linear warm-up from warmup_factor, then x gamma at each fraction of max_iter in steps."""
     factor = cfg.gamma ** sum(iteration >= round(f * cfg.max_iter) for f in cfg.steps)
-    if iteration < cfg.warmup_iters:
-        alpha = iteration / cfg.warmup_iters
+    warmup = warmup_length(cfg)
+    if iteration < warmup:
+        alpha = iteration / warmup
         factor *= cfg.warmup_factor * (1 - alpha) + alpha
     return factor
 
 
-def build_model_for(cfg: Config, num_classes: int) -> torch.nn.Module:
-    """The detector of the config, checked against the data, with `init_from` weights if set."""
+def build_model_for(cfg: Config, num_classes: int, load_init: bool = True) -> tuple[nn.Module, str]:
+    """The detector of the config, checked against the data, with `init_from` weights if set;
+    also the line that reports what `init_from` loaded ("" without it)."""
     if cfg.model.num_classes != num_classes:
         raise ValueError(
             f"model.num_classes is {cfg.model.num_classes} but the training set has {num_classes} classes: set model.num_classes={num_classes}"
         )
     model = build_detector(cfg.model)
-    if cfg.model.init_from:
-        load_model_weights(model, cfg.model.init_from)
-    return model
+    report = ""
+    if cfg.model.init_from and load_init:
+        report = load_model_weights(model, cfg.model.init_from, cfg.model.init_partial)
+    return model, report
 
 
-def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Initialise from another podkit checkpoint; every shared weight must have the same shape."""
+def load_model_weights(model: nn.Module, path: str | Path, allow_partial: bool = False) -> str:
+    """Initialise from another podkit checkpoint. Every shared weight must have the same shape;
+    a residual block or a head left wholly at its initial values is refused unless
+    `allow_partial`. Returns a one-line report of what was loaded."""
     state = load_checkpoint(path)["model"]
     own = model.state_dict()
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
@@ -86,16 +100,147 @@ def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
     missing, _ = model.load_state_dict(state, strict=False)
     if len(missing) == len(own):
         raise ValueError(f"{path}: no weight of this checkpoint fits this model")
+    # BatchNorm's step counters are never reported missing: leave them out of the count
+    own = {k: v for k, v in own.items() if not k.endswith("num_batches_tracked")}
+    missing = [k for k in missing if k in own]
+    report = f"init_from {path}: loaded {len(own) - len(missing)} of {len(own)} tensors"
+    absent = _absent_units(own, set(missing))
+    if absent:
+        report += f"; not in the checkpoint, left at their initial values: {', '.join(absent[:6])}"
+        report += ", ..." if len(absent) > 6 else ""
+        if not allow_partial:
+            raise ValueError(
+                f"{report} (set model.init_partial=true to train with them as they are)"
+            )
+    return report
+
+
+def _absent_units(own: dict[str, Tensor], missing: set[str]) -> list[str]:
+    """Residual blocks (`...layerN.i`) and top-level parts none of whose tensors were loaded."""
+    units: dict[str, list[str]] = {}
+    for key in own:
+        parts = key.split(".")
+        stage = next((i for i, p in enumerate(parts) if p.startswith("layer")), None)
+        depth = stage + 2 if stage is not None and len(parts) > stage + 2 else 2
+        units.setdefault(".".join(parts[:depth]), []).append(key)
+    return [unit for unit, keys in units.items() if all(k in missing for k in keys)]
+
+
+@dataclass
+class Run:
+    """Everything one training run holds: built by `set_up`, read by each step below."""
+
+    cfg: Config
+    out: Path
+    console: Console
+    rank: int
+    world: int
+    device: torch.device
+    train_set: LoadedDataset
+    val_set: LoadedDataset | None
+    model: nn.Module  # the detector itself
+    train_model: nn.Module  # the detector, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    hooks: list[Hook]
+    iteration: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "last.pt"
+
+
+class DataStream:
+    """The training batches, counting how many were drawn (saved in checkpoints, so a resumed
+    run continues the same stream) and how long the current step waited for them."""
+
+    def __init__(self, run: Run, position: int) -> None:
+        cfg, hooks = run.cfg, run.hooks
+        self.position, self.wait = position, 0.0
+        batches = training_batches(
+            run.train_set.records, cfg.train.batch_size, cfg.data.min_size, cfg.data.flip,
+            cfg.train.seed, position, run.rank, run.world, cfg.data.aspect_grouping,
+        )  # fmt: skip
+        self.loader = iter(
+            make_loader(
+                DetectionDataset(run.train_set.records, cfg.data.max_size),
+                batches,
+                cfg.train.workers,
+                cfg.data.size_divisible,
+                prefetch_batches=2 * max([h.draws_per_step for h in hooks] + [1]),
+            )
+        )
+
+    def draw(self) -> Batch:
+        self.position += 1
+        start = time.perf_counter()
+        batch = next(self.loader)
+        self.wait += time.perf_counter() - start
+        return batch
 
 
 def train(
-    cfg: Config, out: str | Path, resume: bool = False, console: Console | None = None, hooks=None
+    cfg: Config,
+    out: str | Path,
+    resume: bool = False,
+    console: Console | None = None,
+    hooks: list[Hook] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Train as the config says, writing RUN/{config.yaml, last.pt, metrics.jsonl, eval.json}."""
-    out = Path(out)
+    """Train as the config says, writing RUN/{config.yaml, last.pt, metrics.jsonl, eval.json}.
+
+    Inputs are validated before the run folder is touched; a folder holding another run is
+    refused unless `resume` (continue it) or `overwrite` (start over)."""
+    run = set_up(absolute_paths(cfg), Path(out), console or Console(), hooks, resume)
+    if run.main:
+        check_writable(run.out / "config.yaml")
+    with run_lock(run.out, enabled=run.main):
+        if run.main:
+            claim_run_folder(run.out, resume, overwrite)
+        barrier()
+        if resume:
+            position = restore(run)
+        else:
+            position = 0
+            torch.manual_seed(cfg.train.seed + run.rank)  # same weights, different sampling
+        if run.main:
+            dump_config(run.cfg, run.out / "config.yaml")
+            if not resume:
+                (run.out / "metrics.jsonl").write_text("")  # a fresh run starts a fresh log
+        stream = DataStream(run, position)
+        status = run_iterations(run, stream)
+        save(run, stream)
+        metrics = None
+        if status == "finished" and run.val_set is not None:
+            metrics = _evaluate_to(run.out / "eval.json", run)
+    return TrainResult(status, run.iteration, metrics, run.model)
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """A copy whose file paths are absolute, so the saved config and checkpoint work from any
+    folder (`podkit eval RUN/last.pt` elsewhere, `--resume` from another shell)."""
+    cfg = copy.deepcopy(cfg)
+
+    def absolute(path):
+        return str(Path(path).expanduser().resolve()) if isinstance(path, str) and path else path
+
+    for split in (cfg.data.train, cfg.data.val):
+        split.ann, split.images = absolute(split.ann), absolute(split.images)
+    cfg.model.init_from = absolute(cfg.model.init_from)
+    cfg.model.backbone_weights = absolute(cfg.model.backbone_weights)
+    cfg.model.fd_plan = absolute(cfg.model.fd_plan)
+    return cfg
+
+
+def set_up(cfg: Config, out: Path, console: Console, hooks: list[Hook] | None, resume: bool) -> Run:
+    """Check and build everything the run needs (device, data, model, optimizer, methods)
+    before anything is written."""
     rank, world, local_rank = init_distributed(cfg.train.device)
-    main = rank == 0
-    console = console or Console()
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             "train.device is cuda but no CUDA device is available (use --set train.device=cpu)"
@@ -103,14 +248,25 @@ def train(
     device = torch.device(f"cuda:{local_rank}" if cfg.train.device == "cuda" else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-
+    main = rank == 0
     train_set = load_dataset(cfg.data.train)
     val_set = load_dataset(cfg.data.val) if cfg.data.val.ann else None
-    if main:
-        for note in train_set.notes + (val_set.notes if val_set else []):
-            console.print(note)
+    for split, dataset in (("train", train_set), ("val", val_set)):
+        if dataset is not None:
+            verify_dataset_images(dataset, cfg.data.max_image_pixels, console, main, split)
+    notes = train_set.notes + (val_set.notes if val_set else [])
+    if warmup_length(cfg.train) < cfg.train.warmup_iters:
+        notes.append(
+            f"train.warmup_iters {cfg.train.warmup_iters} clipped to "
+            f"{warmup_length(cfg.train)}, a quarter of train.max_iter {cfg.train.max_iter}"
+        )
     torch.manual_seed(cfg.train.seed)
-    model = build_model_for(cfg, len(train_set.classes)).to(device)
+    model, init_report = build_model_for(cfg, len(train_set.classes), load_init=not resume)
+    notes += [init_report] if init_report else []
+    if main:
+        for note in notes:
+            console.print(note, highlight=False)
+    model = model.to(device)
     if cfg.train.channels_last:  # NHWC convolutions: ~1.3x on this CPU's oneDNN kernels
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -118,214 +274,236 @@ def train(
         params, lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg.train))
-    hooks = build_hooks(cfg.methods) if hooks is None else hooks
-    # bf16 needs no loss scaling (fp32's exponent range); fp16 on CUDA does
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda")
-
-    iteration, position = 0, 0
-    ckpt_path = out / "last.pt"
-    if resume:
-        ckpt = load_checkpoint(ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        for hook in hooks:
-            hook.load_state_dict(ckpt["hooks"].get(hook.name, {}))
-        iteration, position = ckpt["iteration"], ckpt["data_position"]
-        torch.set_rng_state(ckpt["rng"]["torch"][rank % len(ckpt["rng"]["torch"])])
-        random.setstate(ckpt["rng"]["python"])
-        if main:
-            _truncate_metrics(out / "metrics.jsonl", iteration)
-            console.print(f"resumed {ckpt_path} at iteration {iteration}")
-    else:
-        torch.manual_seed(cfg.train.seed + rank)  # same weights everywhere, different sampling
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out / "config.yaml")
-        if not resume:
-            if ckpt_path.exists():
-                console.print(
-                    f"{out} holds an earlier run: starting over (--resume continues it instead)"
-                )
-            (out / "metrics.jsonl").write_text("")  # a fresh run starts a fresh log
-
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None
         )
+    return Run(
+        cfg, out, console, rank, world, device, train_set, val_set, model, train_model,
+        optimizer, scheduler,
+        torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda"),
+        build_hooks(cfg.methods) if hooks is None else hooks,
+    )  # fmt: skip
 
-    stream_state = {"position": position, "wait": 0.0}
-    batches = training_batches(
-        train_set.records,
-        cfg.train.batch_size,
-        cfg.data.min_size,
-        cfg.data.flip,
-        cfg.train.seed,
-        position,
-        rank,
-        world,
-        cfg.data.aspect_grouping,
-    )
-    loader = iter(
-        make_loader(
-            DetectionDataset(train_set.records, cfg.data.max_size),
-            batches,
-            cfg.train.workers,
-            cfg.data.size_divisible,
-            prefetch_batches=2 * max([h.draws_per_step for h in hooks] + [1]),
-        )
-    )
 
-    def draw_batch():
-        stream_state["position"] += 1
-        start = time.perf_counter()
-        batch = next(loader)
-        stream_state["wait"] += time.perf_counter() - start  # time the step waited for data
-        return batch
+def verify_dataset_images(
+    dataset: LoadedDataset, max_pixels: int, console: Console, show: bool, split: str
+) -> None:
+    """Decode every image once (cached), with a progress bar while it takes a while."""
+    with Progress(console=console, transient=True, disable=not show) as progress:
+        task = progress.add_task(f"checking {split} images", total=len(dataset.records))
+        verify_images(
+            dataset.records, dataset.source, max_pixels,
+            lambda done, total: progress.update(task, completed=done),
+        )  # fmt: skip
 
-    def checkpoint(it: int) -> None:
-        if main:
-            save_checkpoint(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "hooks": {h.name: h.state_dict() for h in hooks},
-                    "rng": {"torch": _gather_rng(), "python": random.getstate()},
-                    "iteration": it,
-                    "data_position": stream_state["position"],
-                    "config": to_dict(cfg),
-                    "classes": train_set.classes,
-                },
-                ckpt_path,
-            )
-            if cfg.train.keep_checkpoints:
-                shutil.copyfile(ckpt_path, out / f"iter_{it}.pt")
-        else:
-            _gather_rng()
-        barrier()
 
-    stop = {"requested": False}
-    previous_handler = signal.getsignal(signal.SIGINT)
+def restore(run: Run) -> int:
+    """Load RUN/last.pt into the model, optimizer, scheduler, methods and RNGs; returns the
+    data stream's position. A checkpoint of another model is refused in one line."""
+    ckpt = load_checkpoint(run.ckpt_path)
+    try:
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(
+            f"{run.ckpt_path}: does not fit the model of this config "
+            f"({str(exc).splitlines()[0]}); resume with the run's own config.yaml"
+        ) from None
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    for hook in run.hooks:
+        hook.load_state_dict(ckpt["hooks"].get(hook.name, {}))
+    run.iteration = ckpt["iteration"]
+    torch.set_rng_state(ckpt["rng"]["torch"][run.rank % len(ckpt["rng"]["torch"])])
+    random.setstate(ckpt["rng"]["python"])
+    if run.main:
+        _truncate_metrics(run.out / "metrics.jsonl", run.iteration)
+        run.console.print(f"resumed {run.ckpt_path} at iteration {run.iteration}")
+    return ckpt["data_position"]
 
-    def on_sigint(signum, frame):
-        if stop["requested"]:  # a second Ctrl-C: stop now
-            signal.signal(signal.SIGINT, previous_handler)
-            raise KeyboardInterrupt
-        stop["requested"] = True
 
-    signal.signal(signal.SIGINT, on_sigint)
-    state = TrainState(iteration, cfg.train.max_iter, model, draw_batch, rank, world)
-    metrics_file = (out / "metrics.jsonl").open("a") if main else None
-    progress = _progress(console, main)
+def run_iterations(run: Run, stream: DataStream) -> str:
+    """Iterate to max_iter, logging, checkpointing and evaluating on schedule. Ctrl-C finishes
+    the iteration and returns "interrupted"; any other error saves the last good state (one
+    process) before it propagates."""
+    cfg = run.cfg.train
+    stop = _StopRequest()
+    state = TrainState(run.iteration, cfg.max_iter, run.model, stream.draw, run.rank, run.world)
+    metrics_file = (run.out / "metrics.jsonl").open("a") if run.main else None
+    progress = _progress(run.console, run.main)
     task = progress.add_task(
-        "train", total=cfg.train.max_iter, completed=iteration, loss=float("nan"), lr=0.0
+        "train", total=cfg.max_iter, completed=run.iteration, loss=float("nan"), lr=0.0
     )
-    status = "finished"
-    state_start = iteration
-    model.train()
+    first, status = run.iteration, "finished"
+    run.model.train()
     try:
         with progress:
-            while iteration < cfg.train.max_iter:
-                start = time.perf_counter()
-                state.metrics = {}
-                state.iteration = iteration
-                stream_state["wait"] = 0.0
-                batch = draw_batch()
-                for hook in hooks:
-                    batch = hook.before_step(state, batch)
-                batch = batch.to(device)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.train.amp):
-                    output = train_model(batch.images, batch.targets)
-                losses = output.losses
-                state.metrics.update(small_loss_share(output.stats))
-                for hook in hooks:
-                    losses = hook.loss(state, losses, output.stats)
-                loss = sum(losses.values())
-                if any_rank(not bool(torch.isfinite(loss)), device):
-                    terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                    kept = (
-                        f"the last good checkpoint {ckpt_path} is kept"
-                        if ckpt_path.exists()
-                        else "no checkpoint was written yet"
-                    )
-                    raise NonFiniteLossError(
-                        f"non-finite loss at iteration {iteration + 1} ({terms}); {kept}"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.train.clip_grad_norm:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                iteration += 1
-                state.iteration = iteration
-                for hook in hooks:
-                    hook.after_step(state)
-                if main and (
-                    iteration % cfg.train.log_every == 0 or iteration == cfg.train.max_iter
+            while run.iteration < cfg.max_iter:
+                position, done = stream.position, run.iteration
+                try:
+                    record = step(run, state, stream)
+                except (NonFiniteLossError, KeyboardInterrupt):
+                    raise
+                except Exception:
+                    _save_after_error(run, stream, position if run.iteration == done else None)
+                    raise
+                if run.main and (
+                    run.iteration % cfg.log_every == 0 or run.iteration == cfg.max_iter
                 ):
-                    record = {
-                        "iter": iteration,
-                        "loss": loss.item(),
-                        **{k: v.item() for k, v in losses.items()},
-                        "lr": lr,
-                        "time": time.perf_counter() - start,
-                        "data_time": stream_state["wait"],
-                        **_plain(state.metrics),
-                    }
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
-                progress.update(task, completed=iteration, loss=loss.item(), lr=lr)
-                if main and not console.is_terminal and iteration % cfg.train.log_every == 0:
-                    # no live bar in a log file: a plain line instead
-                    elapsed = progress.tasks[0].elapsed or 0.0
-                    eta = (
-                        elapsed / max(iteration - state_start, 1) * (cfg.train.max_iter - iteration)
-                    )
-                    console.print(
-                        f"iter {iteration}/{cfg.train.max_iter}  loss {loss.item():.3f}  lr {lr:.2e}  eta {eta / 60:.1f} min",
-                        highlight=False,
-                    )
-                if cfg.train.checkpoint_every and iteration % cfg.train.checkpoint_every == 0:
-                    checkpoint(iteration)
+                progress.update(task, completed=run.iteration, loss=record["loss"], lr=record["lr"])
+                if run.main and not run.console.is_terminal and run.iteration % cfg.log_every == 0:
+                    _print_line(run, record, progress.tasks[0].elapsed or 0.0, first)
+                if cfg.checkpoint_every and run.iteration % cfg.checkpoint_every == 0:
+                    save(run, stream)
                 if (
-                    val_set is not None
-                    and cfg.train.eval_every
-                    and iteration % cfg.train.eval_every == 0
-                    and iteration < cfg.train.max_iter
+                    run.val_set is not None
+                    and cfg.eval_every
+                    and run.iteration % cfg.eval_every == 0
+                    and run.iteration < cfg.max_iter
                 ):
-                    _evaluate_to(
-                        out / f"eval_{iteration}.json", model, val_set, cfg, device, console, main
-                    )
-                if any_rank(stop["requested"], device):
+                    _evaluate_to(run.out / f"eval_{run.iteration}.json", run)
+                if any_rank(stop.requested, run.device):
                     status = "interrupted"
                     break
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
+        stop.release()
         if metrics_file:
             metrics_file.close()
-    checkpoint(iteration)
-    metrics = None
-    if status == "finished" and val_set is not None:
-        metrics = _evaluate_to(out / "eval.json", model, val_set, cfg, device, console, main)
-    return TrainResult(status, iteration, metrics, model)
+    return status
 
 
-def _evaluate_to(
-    path: Path, model, val_set: LoadedDataset, cfg: Config, device, console: Console, main: bool
-):
+def step(run: Run, state: TrainState, stream: DataStream) -> dict:
+    """One iteration: batch -> hooks -> forward -> losses -> hooks -> backward -> SGD step ->
+    hooks. Returns its log record. A non-finite loss stops before the step."""
+    start = time.perf_counter()
+    state.metrics, state.iteration, stream.wait = {}, run.iteration, 0.0
+    batch = stream.draw()
+    for hook in run.hooks:
+        batch = hook.before_step(state, batch)
+    batch = batch.to(run.device)
+    # bf16 needs no loss scaling (fp32's exponent range); fp16 on CUDA does
+    amp_dtype = torch.float16 if run.device.type == "cuda" else torch.bfloat16
+    with torch.autocast(run.device.type, dtype=amp_dtype, enabled=run.cfg.train.amp):
+        output = run.train_model(batch.images, batch.targets)
+    losses = output.losses
+    state.metrics.update(small_loss_share(output.stats))
+    for hook in run.hooks:
+        losses = hook.loss(state, losses, output.stats)
+    loss = sum(losses.values())
+    if any_rank(not bool(torch.isfinite(loss)), run.device):
+        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        kept = (
+            f"the last good checkpoint {run.ckpt_path} is kept"
+            if run.ckpt_path.exists()
+            else "no checkpoint was written yet"
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss at iteration {run.iteration + 1} ({terms}); {kept}"
+        )
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if run.cfg.train.clip_grad_norm:
+        run.scaler.unscale_(run.optimizer)
+        params = [p for g in run.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, run.cfg.train.clip_grad_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.scheduler.step()
+    run.iteration += 1
+    state.iteration = run.iteration
+    for hook in run.hooks:
+        hook.after_step(state)
+    return {
+        "iter": run.iteration,
+        "loss": loss.item(),
+        **{k: v.item() for k, v in losses.items()},
+        "lr": lr,
+        "time": time.perf_counter() - start,
+        "data_time": stream.wait,
+        **_plain(state.metrics),
+    }
+
+
+def save(run: Run, stream: DataStream) -> None:
+    """RUN/last.pt (atomically), and iter_N.pt when asked to keep them; every rank takes part
+    (their RNG states are gathered)."""
+    rng = _gather_rng()
+    if run.main:
+        save_checkpoint(
+            {
+                "model": run.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "hooks": {h.name: h.state_dict() for h in run.hooks},
+                "rng": {"torch": rng, "python": random.getstate()},
+                "iteration": run.iteration,
+                "data_position": stream.position,
+                "config": to_dict(run.cfg),
+                "classes": run.train_set.classes,
+            },
+            run.ckpt_path,
+        )
+        if run.cfg.train.keep_checkpoints:
+            shutil.copyfile(run.ckpt_path, run.out / f"iter_{run.iteration}.pt")
+    barrier()
+
+
+def _save_after_error(run: Run, stream: DataStream, position: int | None) -> None:
+    """An error mid-run: keep the work done so far. Before the step completed the weights are
+    those of the previous iteration, and the stream goes back to where it began. With several
+    processes nothing is saved (the others would wait for this one forever)."""
+    if run.world > 1 or run.iteration == 0:
+        return
+    if position is not None:
+        stream.position = position
+    save(run, stream)
+    run.console.print(
+        f"error at iteration {run.iteration + 1}: the state after iteration {run.iteration} "
+        f"is saved in {run.ckpt_path} (--resume continues from it)",
+        highlight=False,
+    )
+
+
+class _StopRequest:
+    """Ctrl-C asks the loop to stop after the current iteration; a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.requested:
+            self.release()
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def release(self) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def _print_line(run: Run, record: dict, elapsed: float, first: int) -> None:
+    """No live bar in a log file: a plain line instead."""
+    max_iter = run.cfg.train.max_iter
+    eta = elapsed / max(run.iteration - first, 1) * (max_iter - run.iteration)
+    run.console.print(
+        f"iter {run.iteration}/{max_iter}  loss {record['loss']:.3f}  lr {record['lr']:.2e}  "
+        f"eta {eta / 60:.1f} min",
+        highlight=False,
+    )
+
+
+def _evaluate_to(path: Path, run: Run) -> dict | None:
     """Rank 0 evaluates the whole validation set while the others wait."""
     metrics = None
-    if main:
-        metrics = evaluate(model, val_set, cfg, device)
+    if run.main:
+        metrics = evaluate(run.model, run.val_set, run.cfg, run.device)
         path.write_text(json.dumps(metrics, indent=2))
-        console.print(f"{path}: {format_metrics(metrics)}")
+        run.console.print(f"{path}: {format_metrics(metrics)}")
     barrier()
     return metrics
 

@@ -100,7 +100,7 @@ def test_bad_coco_inputs_name_the_file(tmp_path):
         load_dataset(cfg)
     with pytest.raises(FileNotFoundError, match="missing.json"):
         load_dataset(DatasetConfig("coco", str(tmp_path / "missing.json"), str(tmp_path)))
-    with pytest.raises(ValueError, match="data format"):
+    with pytest.raises(ValueError, match="format: must be one of coco, voc, got 'yolo'"):
         load_dataset(DatasetConfig("yolo", "x", "y"))
 
 

@@ -41,7 +41,7 @@ def test_synth_train_eval_info_through_the_cli(tmp_path):
     assert code == 0, out
     assert set(json.loads((tmp_path / "ms.json").read_text())) == set(again)
     code, out = invoke("eval", run / "last.pt", "--multiscale", "--merge", "wbf")
-    assert code == 2 and "merge must be one of" in out
+    assert code == 2 and "eval.merge: must be one of" in out
 
 
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
@@ -60,7 +60,7 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
     assert code == 2 and "nothing.pt: checkpoint not found" in out
     Path(tmp_path / "bad.pt").write_bytes(b"x")
     code, out = invoke("info", tmp_path / "bad.pt")
-    assert code == 2 and "bad.pt: not a readable podkit checkpoint" in out
+    assert code == 2 and "bad.pt: not a podkit checkpoint" in out and "weights_only" not in out
 
 
 def test_help_everywhere():

@@ -112,7 +112,7 @@ def test_overfits_two_images(arch):
 
 
 def test_build_rejects_unknown_arch():
-    with pytest.raises(ValueError, match="model.arch"):
+    with pytest.raises(ValueError, match="arch: must be one of faster_rcnn_fpn"):
         build_detector(ModelConfig(arch="yolo"))
 
 

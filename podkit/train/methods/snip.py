@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from podkit.config import MERGES
 from podkit.data.loader import Batch
 from podkit.data.transforms import resize_scale
 from podkit.ops import batched_nms, batched_soft_nms, box_area, clip_boxes_to_image
@@ -286,9 +287,6 @@ def keep_in_range(det: dict[str, Tensor], valid: tuple[float, float]) -> dict[st
     """Detections (original pixels) whose sqrt(area) lies inside `valid`."""
     keep = in_range(det["boxes"], 1.0, valid)
     return {k: v[keep] for k, v in det.items()}
-
-
-MERGES = ("soft_nms_linear", "soft_nms_gaussian", "nms")
 
 
 def merge_detections(
