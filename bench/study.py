@@ -115,20 +115,26 @@ def summarise(run: Path) -> dict:
     return out
 
 
-def paired(arm: list[dict], base: list[dict], key: str) -> dict:
+def paired(arm: list[dict], base: list[dict], key: str, base_all: list[dict]) -> dict:
+    """Per-seed differences (arm and base on the same seeds), their mean, and the baseline's
+    spread over every seed it has finished (None with fewer than two)."""
     diffs = [a[key] - b[key] for a, b in zip(arm, base, strict=True)]
-    spread = max(b[key] for b in base) - min(b[key] for b in base)
+    values = [b[key] for b in base_all]
+    spread = max(values) - min(values) if len(values) > 1 else None
     return {"diffs": diffs, "mean": statistics.mean(diffs), "baseline_spread": spread}
 
 
 def report(studies: list[str], out: Path, seeds: list[int]) -> str:
-    """Markdown tables of the finished arms (all seeds done), with paired differences."""
-    done: dict[str, list[dict]] = {}
+    """Markdown tables of every arm with at least one finished seed, paired with the baseline
+    over the seeds both have (a partial arm says which seeds it holds)."""
+    done: dict[str, dict[int, dict]] = {}
     for name in dict.fromkeys(a for s in studies for a in STUDIES[s][0]):
-        runs = [out / ARMS[name].slug / f"seed{s}" for s in seeds]
-        if all((r / "eval.json").exists() for r in runs):
-            done[name] = [summarise(r) for r in runs]
-    results: dict = {"seeds": seeds, "arms": done, "studies": {}}
+        runs = {s: out / ARMS[name].slug / f"seed{s}" for s in seeds}
+        finished = {s: summarise(r) for s, r in runs.items() if (r / "eval.json").exists()}
+        if finished:
+            done[name] = finished
+    arms_json = {n: [dict(r, seed=s) for s, r in d.items()] for n, d in done.items()}
+    results: dict = {"seeds": seeds, "arms": arms_json, "studies": {}}
     lines = []
     for study in studies:
         arms, judged = STUDIES[study]
@@ -138,23 +144,31 @@ def report(studies: list[str], out: Path, seeds: list[int]) -> str:
             if name not in done:
                 lines.append(f"| {name} | " + " | ".join("-" for _ in KEYS) + " | not run yet |")
                 continue
-            cells = [_cell([r[k] for r in done[name]]) for k in KEYS]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_extra(done[name])} |")
+            runs = list(done[name].values())
+            cells = [_cell([r[k] for r in runs]) for k in KEYS]
+            partial = f"seeds {list(done[name])} only, " if len(runs) < len(seeds) else ""
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {partial}{_extra(runs)} |")
         lines += ["", "Paired differences to the baseline (per seed; mean; baseline spread):", ""]
         results["studies"][study] = {}
         for name in arms:
             base = BASELINES.get(name)
             if base is None or name not in done or base not in done:
                 continue
-            diff = {k: paired(done[name], done[base], k) for k in KEYS}
-            results["studies"][study][name] = diff
+            common = [s for s in done[name] if s in done[base]]
+            if not common:
+                continue
+            arm_runs, base_runs = [done[name][s] for s in common], [done[base][s] for s in common]
+            base_all = list(done[base].values())
+            diff = {k: paired(arm_runs, base_runs, k, base_all) for k in KEYS}
+            results["studies"][study][name] = diff | {"seeds": common}
             cells = [
-                f"{k} {d['mean']:+.1f} ({', '.join(f'{x:+.1f}' for x in d['diffs'])}; "
-                f"spread {d['baseline_spread']:.1f})"
+                f"{k} {d['mean']:+.1f} ({', '.join(f'{x:+.1f}' for x in d['diffs'])}; spread "
+                + ("n/a" if d["baseline_spread"] is None else f"{d['baseline_spread']:.1f}")
+                + ")"
                 for k, d in diff.items()
                 if k in judged
             ]
-            lines.append(f"- {name} vs {base}: " + "; ".join(cells))
+            lines.append(f"- {name} vs {base} (seeds {common}): " + "; ".join(cells))
         lines.append("")
     text = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)

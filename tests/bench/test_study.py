@@ -34,11 +34,15 @@ def test_report_pairs_arms_by_seed_with_the_baseline_spread(tmp_path):
     assert aps["diffs"] == pytest.approx([3.0, 1.5]) and aps["mean"] == pytest.approx(2.25)
     assert aps["baseline_spread"] == pytest.approx(2.0)
     arm = result["arms"]["frcnn_dst"][0]
+    assert arm["seed"] == 0
     assert arm["collage_fraction"] == pytest.approx(1 / 3) and arm["dst_tau"] == 0.2
     assert arm["small_loss_share"] == pytest.approx(0.2)
     assert "frcnn_multiscale" not in result["arms"] and "| frcnn_ms | -" in text
     assert "APs +2.2 (+3.0, +1.5; spread 2.0)" in text  # 2.25 rounds half to even
-    # an arm with one seed missing is not reported
+    # an arm with one seed missing is reported on the seed it has, paired on that seed
     (tmp_path / "frcnn_dst/seed1/eval.json").unlink()
-    study.report(["dst"], tmp_path, [0, 1])
-    assert "frcnn_dst" not in json.loads((tmp_path / "results.json").read_text())["arms"]
+    text = study.report(["dst"], tmp_path, [0, 1])
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert [r["seed"] for r in result["arms"]["frcnn_dst"]] == [0]
+    assert result["studies"]["dst"]["frcnn_dst"]["APs"]["diffs"] == pytest.approx([3.0])
+    assert "seeds [0] only" in text and "APs +3.0 (+3.0; spread 2.0)" in text
