@@ -250,9 +250,7 @@ def scales(
 
     from podkit.pod.scales import plot_scales, scales_from_checkpoint
 
-    for path in (out, plot):
-        if path is not None:
-            check_writable(path)
+    check_writable(out, plot)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("scales", total=images)
         result = scales_from_checkpoint(checkpoint, images, lambda: progress.advance(task))
@@ -294,9 +292,7 @@ def decompose(
 
     from podkit.pod.decompose import decompose_checkpoint
 
-    for path in (out, plan_file):
-        if path is not None:
-            check_writable(path)
+    check_writable(out, plan_file)
     try:
         scales_doc = json.loads(scales_file.read_text())
     except FileNotFoundError:
@@ -369,8 +365,7 @@ def export(
     """Export a checkpoint to ONNX, TVM or TensorRT and check it against PyTorch."""
     from podkit.export import export_checkpoint
 
-    if out is not None:
-        check_writable(out)
+    check_writable(out)
     report = export_checkpoint(
         checkpoint, target, out, parse_size(input_size), dynamic, nms, fp16, check,
         check_only, device, tune_trials, tune_db, log=console.print,
@@ -419,9 +414,7 @@ def bench_latency(
     from podkit.bench.latency import LatencyOptions, run_latency, to_markdown
     from podkit.bench.latency import plot as plot_latency
 
-    for path in (out, md, plot):
-        if path is not None:
-            check_writable(path)
+    check_writable(out, md, plot)
     opts = LatencyOptions(
         input_size=parse_size(input_size), warmup=warmup, iters=iters, threads=threads,
         device=device, tune_trials=tune_trials, tune_db=tune_db, cache_dir=cache_dir,
@@ -459,8 +452,7 @@ def plot(
     """Training curves: losses, lr, DST feedback and collages, Dynamic R-CNN's IoU and beta, method state."""
     from podkit.train.plot import plot_run
 
-    if out is not None:
-        check_writable(out / "losses.png")
+    check_writable(out / "losses.png" if out is not None else None)
     for path in plot_run(run, out):
         console.print(f"wrote {path}")
 

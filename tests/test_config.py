@@ -68,3 +68,10 @@ def test_every_shipped_config_loads():
     assert configs
     for path in configs:
         load_config(path)
+
+
+def test_config_choices_match_what_the_models_build():
+    from podkit.config import RESNET_DEPTHS
+    from podkit.models.resnet import DEPTHS
+
+    assert set(RESNET_DEPTHS) == set(DEPTHS)

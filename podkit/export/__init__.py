@@ -120,69 +120,54 @@ def export_checkpoint(
         raise ValueError("--check-only is the TensorRT op audit: use it with --target tensorrt")
     if out is None and not check_only:
         raise ValueError("--out is required (the artefact to write)")
-    if target == "tensorrt" and not check_only:
-        from podkit.export import tensorrt
-
-        tensorrt.require()  # missing TensorRT or GPU: say so before minutes of export
-    if target == "tvm":
-        from podkit.export import tvm
-
-        tvm.require()
-    with tempfile.TemporaryDirectory(prefix="podkit-export-") as scratch:
-        if onnx_path is None and target != "onnx":
-            onnx_path = Path(scratch) / "model.onnx"
-        return _export(
-            checkpoint, target, Path(out) if out is not None else None, input_size, dynamic, nms,
-            fp16, check, check_only, device, tune_trials, tune_db, opset, log, Path(onnx_path or out),
-        )  # fmt: skip
-
-
-def _export(
-    checkpoint, target, out, input_size, dynamic, nms, fp16, check, check_only, device,
-    tune_trials, tune_db, opset, log, onnx_path: Path,
-) -> dict:  # fmt: skip
     from podkit.export import onnx as onnx_export
+    from podkit.export import tensorrt, tvm
     from podkit.export.wrap import ExportWrapper
     from podkit.models.checkpoint import load_detector
 
-    model, _, _, _ = load_detector(checkpoint)
-    if target != "onnx" and onnx_path.is_file():
-        log(f"{checkpoint}: reusing {onnx_path}")
-        wrapper = ExportWrapper(model.cpu().eval(), nms=nms)
-    else:
-        log(f"exporting {checkpoint} to ONNX ({'dynamic' if dynamic else 'static'} "
-            f"{input_size[0]}x{input_size[1]}, {'NMS in graph' if nms else 'raw outputs'})")  # fmt: skip
-        wrapper = onnx_export.export(model, onnx_path, input_size, dynamic, nms, opset)
-    report: dict = {"target": target, "outputs": wrapper.output_names}
-    if target == "onnx":
-        report["onnx"] = str(onnx_path)
-    if target == "tensorrt":
-        from podkit.export import tensorrt
-
-        problems = tensorrt.audit(onnx_path)
-        report["audit"] = problems
-        log("TensorRT op audit: " + ("passed" if not problems else "; ".join(problems)))
-        if check_only:
-            return report
-        log(f"building the TensorRT engine {out}")
-        tensorrt.export(onnx_path, out, input_size, fp16, (2048, 2048) if dynamic else None)
-        device = "cuda"
-    elif target == "tvm":
-        from podkit.export import tvm
-
-        log(f"compiling {out} with TVM ({tune_trials} tuning trials per task)")
-        report["tvm"] = tvm.export(onnx_path, out, input_size, device, tune_trials, tune_db, log)
-    report["path"] = str(out)
-    if check:
-        runner = load(out, device)
-        sizes = [input_size] + ([(input_size[0] + 64, input_size[1] + 96)] if dynamic else [])
-        log(f"checking {out} against PyTorch at {len(sizes)} size(s)")
-        report["parity"] = [check_parity(wrapper, runner, size) for size in sizes]
-        for item in report["parity"]:
-            log(
-                f"parity vs PyTorch at {item['input'][0]}x{item['input'][1]}: {format_parity(item)}"
+    if target == "tensorrt" and not check_only:
+        tensorrt.require()  # missing TensorRT or GPU: say so before minutes of export
+    if target == "tvm":
+        tvm.require()
+    out = Path(out) if out is not None else None
+    with tempfile.TemporaryDirectory(prefix="podkit-export-") as scratch:
+        onnx_path = Path(out if target == "onnx" else onnx_path or Path(scratch) / "model.onnx")
+        model, _, _, _ = load_detector(checkpoint)
+        if target != "onnx" and onnx_path.is_file():
+            log(f"{checkpoint}: reusing {onnx_path}")
+            wrapper = ExportWrapper(model.cpu().eval(), nms=nms)
+        else:
+            log(f"exporting {checkpoint} to ONNX ({'dynamic' if dynamic else 'static'} "
+                f"{input_size[0]}x{input_size[1]}, {'NMS in graph' if nms else 'raw outputs'})")  # fmt: skip
+            wrapper = onnx_export.export(model, onnx_path, input_size, dynamic, nms, opset)
+        report: dict = {"target": target, "outputs": wrapper.output_names}
+        if target == "onnx":
+            report["onnx"] = str(onnx_path)
+        if target == "tensorrt":
+            problems = tensorrt.audit(onnx_path)
+            report["audit"] = problems
+            log("TensorRT op audit: " + ("passed" if not problems else "; ".join(problems)))
+            if check_only:
+                return report
+            log(f"building the TensorRT engine {out}")
+            tensorrt.export(onnx_path, out, input_size, fp16, (2048, 2048) if dynamic else None)
+            device = "cuda"
+        elif target == "tvm":
+            log(f"compiling {out} with TVM ({tune_trials} tuning trials per task)")
+            report["tvm"] = tvm.export(
+                onnx_path, out, input_size, device, tune_trials, tune_db, log
             )
-        failed = [p for p in report["parity"] if not p["ok"]]
-        if failed:
-            raise ParityError(f"{out}: {format_parity(failed[0])}")
-    return report
+        report["path"] = str(out)
+        if check:
+            runner = load(out, device)
+            sizes = [input_size] + ([(input_size[0] + 64, input_size[1] + 96)] if dynamic else [])
+            log(f"checking {out} against PyTorch at {len(sizes)} size(s)")
+            report["parity"] = [check_parity(wrapper, runner, size) for size in sizes]
+            for item in report["parity"]:
+                log(
+                    f"parity vs PyTorch at {item['input'][0]}x{item['input'][1]}: {format_parity(item)}"
+                )
+            failed = [p for p in report["parity"] if not p["ok"]]
+            if failed:
+                raise ParityError(f"{out}: {format_parity(failed[0])}")
+        return report

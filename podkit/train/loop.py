@@ -140,6 +140,7 @@ class Run:
     val_set: LoadedDataset | None
     model: nn.Module  # the detector itself
     train_model: nn.Module  # the detector, or its DDP wrapper
+    params: list[nn.Parameter]  # the trained ones
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -280,7 +281,7 @@ def set_up(cfg: Config, out: Path, console: Console, hooks: list[Hook] | None, r
             model, device_ids=[local_rank] if device.type == "cuda" else None
         )
     return Run(
-        cfg, out, console, rank, world, device, train_set, val_set, model, train_model,
+        cfg, out, console, rank, world, device, train_set, val_set, model, train_model, params,
         optimizer, scheduler,
         torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda"),
         build_hooks(cfg.methods) if hooks is None else hooks,
@@ -343,7 +344,7 @@ def run_iterations(run: Run, stream: DataStream) -> str:
                 position, done = stream.position, run.iteration
                 try:
                     record = step(run, state, stream)
-                except (NonFiniteLossError, KeyboardInterrupt):
+                except NonFiniteLossError:  # the last good checkpoint stays as it is
                     raise
                 except Exception:
                     _save_after_error(run, stream, position if run.iteration == done else None)
@@ -407,8 +408,7 @@ def step(run: Run, state: TrainState, stream: DataStream) -> dict:
     run.scaler.scale(loss).backward()
     if run.cfg.train.clip_grad_norm:
         run.scaler.unscale_(run.optimizer)
-        params = [p for g in run.optimizer.param_groups for p in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, run.cfg.train.clip_grad_norm)
+        torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.clip_grad_norm)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     lr = run.optimizer.param_groups[0]["lr"]

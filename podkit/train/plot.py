@@ -21,6 +21,7 @@ KNOWN = {
     "dst_collage",
     "iou_threshold",
     "beta",
+    "beta_statistic",
 }
 
 
@@ -101,7 +102,10 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> list[Path]:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
         a1.plot(*series("iou_threshold"))
         a1.set_title("R-CNN IoU threshold")
-        a2.plot(*series("beta"), color="C1")
+        a2.plot(*series("beta"), color="C1", label="beta")
+        if any("beta_statistic" in r for r in rows):  # the median beta follows, capped at its start
+            a2.plot(*series("beta_statistic"), color="C2", ls="--", label="statistic")
+            a2.legend(fontsize=8)
         a2.set_title("SmoothL1 beta")
         for a in (a1, a2):
             a.set_xlabel("iteration")

@@ -50,6 +50,7 @@ class DynamicRCNN(Hook):
         self.assign, self.smooth_l1 = assign, smooth_l1
         self.initial_iou, self.initial_beta = initial_iou, initial_beta
         self.iou_threshold, self.beta = initial_iou, initial_beta
+        self.beta_statistic: float | None = None  # the last update's median, for the log
         self.iou_history: list[float] = []
         self.beta_history: list[float] = []
 
@@ -107,6 +108,7 @@ class DynamicRCNN(Hook):
                 self.iou_threshold = max(self.initial_iou, statistics.mean(self.iou_history))
             if self.beta_history:
                 median = statistics.median(self.beta_history)
+                self.beta_statistic = median
                 if median > 1e-6:
                     self.beta = min(self.initial_beta, median)
             self.iou_history.clear()
@@ -115,11 +117,14 @@ class DynamicRCNN(Hook):
             state.metrics["iou_threshold"] = self.iou_threshold
         if self.smooth_l1:
             state.metrics["beta"] = self.beta
+            if self.beta_statistic is not None:  # what beta followed (it caps at initial_beta)
+                state.metrics["beta_statistic"] = self.beta_statistic
 
     def state_dict(self) -> dict:
         return {
             "iou_threshold": self.iou_threshold,
             "beta": self.beta,
+            "beta_statistic": self.beta_statistic,
             "iou_history": list(self.iou_history),
             "beta_history": list(self.beta_history),
         }
@@ -127,6 +132,7 @@ class DynamicRCNN(Hook):
     def load_state_dict(self, state: dict) -> None:
         if state:
             self.iou_threshold, self.beta = state["iou_threshold"], state["beta"]
+            self.beta_statistic = state.get("beta_statistic")  # absent in older checkpoints
             self.iou_history, self.beta_history = (
                 list(state["iou_history"]),
                 list(state["beta_history"]),

@@ -56,13 +56,18 @@ def test_updates_every_interval_with_clamps_and_guard():
     )  # mean below, median above the start
     hook.after_step(state_at(6))
     assert hook.iou_threshold == pytest.approx(0.4) and hook.beta == pytest.approx(1.0)
+    assert hook.beta_statistic == pytest.approx(2.5)  # logged: beta capped at its start
     hook.beta = 0.25
     hook.beta_history = [0.0, 0.0, 1e-9]  # a collapsed median leaves beta alone
     hook.after_step(state_at(9))
     assert hook.beta == 0.25
     metrics = state_at(10)
     hook.after_step(metrics)
-    assert metrics.metrics == {"iou_threshold": hook.iou_threshold, "beta": 0.25}
+    assert metrics.metrics == {
+        "iou_threshold": hook.iou_threshold,
+        "beta": 0.25,
+        "beta_statistic": 0.0,  # the collapsed median it refused
+    }
 
 
 def test_state_round_trip_and_model_attributes():
