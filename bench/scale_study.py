@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
+from podkit.bench.accuracy import evaluate_path
 from podkit.config import load_config
 from podkit.data import load_dataset
 from podkit.data.loader import DetectionDataset, collate, training_batches
 from podkit.models import build_detector
-from podkit.train.evaluate import evaluate_checkpoint
 from podkit.train.loop import train
 from podkit.train.methods.snip import PYRAMIDS, crop_to_chips, mark_invalid, resize_batch
 
@@ -86,7 +86,7 @@ def evaluate_variant(run_dir: Path, test: str, single: dict) -> dict:
         return single
     path = run_dir / f"eval_{test}.json"
     if not path.exists():
-        path.write_text(json.dumps(evaluate_checkpoint(run_dir / "last.pt", TESTS[test])))
+        path.write_text(json.dumps(evaluate_path(run_dir / "last.pt", TESTS[test])))
     return json.loads(path.read_text())
 
 

@@ -157,10 +157,12 @@ def train(
 @app.command("eval")
 @user_errors
 def eval_(
-    checkpoint: Path = typer.Argument(..., help="A podkit checkpoint."),
+    checkpoint: Path = typer.Argument(
+        ..., help="A podkit checkpoint, or an artefact from podkit export (.onnx, .so, .engine)."
+    ),
     out: Path = typer.Option(Path("eval.json"), "--out", help="Where to write the metrics."),
     set_: list[str] = typer.Option(
-        [], "--set", help="Override the checkpoint's config, e.g. --set data.val.ann=other.json."
+        [], "--set", help="Override the saved config, e.g. --set data.val.ann=other.json."
     ),
     multiscale: bool = typer.Option(
         False, "--multiscale", help="Test on every resolution of eval.pyramid and merge."
@@ -175,10 +177,11 @@ def eval_(
         None, "--merge", help="soft_nms_linear (default), soft_nms_gaussian or nms."
     ),
 ) -> None:
-    """COCO metrics (AP, AP50, AP75, APs/m/l, AP60-AP90) of a checkpoint on data.val."""
+    """COCO metrics (AP, AP50, AP75, APs/m/l, AP60-AP90) of a checkpoint or an exported
+    artefact on its config's data.val, with the same pre-processing for both."""
     import json
 
-    from podkit.train.evaluate import evaluate_checkpoint
+    from podkit.bench.accuracy import evaluate_path
 
     overrides = list(set_)
     overrides += ["eval.multiscale=true"] if multiscale else []
@@ -186,7 +189,7 @@ def eval_(
     overrides += [f"eval.pyramid={pyramid}"] if pyramid else []
     overrides += [f"eval.merge={merge}"] if merge else []
     check_writable(out)
-    metrics = evaluate_checkpoint(checkpoint, overrides, console=console)
+    metrics = evaluate_path(checkpoint, overrides, console=console)
     out.write_text(json.dumps(metrics, indent=2))
     console.print(f"wrote {out}")
 
@@ -375,6 +378,49 @@ def export(
     console.print(f"wrote {report['path']}")
 
 
+@app.command()
+@user_errors
+def predict(
+    model: Path = typer.Argument(
+        ..., help="A podkit checkpoint, or an artefact from podkit export (.onnx, .so, .engine)."
+    ),
+    images: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+    out: Path = typer.Option(..., "--out", help="Folder for detections.json, images.json, drawn/."),
+    score_threshold: float = typer.Option(
+        0.3, "--score-threshold", help="Drawn boxes and per-image JSON: this score and above."
+    ),
+    per_image_json: bool = typer.Option(
+        False, "--per-image-json", help="Also write json/STEM.json for each image."
+    ),
+    draw: bool = typer.Option(True, "--draw/--no-draw", help="Write drawn/NAME images."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override the saved config, e.g. --set data.test_min_size=640."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the files of an earlier prediction in --out."
+    ),
+) -> None:
+    """Detect objects on your own images: COCO results JSON and drawn images."""
+    from rich.progress import Progress
+
+    from podkit.bench.predict import predict_images
+
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"--score-threshold must lie in [0, 1], got {score_threshold}")
+    check_writable(out)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("predict", total=None)
+        summary = predict_images(
+            model, images, out, score_threshold, per_image_json, draw, set_,
+            lambda n: progress.advance(task, n), overwrite,
+        )  # fmt: skip
+    console.print(
+        f"{summary['images']} images, {summary['detections']} detections "
+        f"({summary['shown']} at score >= {score_threshold}); wrote {out / 'detections.json'}"
+        + (f" and {out / 'drawn'}" if draw else "")
+    )
+
+
 bench_app = typer.Typer(
     help="Benchmarks: latency across models and backends.", no_args_is_help=True
 )
@@ -405,13 +451,25 @@ def bench_latency(
     out: Path = typer.Option(Path("latency.json"), "--out", help="Report JSON."),
     md: Path | None = typer.Option(None, "--md", help="Also write a markdown table."),
     plot: Path | None = typer.Option(None, "--plot", help="Also write a bar chart (PNG)."),
+    data: bool = typer.Option(
+        False, "--data", help="Also score each model x backend on its config's data.val."
+    ),
+    max_ap_drop: float = typer.Option(
+        0.5,
+        "--max-ap-drop",
+        help="With --data: flag (exit 1) an artefact this far under its checkpoint.",
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="With --data: override the saved config, e.g. --set data.val.ann=..."
+    ),
 ) -> None:
-    """Latency of each checkpoint on each backend, timed side by side, with ratios."""
+    """Latency of each checkpoint on each backend, timed side by side, with ratios (and, with
+    --data, the AP each artefact keeps)."""
     import json
 
     from rich.progress import Progress
 
-    from podkit.bench.latency import LatencyOptions, run_latency, to_markdown
+    from podkit.bench.latency import LatencyOptions, accuracy_failures, run_latency, to_markdown
     from podkit.bench.latency import plot as plot_latency
 
     check_writable(out, md, plot)
@@ -419,6 +477,7 @@ def bench_latency(
         input_size=parse_size(input_size), warmup=warmup, iters=iters, threads=threads,
         device=device, tune_trials=tune_trials, tune_db=tune_db, cache_dir=cache_dir,
         check=check, labels=labels.split(",") if labels else [], baseline=baseline,
+        accuracy=data, max_ap_drop=max_ap_drop, eval_overrides=list(set_),
     )  # fmt: skip
     with Progress(console=console) as progress:
         task = progress.add_task("timing", total=iters)
@@ -439,6 +498,11 @@ def bench_latency(
     if plot is not None:
         plot_latency(report, plot)
         console.print(f"wrote {plot}")
+    failures = accuracy_failures(report)
+    for line in failures:
+        console.print(f"[bold red]accuracy:[/] {escape(line)} (limit {max_ap_drop})")
+    if failures:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -8,6 +8,7 @@ with the list of valid ones, so a typo never silently trains the wrong thing.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -347,6 +348,13 @@ def load_config(
             raise ValueError(
                 f"{path}: a config file must be a mapping of sections, got {type(data).__name__}"
             )
+    return config_from_dict(data, overrides)
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A Config from a saved dict (a checkpoint's, an artefact's) with `overrides` applied to a
+    copy: the saved dict is left as it was."""
+    data = copy.deepcopy(data)
     for item in overrides:
         apply_override(data, item)
     return from_dict(Config, data, "")

@@ -50,6 +50,9 @@ class LatencyOptions:
     check: bool = True
     labels: list[str] = field(default_factory=list)
     baseline: str | None = None
+    accuracy: bool = False  # also score every pair on the config's data.val
+    max_ap_drop: float = 0.5  # an artefact losing more AP than this against its checkpoint
+    eval_overrides: list[str] = field(default_factory=list)
 
 
 def checkpoint_hash(path: Path) -> str:
@@ -142,6 +145,7 @@ def prepare(
             info["parity"] = str(exc)
     else:
         log(f"{model_label(checkpoint)} / {backend}: cached {path}")
+    info["artefact"] = str(path)
     return load_artefact(path, opts.device, opts.threads or os.cpu_count()), info
 
 
@@ -179,6 +183,8 @@ def run_latency(
             "checkpoint": str(ckpt),
             "gflops": count_flops(wrapper, image) / 1e9,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "weights_mb": sum(v.numel() * v.element_size() for v in model.state_dict().values())
+            / 1e6,
         }
         for backend in backends:
             try:
@@ -219,6 +225,8 @@ def run_latency(
                 **info,
             }
         )
+    if opts.accuracy:
+        add_accuracy(results, models, opts, log)
     by_pair = {(r["model"], r["backend"]): r["median_ms"] for r in results}
     for r in results:
         base = by_pair.get((baseline, r["backend"]))
@@ -234,7 +242,41 @@ def run_latency(
         "models": models,
         "results": results,
         "unavailable": unavailable,
+        **({"max_ap_drop": opts.max_ap_drop} if opts.accuracy else {}),
     }
+
+
+def add_accuracy(results: list[dict], models: dict, opts: LatencyOptions, log) -> None:
+    """AP and AP50 of every pair on its config's data.val (the checkpoint for the PyTorch
+    backends, the artefact itself for the others, through the same evaluation path), its
+    size, and the AP difference to its checkpoint, flagged (`ap_flag`) beyond max_ap_drop."""
+    from podkit.bench.accuracy import evaluate_path
+
+    checkpoint_metrics: dict[str, dict] = {}
+    for r in results:
+        ckpt = models[r["model"]]["checkpoint"]
+        if ckpt not in checkpoint_metrics:
+            log(f"{r['model']}: scoring the checkpoint on data.val")
+            checkpoint_metrics[ckpt] = evaluate_path(ckpt, opts.eval_overrides)
+        if "artefact" in r:
+            log(f"{r['model']} / {r['backend']}: scoring {r['artefact']} on data.val")
+            metrics = evaluate_path(r["artefact"], opts.eval_overrides)
+            r["size_mb"] = Path(r["artefact"]).stat().st_size / 1e6
+        else:
+            metrics = checkpoint_metrics[ckpt]
+            r["size_mb"] = models[r["model"]]["weights_mb"]
+        r["AP"], r["AP50"] = metrics["AP"], metrics["AP50"]
+        r["ap_delta"] = metrics["AP"] - checkpoint_metrics[ckpt]["AP"]
+        r["ap_flag"] = r["ap_delta"] < -opts.max_ap_drop
+
+
+def accuracy_failures(report: dict) -> list[str]:
+    """The pairs whose AP fell more than max_ap_drop below their checkpoint's."""
+    return [
+        f"{r['model']} / {r['backend']}: AP {r['ap_delta']:+.1f} against its checkpoint"
+        for r in report["results"]
+        if r.get("ap_flag")
+    ]
 
 
 def to_markdown(report: dict) -> str:
@@ -244,18 +286,32 @@ def to_markdown(report: dict) -> str:
     ]
     if report.get("peak_gflops"):
         lines.append(f"Measured float32 matmul peak: {report['peak_gflops']:.0f} GFLOP/s.")
+    scored = "max_ap_drop" in report
+    extra = " size MB | AP | AP50 | AP vs ckpt |" if scored else ""
     lines += [
         "",
         f"| model | backend | input | median ms | p90 ms | min ms | x {report['baseline']} "
-        "| GFLOPs | params (M) | GFLOP/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| GFLOPs | params (M) | GFLOP/s |{extra}",
+        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (4 if scored else 0),
     ]
     for r in report["results"]:
         ratio = "-" if r["ratio_vs_baseline"] is None else f"{r['ratio_vs_baseline']:.3f}"
-        lines.append(
+        row = (
             f"| {r['model']} | {r['backend']} | {r['input'][0]}x{r['input'][1]} | "
             f"{r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['min_ms']:.1f} | {ratio} | "
             f"{r['gflops']:.2f} | {r['params_m']:.2f} | {r['gflops_per_s']:.1f} |"
+        )
+        if scored:
+            flag = " **over the limit**" if r["ap_flag"] else ""
+            row += (
+                f" {r['size_mb']:.1f} | {r['AP']:.1f} | {r['AP50']:.1f} | "
+                f"{r['ap_delta']:+.2f}{flag} |"
+            )
+        lines.append(row)
+    if scored:
+        lines.append(
+            f"\nAP on each config's data.val; an artefact more than {report['max_ap_drop']} AP "
+            "under its checkpoint is over the limit."
         )
     for u in report["unavailable"]:
         lines.append(f"\n{u['model']} / {u['backend']}: not available: {u['reason']}")
@@ -276,7 +332,11 @@ def plot(report: dict, path: str | Path) -> None:
     backends = list(dict.fromkeys(r["backend"] for r in report["results"]))
     models = list(dict.fromkeys(r["model"] for r in report["results"]))
     width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(backends), 3.6))
+    scored = "max_ap_drop" in report
+    fig, axes = plt.subplots(
+        1, 2 if scored else 1, figsize=(1.8 + 1.6 * len(backends) + (4.2 if scored else 0), 3.6)
+    )
+    ax = axes[0] if scored else axes
     for i, model in enumerate(models):
         rows = {r["backend"]: r for r in report["results"] if r["model"] == model}
         xs = [b + (i - (len(models) - 1) / 2) * width for b in range(len(backends))]
@@ -291,6 +351,15 @@ def plot(report: dict, path: str | Path) -> None:
     ax.set_title(f"batch 1, {report['results'][0]['input'][0]}x{report['results'][0]['input'][1]}"
                  f" - {report['device']}", fontsize=9)  # fmt: skip
     ax.legend(fontsize=8)
+    if scored:  # what each deployment costs against what it keeps
+        markers = dict(zip(backends, "osD^v<>", strict=False))
+        for i, model in enumerate(models):
+            for r in (r for r in report["results"] if r["model"] == model):
+                axes[1].scatter(r["median_ms"], r["AP"], color=f"C{i}", marker=markers[r["backend"]],
+                                label=f"{model} / {r['backend']}")  # fmt: skip
+        axes[1].set_xlabel("latency, ms (median)")
+        axes[1].set_ylabel("AP on data.val")
+        axes[1].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -122,6 +122,7 @@ def export_checkpoint(
         raise ValueError("--out is required (the artefact to write)")
     from podkit.export import onnx as onnx_export
     from podkit.export import tensorrt, tvm
+    from podkit.export.metadata import artefact_record, write_metadata
     from podkit.export.wrap import ExportWrapper
     from podkit.models.checkpoint import load_detector
 
@@ -132,7 +133,7 @@ def export_checkpoint(
     out = Path(out) if out is not None else None
     with tempfile.TemporaryDirectory(prefix="podkit-export-") as scratch:
         onnx_path = Path(out if target == "onnx" else onnx_path or Path(scratch) / "model.onnx")
-        model, _, _, _ = load_detector(checkpoint)
+        model, _, ckpt, _ = load_detector(checkpoint)
         if target != "onnx" and onnx_path.is_file():
             log(f"{checkpoint}: reusing {onnx_path}")
             wrapper = ExportWrapper(model.cpu().eval(), nms=nms)
@@ -158,6 +159,13 @@ def export_checkpoint(
                 onnx_path, out, input_size, device, tune_trials, tune_db, log
             )
         report["path"] = str(out)
+        write_metadata(
+            out,
+            artefact_record(
+                checkpoint, ckpt, input_size, dynamic, nms, wrapper.output_names,
+                wrapper.max_detections,
+            ),
+        )  # fmt: skip
         if check:
             runner = load(out, device)
             sizes = [input_size] + ([(input_size[0] + 64, input_size[1] + 96)] if dynamic else [])

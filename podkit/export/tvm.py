@@ -26,8 +26,8 @@ import numpy as np
 
 from podkit.errors import BackendUnavailable
 from podkit.export.common import MISSING_TVM, Runner
+from podkit.export.metadata import SIDECAR
 
-SIDECAR = ".json"
 # Tuning covers the convolutions and matmuls (where the time goes). A detector has ~170
 # tasks, most of them small element-wise and post-processing kernels; some of those (RoIAlign
 # fused with its level selection) make MetaSchedule's search space fail to build.

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from podkit.config import Config, apply_override, from_dict
+from podkit.config import config_from_dict
 from podkit.models.build import build_detector
 
 
@@ -47,10 +47,7 @@ def load_detector(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     """(model with the checkpoint's weights on its device, its config with `overrides` applied,
     the checkpoint, the device: cuda if the config asks for it and one is present)."""
     ckpt = load_checkpoint(path)
-    raw = ckpt["config"]
-    for item in overrides:
-        apply_override(raw, item)
-    cfg = from_dict(Config, raw, "")
+    cfg = config_from_dict(ckpt["config"], overrides)
     cfg.model.init_from = None  # the checkpoint's own weights replace whatever it started from
     model = build_detector(cfg.model)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +27,10 @@ class DetectorOutput:
     losses: dict[str, Tensor] = field(default_factory=dict)
     detections: list[dict[str, Tensor]] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+
+
+# A checkpoint's model or an exported artefact (podkit.export.detector): images -> detections.
+Detector = Callable[[ImageBatch], DetectorOutput]
 
 
 def rescale_detections(

@@ -14,7 +14,7 @@ from podkit.config import Config
 from podkit.data import LoadedDataset, load_dataset
 from podkit.data.loader import DetectionDataset, eval_batches, make_loader
 from podkit.data.records import Record
-from podkit.models.checkpoint import load_detector
+from podkit.models.output import Detector
 from podkit.train.methods.snip import (
     get_pyramid,
     keep_in_range,
@@ -105,9 +105,8 @@ def _percent(x: float) -> float | None:
     return None if x < 0 else round(100.0 * float(x), 3)
 
 
-@torch.no_grad()
 def predict(
-    model: torch.nn.Module, dataset: LoadedDataset, cfg: Config, device, progress=None
+    model: Detector, dataset: LoadedDataset, cfg: Config, device, progress=None
 ) -> tuple[list[dict], list[int]]:
     """Detections for every image of `dataset` (original pixels, CPU): at the config's test
     size, or with `eval.multiscale` / `eval.snip` at every resolution of `eval.pyramid`,
@@ -137,8 +136,9 @@ def _merge_iou(method: str) -> float:
     return 0.5 if method == "nms" else 0.3
 
 
+@torch.inference_mode()
 def predict_at(
-    model: torch.nn.Module,
+    model: Detector,
     records: list[Record],
     cfg: Config,
     device,
@@ -148,9 +148,12 @@ def predict_at(
 ) -> tuple[list[dict], list[int]]:
     """Detections for `records` resized to (min_size, max_size)."""
     batches = eval_batches(len(records), cfg.eval.batch_size, min_size)
-    loader = make_loader(DetectionDataset(records, max_size), batches, cfg.train.workers)
-    was_training = model.training
-    model.eval()
+    loader = make_loader(
+        DetectionDataset(records, max_size), batches, cfg.train.workers, cfg.data.size_divisible
+    )
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    if was_training:
+        model.eval()
     detections, image_ids = [], []
     for batch in loader:
         out = model(batch.images.to(device))
@@ -158,12 +161,13 @@ def predict_at(
         image_ids += [m["image_id"] for m in batch.meta]
         if progress is not None:
             progress(len(batch.meta))
-    model.train(was_training)
+    if was_training:
+        model.train()
     return detections, image_ids
 
 
 def evaluate(
-    model: torch.nn.Module, dataset: LoadedDataset, cfg: Config, device, progress=None
+    model: Detector, dataset: LoadedDataset, cfg: Config, device, progress=None
 ) -> dict[str, float | None]:
     detections, image_ids = predict(model, dataset, cfg, device, progress)
     gt = dataset.coco or coco_from_records(dataset.records, dataset.classes, dataset.category_ids)
@@ -176,14 +180,14 @@ def format_metrics(metrics: dict[str, float | None]) -> str:
     return f"{figures}  (percent)"
 
 
-def evaluate_checkpoint(
-    path, overrides: list[str] | tuple[str, ...] = (), console=None
+def evaluate_on_val(
+    model: Detector, cfg: Config, device, source, console=None
 ) -> dict[str, float | None]:
-    """`podkit eval`: the checkpoint's model on its config's data.val (overrides applied)."""
-    model, cfg, _, device = load_detector(path, overrides)
+    """The metrics of `model` (a checkpoint's model or an artefact, from `source`) on the
+    config's data.val, printed on `console` if given."""
     if not cfg.data.val.ann:
         raise ValueError(
-            f"{path}: its config has no data.val; pass --set data.val.ann=... --set data.val.images=..."
+            f"{source}: its config has no data.val; pass --set data.val.ann=... --set data.val.images=..."
         )
     dataset = load_dataset(cfg.data.val)
     if len(dataset.classes) != cfg.model.num_classes:

@@ -1,11 +1,13 @@
 """`podkit bench latency` on tiny checkpoints: a well-formed report, honest about backends."""
 
 import json
+from pathlib import Path
 
+from podkit.bench.accuracy import evaluate_path
 from tests.e2e.test_cli import invoke
 
 
-def test_bench_latency_report(checkpoints, tmp_path):
+def test_bench_latency_report(checkpoints, tmp_path, monkeypatch):
     base = checkpoints("retinanet", "baseline")
     fd = checkpoints("retinanet", "fd")
     code, out = invoke(
@@ -14,6 +16,7 @@ def test_bench_latency_report(checkpoints, tmp_path):
         "--input-size", "128x128", "--warmup", 1, "--iters", 3,
         "--labels", "base,fd", "--cache-dir", tmp_path / "cache",
         "--out", tmp_path / "r.json", "--md", tmp_path / "r.md", "--plot", tmp_path / "r.png",
+        "--data",
     )  # fmt: skip
     assert code == 0, out
     report = json.loads((tmp_path / "r.json").read_text())
@@ -34,6 +37,30 @@ def test_bench_latency_report(checkpoints, tmp_path):
     assert report["device"] and report["versions"]["torch"]
     assert "| fd | onnxruntime | 128x128 |" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "r.png").stat().st_size > 0
+    # --data: each pair scored through `podkit eval`'s path, its size, the difference
+    checkpoint_ap = evaluate_path(base)
+    artefact_ap = evaluate_path(base_ort["artefact"])
+    assert pairs["base", "torch"]["AP"] == checkpoint_ap["AP"]
+    assert base_ort["AP"] == artefact_ap["AP"] and base_ort["AP50"] == artefact_ap["AP50"]
+    assert base_ort["ap_delta"] == artefact_ap["AP"] - checkpoint_ap["AP"]
+    assert base_ort["size_mb"] == Path(base_ort["artefact"]).stat().st_size / 1e6
+    assert "| AP vs ckpt |" in (tmp_path / "r.md").read_text()
+
+    # an artefact losing more than --max-ap-drop is flagged and fails the command
+    def scripted(path, overrides=()):
+        return {"AP": 40.0 if str(path).endswith(".pt") else 39.2, "AP50": 60.0}
+
+    monkeypatch.setattr("podkit.bench.accuracy.evaluate_path", scripted)
+    for limit, code_wanted in (("1.0", 0), ("0.5", 1)):
+        code, out = invoke(
+            "bench", "latency", base, "--backend", "torch,onnxruntime", "--input-size", "128x128",
+            "--iters", 1, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "r3.json",
+            "--data", "--max-ap-drop", limit,
+        )  # fmt: skip
+        assert code == code_wanted, out
+    assert "onnxruntime: AP -0.8 against its checkpoint" in out
+    flagged = json.loads((tmp_path / "r3.json").read_text())["results"]
+    assert [r["ap_flag"] for r in flagged] == [False, True]
     # a second run times the cached exports without exporting again
     code, out = invoke(
         "bench", "latency", base, "--backend", "onnxruntime", "--input-size", "128x128",

@@ -1,0 +1,163 @@
+"""`podkit predict`: a checkpoint or an artefact on the user's own images.
+
+The images go through the evaluation path (`predict_at`: the config's test size, the same
+loader), so what `predict` draws is what `eval` scores. Writes, under OUT:
+
+- `detections.json`: COCO results (image_id, category_id, bbox xywh, score), every detection
+  the model returns (its own score threshold), for scoring with pycocotools;
+- `images.json`: the COCO image and category lists those ids refer to (no annotations), so
+  `COCO("images.json").loadRes("detections.json")` works as it stands;
+- `drawn/NAME`: each image with its boxes, class names and scores at or above
+  `score_threshold`; `json/STEM.json` per image on request (same threshold).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from podkit.bench.accuracy import open_detector
+from podkit.data.records import Record, load_image
+from podkit.train.evaluate import predict_at, to_coco_results
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
+           "#bfef45", "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#000075"]  # fmt: skip
+
+
+def find_images(items: list[str]) -> list[Path]:
+    """Image files named by `items`: files, folders (searched recursively) or glob patterns,
+    in the order given (each folder or glob sorted), each file once."""
+    found: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            matches = [path]
+        else:
+            matches = [
+                Path(p) for p in sorted(glob.glob(item, recursive=True)) if Path(p).is_file()
+            ]
+        if not matches:
+            raise FileNotFoundError(f"{item}: no image file, folder or glob match")
+        found += matches
+    return list(dict.fromkeys(found))
+
+
+def image_records(files: list[Path]) -> list[Record]:
+    """Records without boxes (ids 1..N), sizes read from the headers; unreadable files are one
+    line naming them."""
+    records = []
+    for image_id, file in enumerate(files, start=1):
+        try:
+            with Image.open(file) as im:
+                width, height = im.size
+        except OSError as exc:
+            raise ValueError(f"{file}: not a readable image ({exc})") from None
+        empty = np.zeros((0, 4), np.float32)
+        records.append(Record(image_id, file, width, height, empty, np.zeros(0, np.int64)))
+    return records
+
+
+def predict_images(
+    model_path: str | Path,
+    images: list[str],
+    out: Path,
+    score_threshold: float = 0.3,
+    per_image_json: bool = False,
+    draw: bool = True,
+    overrides: list[str] | tuple[str, ...] = (),
+    progress: Callable[[int], None] | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Detect on every image; returns a summary (images, detections, files written). A folder
+    holding an earlier prediction is refused unless `overwrite`."""
+    if (out / "detections.json").exists() and not overwrite:
+        raise ValueError(
+            f"{out}: holds an earlier prediction (detections.json): choose another --out, or "
+            "pass --overwrite to replace its files"
+        )
+    files = find_images(images)
+    records = image_records(files)
+    detector, cfg, classes, device = open_detector(model_path, overrides)
+    classes = classes or [f"class{i}" for i in range(cfg.model.num_classes)]
+    detections, image_ids = predict_at(
+        detector, records, cfg, device, cfg.data.test_min_size, cfg.data.max_size, progress
+    )
+    category_ids = list(range(1, len(classes) + 1))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "detections.json").write_text(
+        json.dumps(to_coco_results(detections, image_ids, category_ids))
+    )
+    names = output_names(files)
+    coco_images = {
+        "images": [
+            {"id": r.image_id, "file_name": str(r.file), "width": r.width, "height": r.height}
+            for r in records
+        ],
+        "categories": [{"id": i, "name": n} for i, n in zip(category_ids, classes, strict=True)],
+        "annotations": [],
+    }
+    (out / "images.json").write_text(json.dumps(coco_images, indent=1))
+    shown = 0
+    for record, det, name in zip(records, detections, names, strict=True):
+        keep = det["scores"] >= score_threshold
+        boxes, scores = det["boxes"][keep].tolist(), det["scores"][keep].tolist()
+        labels = det["labels"][keep].tolist()
+        shown += len(boxes)
+        if per_image_json:
+            (out / "json").mkdir(exist_ok=True)
+            items = [
+                {"box": b, "score": s, "label": c, "class": classes[c]}
+                for b, s, c in zip(boxes, scores, labels, strict=True)
+            ]
+            entry = {"file": str(record.file), "width": record.width, "height": record.height}
+            (out / "json" / f"{Path(name).stem}.json").write_text(
+                json.dumps({**entry, "detections": items}, indent=1)
+            )
+        if draw:
+            (out / "drawn").mkdir(exist_ok=True)
+            drawn = draw_detections(load_image(record.file), boxes, scores, labels, classes)
+            drawn.save(out / "drawn" / name)
+    return {
+        "images": len(records),
+        "detections": sum(len(d["scores"]) for d in detections),
+        "shown": shown,
+        "score_threshold": score_threshold,
+        "out": str(out),
+    }
+
+
+def output_names(files: list[Path]) -> list[str]:
+    """A file name per image for drawn/ and json/: its own, or `stem_ID.suffix` where two
+    images share a name."""
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[f.name] = counts.get(f.name, 0) + 1
+    return [
+        f.name if counts[f.name] == 1 else f"{f.stem}_{i}{f.suffix}"
+        for i, f in enumerate(files, start=1)
+    ]
+
+
+def draw_detections(
+    image: Image.Image, boxes: list, scores: list, labels: list, classes: list[str]
+) -> Image.Image:
+    """Boxes with `class score` labels, one colour per class."""
+    draw = ImageDraw.Draw(image)
+    width = max(1, round(max(image.size) / 300))
+    for box, score, label in zip(boxes, scores, labels, strict=True):
+        colour = PALETTE[label % len(PALETTE)]
+        draw.rectangle(box, outline=colour, width=width)
+        text = f"{classes[label]} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((box[0], box[1]), text)
+        lift = bottom - top + 2
+        draw.rectangle((left, top - lift, right + 2, bottom - lift), fill=colour)
+        draw.text((box[0] + 1, box[1] - lift), text, fill="white")
+    return image

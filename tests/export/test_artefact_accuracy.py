@@ -1,0 +1,163 @@
+"""An artefact is scored like its checkpoint: same detections, same COCO metrics, and
+`podkit predict` writes results pycocotools loads.
+
+The ground truth is the checkpoint's own most confident detections (an untrained detector
+scores ~0 AP on the real boxes, which any artefact would match): the checkpoint then scores a
+high AP, and a box the artefact maps back to the wrong pixels, a resize that differs, or a lost
+detection lowers the artefact's."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from podkit.bench.accuracy import evaluate_path, open_detector
+from podkit.bench.predict import predict_images
+from podkit.data import load_dataset
+from podkit.export import export_checkpoint
+from podkit.export.metadata import read_metadata, write_metadata
+from podkit.train.evaluate import predict_at
+from tests.e2e.test_cli import invoke
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def val_set(synth_set, tmp_path_factory) -> list[str]:
+    """The val images at 256x192, fed at 128x96 (half size: boxes are mapped back), a size
+    with no padding, so the checkpoint and a static 96x128 artefact see the same pixels; the
+    boxes are the checkpoint's own (`pseudo_ground_truth`)."""
+    out = tmp_path_factory.mktemp("val256")
+    data = json.loads((synth_set / "annotations" / "val.json").read_text())
+    for image in data["images"]:
+        with Image.open(synth_set / "val" / image["file_name"]) as im:
+            im.convert("RGB").resize((256, 192), Image.BILINEAR).save(out / image["file_name"])
+        image.update(width=256, height=192)
+    data["annotations"] = []
+    (out / "val.json").write_text(json.dumps(data))
+    return [f"data.val.ann={out / 'val.json'}", f"data.val.images={out}",
+            "data.test_min_size=96", "data.max_size=128", "eval.batch_size=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def artefact(checkpoints, tmp_path_factory):
+    out = tmp_path_factory.mktemp("artefact") / "model.onnx"
+    export_checkpoint(checkpoints(), "onnx", out, (96, 128), log=lambda _: None)
+    return out
+
+
+def detections_of(path, overrides):
+    detector, cfg, _, device = open_detector(path, overrides)
+    records = load_dataset(cfg.data.val).records
+    return predict_at(detector, records, cfg, device, cfg.data.test_min_size, cfg.data.max_size)
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoints, val_set):
+    """The checkpoint's detections on the val set, and the image ids."""
+    return detections_of(checkpoints(), val_set)
+
+
+def pseudo_ground_truth(reference, overrides, out: Path, per_image: int = 4) -> list[str]:
+    """The val set with each image's top detections of the checkpoint as its boxes."""
+    ann = Path(overrides[0].split("=", 1)[1])
+    data = json.loads(ann.read_text())
+    detections, image_ids = reference
+    for det, image_id in zip(detections, image_ids, strict=True):
+        for box, label in zip(
+            det["boxes"][:per_image].tolist(), det["labels"][:per_image].tolist(), strict=True
+        ):
+            w, h = box[2] - box[0], box[3] - box[1]
+            data["annotations"].append(
+                {
+                    "id": len(data["annotations"]) + 1,
+                    "image_id": image_id,
+                    "iscrowd": 0,
+                    "category_id": data["categories"][label]["id"],
+                    "bbox": [box[0], box[1], w, h],
+                    "area": w * h,
+                }  # fmt: skip
+            )
+    path = out / "pseudo_val.json"
+    path.write_text(json.dumps(data))
+    return [f"data.val.ann={path}", *overrides[1:]]
+
+
+def test_artefact_carries_what_scoring_needs(checkpoints, artefact):
+    record = read_metadata(artefact)
+    assert record["input_size"] == [96, 128] and not record["dynamic"] and record["nms"]
+    assert record["outputs"] == ["boxes", "scores", "labels", "num_detections"]
+    assert record["config"]["model"]["arch"] == "faster_rcnn_fpn"
+
+
+def test_artefact_detections_equal_the_checkpoints(reference, artefact, val_set):
+    got, got_ids = detections_of(artefact, val_set)
+    assert got_ids == reference[1]
+    for r, g in zip(reference[0], got, strict=True):
+        assert len(r["scores"]) == len(g["scores"]) > 0
+        assert r["boxes"][:, 2].max() > 128  # in original pixels (fed at half size)
+        np.testing.assert_allclose(g["boxes"], r["boxes"], atol=1e-2)
+        np.testing.assert_allclose(g["scores"], r["scores"], atol=1e-4)
+        assert (g["labels"] == r["labels"]).all()
+
+
+def test_artefact_ap_equals_checkpoint_ap(checkpoints, reference, artefact, val_set, tmp_path):
+    overrides = pseudo_ground_truth(reference, val_set, tmp_path)
+    reference = evaluate_path(checkpoints(), overrides)
+    got = evaluate_path(artefact, overrides)
+    assert reference["AP"] > 30  # the test has teeth: a mis-scaled box would cost AP
+    for key in ("AP", "AP50", "AP75", "AP90"):
+        assert abs(got[key] - reference[key]) <= 0.1, (key, got[key], reference[key])
+
+
+def test_predict_writes_coco_results_pycocotools_loads(checkpoints, artefact, val_set, tmp_path):
+    images = sorted(Path(val_set[1].split("=", 1)[1]).glob("*.png"))[:3]
+    for model in (checkpoints(), artefact):
+        out = tmp_path / Path(model).suffix[1:]
+        summary = predict_images(
+            model, [str(p) for p in images], out, 0.0, per_image_json=True, overrides=val_set
+        )
+        assert summary["images"] == 3
+        gt = COCO(str(out / "images.json"))
+        results = gt.loadRes(str(out / "detections.json"))
+        assert len(results.getAnnIds()) == summary["detections"] > 0
+        assert {a["image_id"] for a in results.loadAnns(results.getAnnIds())} <= {1, 2, 3}
+        COCOeval(gt, results, "bbox")  # the two files are one consistent COCO pair
+        assert sorted(p.name for p in (out / "drawn").iterdir()) == [p.name for p in images]
+        per_image = json.loads((out / "json" / f"{images[0].stem}.json").read_text())
+        assert per_image["file"] == str(images[0]) and per_image["detections"]
+    checkpoint_dets = json.loads((tmp_path / "pt" / "detections.json").read_text())
+    artefact_dets = json.loads((tmp_path / "onnx" / "detections.json").read_text())
+    assert len(checkpoint_dets) == len(artefact_dets)
+
+
+def test_predict_cli_finds_images_and_protects_earlier_output(artefact, synth_set, tmp_path):
+    out = tmp_path / "pred"
+    code, text = invoke("predict", artefact, f"{synth_set}/val/*.png", "--out", out, "--no-draw")
+    assert code == 0, text
+    assert "8 images" in text and not (out / "drawn").exists()
+    code, text = invoke("predict", artefact, synth_set / "val", "--out", out)
+    assert code == 2 and "--overwrite" in text
+    code, text = invoke("predict", artefact, tmp_path / "nothing*.png", "--out", tmp_path / "x")
+    assert code == 2 and "no image file" in text
+
+
+def test_artefact_without_record_or_detections_is_refused(artefact, tmp_path):
+    import onnx
+
+    record = read_metadata(artefact)
+    raw = tmp_path / "raw.onnx"
+    shutil.copyfile(artefact, raw)
+    write_metadata(raw, {**record, "nms": False})  # what --no-nms records
+    code, text = invoke("eval", raw, "--out", tmp_path / "eval.json")
+    assert code == 2 and "--no-nms" in text
+    model = onnx.load(str(raw))
+    del model.metadata_props[:]
+    onnx.save(model, str(tmp_path / "foreign.onnx"))
+    code, text = invoke("eval", tmp_path / "foreign.onnx", "--out", tmp_path / "eval.json")
+    assert code == 2 and "no podkit record" in text
