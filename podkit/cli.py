@@ -240,10 +240,11 @@ def info(checkpoint: Path = typer.Argument(..., help="A podkit checkpoint.")) ->
 def scales(
     checkpoint: Path = typer.Argument(..., help="A GSL checkpoint (trained with model.gsl=true)."),
     images: int = typer.Option(
-        500, "--images", help="Training images to average over (no augmentation)."
+        500, "--images", help="Training images to average over, drawn at random (no augmentation)."
     ),
     out: Path = typer.Option(Path("scales.json"), "--out", help="Where to write the scales."),
     plot: Path | None = typer.Option(None, "--plot", help="Also plot mean +- std per layer (PNG)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random draw of the images."),
 ) -> None:
     """Learned dilations (d_h, d_w) per GSL conv: mean and std over N images."""
     import json
@@ -256,7 +257,7 @@ def scales(
     check_writable(out, plot)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("scales", total=images)
-        result = scales_from_checkpoint(checkpoint, images, lambda: progress.advance(task))
+        result = scales_from_checkpoint(checkpoint, images, lambda: progress.advance(task), seed)
     table = Table(title=f"learned scales over {result['images']} images")
     for column in ("layer", "d_h", "d_w"):
         table.add_column(column)
@@ -305,7 +306,7 @@ def decompose(
     plan = decompose_checkpoint(checkpoint, scales_doc, out, channel_multiple, zero_dilation_init)
     table = Table(title="scale decomposition plan")
     table.add_column("layer", no_wrap=True, min_width=max(len(layer["name"]) for layer in plan))
-    for column in ("d_h", "d_w", "alpha", "parts (dilation / kernel / channels)"):
+    for column in ("d_h", "d_w", "alpha", "multiple", "parts (dilation / kernel / channels)"):
         table.add_column(column, overflow="fold")
     for layer in plan:
         desc = " + ".join(
@@ -317,6 +318,9 @@ def decompose(
             f"{layer['d_h']:.2f}",
             f"{layer['d_w']:.2f}",
             f"{layer['alpha']:.2f}",
+            # the rounding multiple, marked where it was halved to keep both parts of a split
+            f"{layer['channel_multiple']}"
+            + ("" if layer["channel_multiple"] == channel_multiple else " (halved)"),
             desc,
         )
     console.print(table)

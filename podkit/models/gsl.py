@@ -52,10 +52,14 @@ class GlobalScaleConv(nn.Module):
         nn.init.zeros_(self.scale_predictor.weight)
         nn.init.zeros_(self.scale_predictor.bias)
         self.last_scales: Tensor | None = None
+        # (N, 2): the share of the input's height and width each image fills in a padded
+        # batch (set by the detector, `set_image_extent`); None: every image fills it
+        self.image_extent: Tensor | None = None
 
     def scales(self, x: Tensor) -> Tensor:
-        """(N, 2) positive dilations (d_h, d_w) predicted from the input."""
-        z = self.scale_predictor(x.mean(dim=(2, 3)))
+        """(N, 2) positive dilations (d_h, d_w) predicted from the input's global average,
+        taken over each image's own region, so padding does not change an image's scales."""
+        z = self.scale_predictor(image_mean(x, self.image_extent))
         return self.base_dilation * torch.exp(z.clamp(max=math.log(MAX_SCALE)))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -137,6 +141,34 @@ def grid_sample_conv(
     # (one op every exporter and backend knows)
     sampled = torch.stack(taps, dim=2).reshape(n, c * 9, ho, wo)
     return F.conv2d(sampled, weight.reshape(weight.shape[0], c * 9, 1, 1), bias)
+
+
+def image_mean(x: Tensor, extent: Tensor | None) -> Tensor:
+    """(N, C) mean of x (N, C, H, W) over each image's first ceil(extent * size) rows and
+    columns: the image's own cells of a feature map computed from a padded batch."""
+    if extent is None or len(extent) != len(x):
+        return x.mean(dim=(2, 3))
+    h, w = x.shape[-2:]
+    rows = torch.ceil(extent[:, 0] * h - 1e-6).clamp(1, h)  # (N,)
+    cols = torch.ceil(extent[:, 1] * w - 1e-6).clamp(1, w)
+    mask_h = torch.arange(h, device=x.device)[None, :] < rows[:, None]  # (N, H)
+    mask_w = torch.arange(w, device=x.device)[None, :] < cols[:, None]  # (N, W)
+    mask = (mask_h[:, :, None] & mask_w[:, None, :]).to(x.dtype)[:, None]  # (N, 1, H, W)
+    return (x * mask).sum(dim=(2, 3)) / (rows * cols).to(x.dtype)[:, None]
+
+
+def set_image_extent(
+    module: nn.Module, sizes: list[tuple[int, int]], padded: tuple[int, int]
+) -> None:
+    """Tell every GSL conv in `module` the region each image of a padded batch fills."""
+    convs = gsl_convs(module)
+    if not convs:
+        return
+    extent = None
+    if any(tuple(s) != tuple(padded) for s in sizes):
+        extent = torch.tensor([[h / padded[0], w / padded[1]] for h, w in sizes])
+    for _, conv in convs:
+        conv.image_extent = None if extent is None else extent.to(conv.weight.device)
 
 
 def gsl_convs(model: nn.Module) -> list[tuple[str, GlobalScaleConv]]:

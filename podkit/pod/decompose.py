@@ -6,7 +6,8 @@ Per GSL conv with mean learned scales (d_h, d_w):
 - the split directions give alpha = the mean of their fractional parts; the upper part
   (ceil dilations) takes round(alpha * C_out) output channels, rounded to a multiple of
   `channel_multiple` (16: onnxruntime's blocked layout, see BACKENDS.md; 1: the paper's
-  exact split), the lower part (floor dilations) the rest, concatenated lower then upper
+  exact split; halved down to 1 where it would empty a side of a split with alpha in
+  (0.1, 0.9)), the lower part (floor dilations) the rest, concatenated lower then upper
   so the next BN / conv keep their channel order;
 - no split direction, or an empty side after rounding: one conv;
 - dilation 0 (a scale below 1) is a kernel of size 1 along that axis; padding = dilation
@@ -43,11 +44,10 @@ def plan_layer(
     lower = [round(d) if n else math.floor(d) for d, n in zip(scales, near, strict=True)]
     upper = [round(d) if n else math.floor(d) + 1 for d, n in zip(scales, near, strict=True)]
     fracs = [d - math.floor(d) for d, n in zip(scales, near, strict=True) if not n]
-    upper_channels = 0
+    upper_channels, multiple = 0, max(1, channel_multiple)
     if fracs:
         alpha = sum(fracs) / len(fracs)
-        multiple = max(1, channel_multiple)
-        upper_channels = min(out_channels, multiple * round(alpha * out_channels / multiple))
+        upper_channels, multiple = upper_part(alpha, out_channels, multiple)
     if upper_channels == 0:
         parts = [_part(lower, out_channels)]
     elif upper_channels == out_channels:
@@ -59,8 +59,21 @@ def plan_layer(
         "d_h": scales[0],
         "d_w": scales[1],
         "alpha": upper_channels / out_channels,
+        "channel_multiple": multiple,
         "parts": parts,
     }
+
+
+def upper_part(alpha: float, out_channels: int, channel_multiple: int) -> tuple[int, int]:
+    """(channels of the upper part, the multiple they were rounded to). Rounding never
+    collapses a real split: where the multiple would leave one side empty but alpha lies in
+    (0.1, 0.9), the multiple halves (down to 1) until both parts keep channels."""
+    multiple = channel_multiple
+    while True:
+        upper = min(out_channels, multiple * round(alpha * out_channels / multiple))
+        if 0 < upper < out_channels or not 0.1 < alpha < 0.9 or multiple == 1:
+            return upper, multiple
+        multiple = max(1, multiple // 2)
 
 
 def _part(dilation: list[int], channels: int) -> dict[str, Any]:

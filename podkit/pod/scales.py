@@ -1,7 +1,7 @@
 """`podkit scales`: the dilations a GSL detector learned, per layer, over N training images.
 
-Images go through the model one at a time in eval mode at the test size without
-augmentation (one per batch so padding does not enter the global average pool); each
+N images drawn at random (seeded: the first N of a file are often one scene or one source)
+go through the model one at a time in eval mode at the test size without augmentation; each
 GlobalScaleConv's predicted (d_h, d_w) is recorded and summarised as mean and std, the
 numbers of the POD paper's Table 3 and Figure 6.
 """
@@ -28,11 +28,12 @@ def collect_scales(
     max_size: int,
     device,
     progress=None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     layers = gsl_convs(model)
     if not layers:
         raise ValueError("this model has no GSL convs: train it with model.gsl=true first")
-    records = dataset.records[:num_images]
+    records = draw_records(dataset.records, num_images, seed)
     loader = make_loader(
         DetectionDataset(records, max_size), eval_batches(len(records), 1, min_size), workers=0
     )
@@ -59,7 +60,15 @@ def collect_scales(
                 "d_w_std": float(std[1]),
             }
         )
-    return {"images": len(records), "layers": out}
+    return {"images": len(records), "seed": seed, "layers": out}
+
+
+def draw_records(records: list, n: int, seed: int) -> list:
+    """n records drawn without replacement (all of them if n >= len), in file order."""
+    if n >= len(records):
+        return list(records)
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))
+    return [records[i] for i in sorted(order[:n].tolist())]
 
 
 def mean_scales(scales: dict[str, Any]) -> dict[str, tuple[float, float]]:
@@ -114,8 +123,11 @@ def _short(name: str) -> str:
     return name.replace("backbone.body.", "").replace("roi_heads.box_head.", "")
 
 
-def scales_from_checkpoint(path: str | Path, num_images: int, progress=None) -> dict[str, Any]:
-    """`podkit scales`: a GSL checkpoint's learned scales over its first N training images."""
+def scales_from_checkpoint(
+    path: str | Path, num_images: int, progress=None, seed: int = 0
+) -> dict[str, Any]:
+    """`podkit scales`: a GSL checkpoint's learned scales over N training images drawn at
+    random (`seed`)."""
     model, cfg, _, device = load_detector(path)
     if not cfg.model.gsl:
         raise ValueError(f"{path}: not a GSL checkpoint (model.gsl is false)")
@@ -128,4 +140,5 @@ def scales_from_checkpoint(path: str | Path, num_images: int, progress=None) -> 
         cfg.data.max_size,
         device,
         progress,
+        seed,
     )

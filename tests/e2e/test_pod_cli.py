@@ -45,7 +45,7 @@ def test_gsl_scales_decompose_fd_wt(synth_set, tmp_path):
     assert code == 0, out
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert [p["name"] for p in plan] == [layer["name"] for layer in scales["layers"]]
-    assert set(plan[0]) == {"name", "d_h", "d_w", "alpha", "parts"}
+    assert set(plan[0]) == {"name", "d_h", "d_w", "alpha", "channel_multiple", "parts"}
     fd = load_checkpoint(tmp_path / "fd.pt")
     assert fd["config"]["model"]["gsl"] is False and fd["config"]["model"]["fd_plan"] == plan
     assert not any("scale_predictor" in k for k in fd["model"])

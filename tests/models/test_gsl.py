@@ -4,8 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from podkit.models import build_detector, tiny_model_config
-from podkit.models.gsl import GlobalScaleConv, blend_conv, grid_sample_conv, gsl_convs, to_gsl
+from podkit.models import build_detector, retinanet, tiny_model_config
+from podkit.models.gsl import (
+    GlobalScaleConv,
+    blend_conv,
+    grid_sample_conv,
+    gsl_convs,
+    set_image_extent,
+    to_gsl,
+)
 
 CASES = [
     ([[1.3, 2.7], [0.4, 1.6]], (1, 1)),  # fractional, one below 1
@@ -124,6 +131,48 @@ def test_gsl_detector_trains_and_scales_move():
     assert conv.scale_predictor.weight.grad.abs().sum() > 0
     assert not torch.allclose(conv.last_scales, torch.ones_like(conv.last_scales))
     assert math.isfinite(loss.item())
+
+
+def test_scales_ignore_batch_padding():
+    torch.manual_seed(0)
+    conv = GlobalScaleConv(nn.Conv2d(4, 4, 3, padding=1))
+    nn.init.normal_(conv.scale_predictor.weight)
+    x = torch.rand(1, 4, 6, 10) + 1.0  # one image's map, then the same padded into a batch
+    batch = torch.zeros(2, 4, 12, 12)
+    batch[0, :, :6, :10] = x[0]
+    batch[1] = torch.rand(4, 12, 12)
+    alone = conv.scales(x)
+    set_image_extent(conv, [(6, 10), (12, 12)], (12, 12))
+    assert torch.allclose(conv.scales(batch)[0], alone[0], atol=1e-6)
+    set_image_extent(conv, [(12, 12), (12, 12)], (12, 12))  # no padding: the plain mean
+    assert conv.image_extent is None
+    assert not torch.allclose(conv.scales(batch)[0], alone[0], atol=1e-2)  # what padding did
+
+
+def test_gsl_detector_scales_of_an_image_barely_move_in_a_padded_batch(monkeypatch):
+    """In a batch with a larger image, the pool sees only the image's own cells: its scales
+    move only by what the padding does to the features at its border (the pooled mean over a
+    padded map moved them ~10x more)."""
+    torch.manual_seed(0)
+    cfg = tiny_model_config("retinanet", 3)
+    cfg.gsl = True
+    model = build_detector(cfg).eval()
+    for _, conv in gsl_convs(model):
+        nn.init.normal_(conv.scale_predictor.weight, std=0.3)
+    small, large = torch.rand(3, 96, 128), torch.rand(3, 192, 224)
+
+    def scales(images):
+        with torch.no_grad():
+            model(images)
+        return torch.stack([conv.last_scales[0] for _, conv in gsl_convs(model)])
+
+    alone, batched = scales([small]), scales([small, large])
+    monkeypatch.setattr(retinanet, "set_image_extent", lambda *args: None)
+    for _, conv in gsl_convs(model):  # the old pooling, over the whole padded map
+        conv.image_extent = None
+    unmasked = scales([small, large])
+    moved, moved_unmasked = (batched - alone).abs().max(), (unmasked - alone).abs().max()
+    assert moved < 0.1 * moved_unmasked, (moved, moved_unmasked)
 
 
 def test_to_gsl_without_matching_convs_fails():

@@ -16,6 +16,7 @@ from podkit.pod.density import (
     gsl_density_2d,
     marginal,
 )
+from podkit.pod.scales import draw_records
 
 
 def parts(layer):
@@ -43,11 +44,25 @@ def test_channel_multiple_rounds_the_upper_part_and_records_the_alpha_used():
     layer = plan_layer("x", 1.7, 2.9, 64, channel_multiple=16)  # 0.8 * 64 = 51.2 -> 48
     assert parts(layer) == [((1, 2), (3, 3), 16), ((2, 3), (3, 3), 48)] and layer["alpha"] == 0.75
     assert (
-        len(plan_layer("y", 1.1, 1.1, 64, channel_multiple=16)["parts"]) == 1
-    )  # 6.4 -> 0: one conv
-    assert parts(plan_layer("z", 1.97, 1.9, 64, channel_multiple=16)) == [
+        len(plan_layer("y", 1.08, 1.08, 64, channel_multiple=16)["parts"]) == 1
+    )  # 5.1 -> 0 with alpha under 0.1: one conv
+    assert parts(plan_layer("z", 1.97, 1.93, 64, channel_multiple=16)) == [
         ((2, 2), (3, 3), 64)
     ]  # all upper
+
+
+def test_rounding_never_collapses_a_real_split():
+    # 0.2 * 32 = 6.4: a multiple of 16 would round it to 0 channels, one conv at dilation 1
+    layer = plan_layer("small", 1.2, 1.2, 32, channel_multiple=16)
+    assert parts(layer) == [((1, 1), (3, 3), 24), ((2, 2), (3, 3), 8)]
+    assert layer["channel_multiple"] == 8 and layer["alpha"] == 0.25
+    # 0.85 * 32 = 27.2 -> 32 with 16: all upper; halving keeps a lower part
+    high = plan_layer("high", 1.85, 2.85, 32, channel_multiple=16)
+    assert [p["out_channels"] for p in high["parts"]] == [8, 24] and high["channel_multiple"] == 8
+    # where one side is empty only because alpha is near 0 or 1, rounding still merges
+    assert len(plan_layer("edge", 1.06, 1.06, 32, channel_multiple=16)["parts"]) == 1
+    # the exact split is untouched
+    assert plan_layer("exact", 1.2, 1.2, 32, channel_multiple=1)["channel_multiple"] == 1
 
 
 @pytest.mark.parametrize(
@@ -129,3 +144,12 @@ def test_density_2d_agrees_up_to_the_papers_simplification():
         if abs(fh - fw) < 1e-9:  # equal fractions: each axis' marginal is exact
             for axis in (0, 1):
                 assert marginal(gsl, axis) == pytest.approx(marginal(fd, axis), abs=1e-3)
+
+
+def test_scales_draw_their_images_at_random_seeded():
+    records = list(range(50))
+    first = draw_records(records, 10, seed=0)
+    assert first == draw_records(records, 10, seed=0) == sorted(first)  # seeded, file order
+    assert len(set(first)) == 10 and first != records[:10]
+    assert draw_records(records, 10, seed=1) != first
+    assert draw_records(records, 80, seed=0) == records

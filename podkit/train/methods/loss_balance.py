@@ -6,13 +6,14 @@ Every level i of a head has a loss L_i (classification + regression, from the de
 Every `interval` (alpha) iterations, per level: the interval's loss sum L_{i,t} and the
 unbiased variance Var_{i,t} of its per-iteration losses, and the variance decrease rate
 r_{i,t} = (Var_{i,t-1} - Var_{i,t}) / (Var_{i,t-1} + 1e-5), with Var_{i,0} = 1.
-Weighting actions, each giving the 2 chosen levels w_j = 1 + lambda L_{j,t} / sum_i L_{i,t}
+Weighting actions, each giving the 2 (`top`) chosen levels w_j = 1 + lambda L_{j,t} / sum_i L_{i,t}
 and the others 1:
   a0 (AVW): the 2 levels with the largest r;   a1: the 2 with the smallest interval loss;
   a2: the 2 with the largest interval loss;    a3: all weights 1.
 AVW always takes a0. RLO samples an action from p (start 0.25 each); at the next interval
 end the action is rewarded by sign(sum L_{t-1} - sum L_t), its probability moves by
-+-gamma, clipped to [0.1, 0.9], and the other three are rescaled so p sums to 1.
++-gamma (not at all for a reward of 0), clipped to [0.1, 0.9], and the others are rescaled
+so p sums to 1.
 alpha defaults to 50: enough per-iteration losses for a stable variance, yet ~1800 weight
 updates in a 90k schedule (18 in the 900-iteration tiny recipe). Under DDP the per-level
 losses are averaged over processes and the RNG is seeded alike, so ranks agree.
@@ -28,6 +29,7 @@ from podkit.train.distributed import all_reduce_mean
 from podkit.train.hooks import Hook, TrainState, rng_state, set_rng_state
 
 ACTIONS = ("avw", "smallest_loss", "largest_loss", "uniform")
+HEADS = ("rpn", "rcnn", "retinanet")
 
 
 def variance_decrease(prev_var: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
@@ -71,7 +73,14 @@ def update_probs(
 
 
 class LossBalance(Hook):
-    """AVW (`policy="avw"`) or RLO (`policy="rlo"`) over every head with FPN levels."""
+    """AVW (`policy="avw"`) or RLO (`policy="rlo"`) over every head with FPN levels.
+
+    What the paper ablates is exposed: `top` (levels an action boosts, 2), `actions` (the set
+    RLO samples from, all four by default) and `heads` (which heads are balanced: rpn, rcnn,
+    retinanet; all by default). A head with no more than `top` levels (the C4 RPN and R-CNN
+    have one) keeps weight 1: boosting all of its levels would only scale its learning rate,
+    which the paper rules out; the log says so once.
+    """
 
     name = "loss_balance"
 
@@ -82,19 +91,38 @@ class LossBalance(Hook):
         lam: float = 1.5,
         gamma: float = 0.01,
         seed: int = 0,
+        top: int = 2,
+        actions: list[str] | None = None,
+        heads: list[str] | None = None,
     ) -> None:
         if policy not in ("avw", "rlo"):
             raise ValueError(f"loss balance policy must be avw or rlo, got {policy!r}")
         if interval < 2:
             raise ValueError("loss balance: interval must be >= 2 (a variance needs two losses)")
+        if not isinstance(top, int) or top < 1:
+            raise ValueError(f"loss balance: top must be an integer >= 1, got {top!r}")
+        actions = list(ACTIONS) if actions is None else list(actions)
+        unknown = [a for a in actions if a not in ACTIONS]
+        if unknown or not actions:
+            raise ValueError(
+                f"loss balance: actions must be a non-empty subset of {ACTIONS}, got {actions}"
+            )
+        unknown_heads = [h for h in heads or [] if h not in HEADS]
+        if unknown_heads or heads == []:
+            raise ValueError(
+                f"loss balance: heads must be a non-empty subset of {HEADS}, got {heads}"
+            )
         self.policy, self.interval, self.lam, self.gamma = policy, interval, lam, gamma
+        self.top, self.balanced = top, heads
+        self.actions = [ACTIONS.index(a) for a in actions]  # RLO samples among these
         self.rng = random.Random(seed)
-        self.probs = [0.25] * 4
+        self.probs = [1.0 / len(self.actions)] * len(self.actions)
         self.action: int | None = None  # the action in force (RLO: rewarded at the next update)
         self.prev_total: float | None = None
         self.history: dict[str, list[torch.Tensor]] = {}
         self.prev_var: dict[str, torch.Tensor] = {}
         self.weights: dict[str, torch.Tensor] = {}
+        self.noted = False
 
     @staticmethod
     def heads(model) -> dict[str, object]:
@@ -111,6 +139,8 @@ class LossBalance(Hook):
 
     def loss(self, state: TrainState, losses, stats):
         for name, per_level in stats["level_losses"].items():
+            if self.balanced is not None and name not in self.balanced:
+                continue
             self.history.setdefault(name, []).append(
                 all_reduce_mean(per_level.detach().double().cpu())
             )
@@ -126,6 +156,13 @@ class LossBalance(Hook):
         if self.policy == "rlo":
             state.metrics["rlo_probs"] = [round(p, 6) for p in self.probs]
             state.metrics["rlo_action"] = self.action
+        if not self.noted and self.history:
+            self.noted = True
+            few = [f"{n} ({len(r[0])})" for n, r in self.history.items() if len(r[0]) <= self.top]
+            if few:
+                state.metrics["loss_balance_note"] = (
+                    f"heads with at most {self.top} levels keep weight 1: {', '.join(few)}"
+                )
 
     def update(self) -> None:
         """End of an interval: rates, reward, next action, new weights."""
@@ -142,12 +179,15 @@ class LossBalance(Hook):
         else:
             if self.action is not None and self.prev_total is not None:
                 self.probs = update_probs(
-                    self.probs, self.action, self.prev_total - total, self.gamma
-                )
-            self.action = self.rng.choices(range(4), weights=self.probs)[0]
+                    self.probs, self.actions.index(self.action), self.prev_total - total,
+                    self.gamma,
+                )  # fmt: skip
+            self.action = self.rng.choices(self.actions, weights=self.probs)[0]
         self.prev_total = total
         self.weights = {
-            name: action_weights(self.action, sums[name], rates[name], self.lam).float()
+            name: action_weights(self.action, sums[name], rates[name], self.lam, self.top).float()
+            if len(sums[name]) > self.top
+            else torch.ones(len(sums[name]))
             for name in sums
         }
         self.history = {}
@@ -161,6 +201,7 @@ class LossBalance(Hook):
             "prev_var": {k: v.tolist() for k, v in self.prev_var.items()},
             "weights": {k: v.tolist() for k, v in self.weights.items()},
             "rng": rng_state(self.rng),
+            "noted": self.noted,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -180,19 +221,29 @@ class LossBalance(Hook):
         }
         self.weights = {k: torch.tensor(v) for k, v in state["weights"].items()}
         set_rng_state(self.rng, state["rng"])
+        self.noted = state.get("noted", False)
 
 
 class AVW(LossBalance):
     name = "avw"
 
-    def __init__(self, interval: int = 50, lam: float = 1.5) -> None:
-        super().__init__("avw", interval, lam)
+    def __init__(
+        self, interval: int = 50, lam: float = 1.5, top: int = 2, heads: list[str] | None = None
+    ) -> None:
+        super().__init__("avw", interval, lam, top=top, heads=heads)
 
 
 class RLO(LossBalance):
     name = "rlo"
 
     def __init__(
-        self, interval: int = 50, lam: float = 1.5, gamma: float = 0.01, seed: int = 0
+        self,
+        interval: int = 50,
+        lam: float = 1.5,
+        gamma: float = 0.01,
+        seed: int = 0,
+        top: int = 2,
+        actions: list[str] | None = None,
+        heads: list[str] | None = None,
     ) -> None:
-        super().__init__("rlo", interval, lam, gamma, seed)
+        super().__init__("rlo", interval, lam, gamma, seed, top, actions, heads)

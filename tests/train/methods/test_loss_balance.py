@@ -79,6 +79,45 @@ def test_rlo_rewards_the_previous_action_by_the_drop_of_the_total_loss():
     assert hook.probs[second] == pytest.approx(max(0.1, before[second] - 0.01))
 
 
+def feed_heads(hook, rows):
+    """Per-iteration losses of several heads: rows of {head: per-level losses}."""
+    states = []
+    for k, row in enumerate(rows, start=1):
+        state = TrainState(k, 100, None, draw_batch=None)
+        hook.loss(state, {}, {"level_losses": {h: torch.tensor(v) for h, v in row.items()}})
+        hook.after_step(state)
+        states.append(state)
+    return states
+
+
+def test_heads_with_at_most_top_levels_keep_weight_1():
+    """The C4 RPN and R-CNN have one level: boosting 'the top 2' would scale the whole head."""
+    rows = [{"rpn": [a], "rcnn": [b, a], "retinanet": [a, b, 1.0]} for a, b in
+            [(1.0, 3.0), (2.0, 1.0), (4.0, 2.0), (1.0, 1.0)]]  # fmt: skip
+    states = feed_heads(AVW(interval=2), rows)
+    last = states[-1].metrics
+    assert last["level_weights_rpn"] == [1.0] and last["level_weights_rcnn"] == [1.0, 1.0]
+    assert sum(w > 1 for w in last["level_weights_retinanet"]) == 2  # three levels: boosted
+    notes = [s.metrics["loss_balance_note"] for s in states if "loss_balance_note" in s.metrics]
+    assert notes == ["heads with at most 2 levels keep weight 1: rpn (1), rcnn (2)"]
+    one = feed_heads(AVW(interval=2, top=1), rows)[-1].metrics
+    assert sum(w > 1 for w in one["level_weights_rcnn"]) == 1  # top=1: two levels are enough
+
+
+def test_ablation_switches_actions_and_heads():
+    rows = [{"rpn": [1.0 + k % 3, 2.0, 3.0], "rcnn": [1.0, 2.0, k % 2 + 1.0]} for k in range(40)]
+    hook = RLO(interval=2, seed=3, actions=["avw", "uniform"], heads=["rpn"])
+    states = feed_heads(hook, rows)
+    assert {s.metrics["rlo_action"] for s in states[1:]} <= {0, 3}  # only the actions allowed
+    assert len(hook.probs) == 2 and sum(hook.probs) == pytest.approx(1)
+    assert hook.probs != [0.5, 0.5]  # rewarded along the way
+    assert set(hook.weights) == {"rpn"} and "level_weights" in states[-1].metrics  # rcnn: untouched
+    with pytest.raises(ValueError, match="actions"):
+        RLO(actions=["bold"])
+    with pytest.raises(ValueError, match="heads"):
+        AVW(heads=["fpn"])
+
+
 def test_state_round_trip_continues_identically():
     rows = [[float(i % 3), float(i % 5), 1.0 + i % 2] for i in range(12)]
     a = RLO(interval=3, seed=4)
