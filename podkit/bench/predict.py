@@ -105,6 +105,10 @@ def predict_images(
         "annotations": [],
     }
     (out / "images.json").write_text(json.dumps(coco_images, indent=1))
+    if per_image_json:
+        (out / "json").mkdir(exist_ok=True)
+    if draw:
+        (out / "drawn").mkdir(exist_ok=True)
     shown = 0
     for record, det, name in zip(records, detections, names, strict=True):
         keep = det["scores"] >= score_threshold
@@ -112,7 +116,6 @@ def predict_images(
         labels = det["labels"][keep].tolist()
         shown += len(boxes)
         if per_image_json:
-            (out / "json").mkdir(exist_ok=True)
             items = [
                 {"box": b, "score": s, "label": c, "class": classes[c]}
                 for b, s, c in zip(boxes, scores, labels, strict=True)
@@ -122,7 +125,6 @@ def predict_images(
                 json.dumps({**entry, "detections": items}, indent=1)
             )
         if draw:
-            (out / "drawn").mkdir(exist_ok=True)
             drawn = draw_detections(load_image(record.file), boxes, scores, labels, classes)
             drawn.save(out / "drawn" / name)
     return {

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from podkit.export import load
 from podkit.export.metadata import read_metadata
 from podkit.export.wrap import SIZE_MULTIPLE
 from podkit.models.output import DetectorOutput, rescale_detections
@@ -26,8 +27,6 @@ class ArtefactDetector:
     """`detector(images)` for an .onnx / .so / .engine file, with the record it carries."""
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
-        from podkit.export import load
-
         self.path = Path(path)
         self.record = read_metadata(self.path)
         if not self.record["nms"]:

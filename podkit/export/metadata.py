@@ -68,16 +68,15 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         except Exception as exc:  # protobuf's DecodeError and friends
             raise ValueError(f"{path}: not a readable ONNX file ({exc})") from None
         raw = {p.key: p.value for p in model.metadata_props}.get(KEY)
+        record = json.loads(raw) if raw is not None else None
     else:
         sidecar = Path(str(path) + SIDECAR)
-        raw = json.loads(sidecar.read_text()).get(KEY) if sidecar.is_file() else None
-        raw = json.dumps(raw) if raw is not None else None
-    if raw is None:
+        record = json.loads(sidecar.read_text()).get(KEY) if sidecar.is_file() else None
+    if record is None:
         raise ValueError(
             f"{path}: no podkit record (exported by an older podkit or another tool, or its "
             f"{SIDECAR} sidecar is missing): export it again with `podkit export`"
         )
-    record = json.loads(raw)
     missing = [
         k
         for k in ("config", "classes", "input_size", "dynamic", "nms", "outputs")

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from podkit.models.faster_rcnn import FasterRCNN
-from podkit.models.gsl import GlobalScaleConv, grid_sample_conv, set_image_extent
+from podkit.models.gsl import GlobalScaleConv, grid_sample_conv
 from podkit.models.retinanet import RetinaNet
 from podkit.models.rpn import flatten_level
 from podkit.ops import clip_boxes_to_image
@@ -163,9 +163,6 @@ class ExportWrapper(nn.Module):
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         size = (image.shape[-2], image.shape[-1])
-        # the input is one image, all of it: GSL pools over the whole map (no stale extent
-        # from an earlier padded batch)
-        set_image_extent(self.model.backbone, [], size)
         if isinstance(self.model, RetinaNet):
             return self._retinanet(image, size)
         return self._faster_rcnn(image, size)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from podkit.models.gsl import set_image_extent
+from podkit.models.gsl import image_extent
 from podkit.models.output import DetectorOutput, rescale_detections
 from podkit.models.roi_heads import RoIHeads
 from podkit.models.rpn import RPN
@@ -27,8 +27,8 @@ class FasterRCNN(nn.Module):
             images = ImageBatch.from_tensors(images)
         if self.training and targets is None:
             raise ValueError("FasterRCNN in training mode needs targets")
-        set_image_extent(self.backbone, images.sizes, tuple(images.tensor.shape[-2:]))
-        features = self.backbone(images.tensor)
+        with image_extent(self.backbone, images.sizes, tuple(images.tensor.shape[-2:])):
+            features = self.backbone(images.tensor)
         strides = self.backbone.strides
         proposals, rpn_losses, rpn_stats = self.rpn(features, strides, images.sizes, targets)
         detections, roi_losses, roi_stats = self.roi_heads(

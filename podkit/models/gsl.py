@@ -20,7 +20,9 @@ two agree exactly.)
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +55,7 @@ class GlobalScaleConv(nn.Module):
         nn.init.zeros_(self.scale_predictor.bias)
         self.last_scales: Tensor | None = None
         # (N, 2): the share of the input's height and width each image fills in a padded
-        # batch (set by the detector, `set_image_extent`); None: every image fills it
+        # batch, during the detector's backbone forward (`image_extent`); None: all of it
         self.image_extent: Tensor | None = None
 
     def scales(self, x: Tensor) -> Tensor:
@@ -146,7 +148,7 @@ def grid_sample_conv(
 def image_mean(x: Tensor, extent: Tensor | None) -> Tensor:
     """(N, C) mean of x (N, C, H, W) over each image's first ceil(extent * size) rows and
     columns: the image's own cells of a feature map computed from a padded batch."""
-    if extent is None or len(extent) != len(x):
+    if extent is None:
         return x.mean(dim=(2, 3))
     h, w = x.shape[-2:]
     rows = torch.ceil(extent[:, 0] * h - 1e-6).clamp(1, h)  # (N,)
@@ -157,18 +159,22 @@ def image_mean(x: Tensor, extent: Tensor | None) -> Tensor:
     return (x * mask).sum(dim=(2, 3)) / (rows * cols).to(x.dtype)[:, None]
 
 
-def set_image_extent(
+@contextlib.contextmanager
+def image_extent(
     module: nn.Module, sizes: list[tuple[int, int]], padded: tuple[int, int]
-) -> None:
-    """Tell every GSL conv in `module` the region each image of a padded batch fills."""
-    convs = gsl_convs(module)
-    if not convs:
-        return
-    extent = None
-    if any(tuple(s) != tuple(padded) for s in sizes):
+) -> Iterator[None]:
+    """While in the block, every GSL conv in `module` knows the region each image of a
+    padded batch fills; after it, none does (so no later call sees a stale extent)."""
+    convs = [conv for _, conv in gsl_convs(module)]
+    if convs and any(tuple(s) != tuple(padded) for s in sizes):
         extent = torch.tensor([[h / padded[0], w / padded[1]] for h, w in sizes])
-    for _, conv in convs:
-        conv.image_extent = None if extent is None else extent.to(conv.weight.device)
+        for conv in convs:
+            conv.image_extent = extent.to(conv.weight.device)
+    try:
+        yield
+    finally:
+        for conv in convs:
+            conv.image_extent = None
 
 
 def gsl_convs(model: nn.Module) -> list[tuple[str, GlobalScaleConv]]:

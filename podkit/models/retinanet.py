@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from podkit.config import RetinaNetConfig
-from podkit.models.gsl import set_image_extent
+from podkit.models.gsl import image_extent
 from podkit.models.output import (
     DetectorOutput,
     element_weights,
@@ -99,8 +99,8 @@ class RetinaNet(nn.Module):
             images = ImageBatch.from_tensors(images)
         if self.training and targets is None:
             raise ValueError("RetinaNet in training mode needs targets")
-        set_image_extent(self.backbone, images.sizes, tuple(images.tensor.shape[-2:]))
-        features = self.backbone(images.tensor)
+        with image_extent(self.backbone, images.sizes, tuple(images.tensor.shape[-2:])):
+            features = self.backbone(images.tensor)
         logits, deltas = self.head(features)
         anchors = self.anchor_generator(
             [f.shape[-2:] for f in features], self.backbone.strides, features[0].device

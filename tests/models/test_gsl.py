@@ -1,3 +1,4 @@
+import contextlib
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from podkit.models.gsl import (
     blend_conv,
     grid_sample_conv,
     gsl_convs,
-    set_image_extent,
+    image_extent,
     to_gsl,
 )
 
@@ -142,10 +143,11 @@ def test_scales_ignore_batch_padding():
     batch[0, :, :6, :10] = x[0]
     batch[1] = torch.rand(4, 12, 12)
     alone = conv.scales(x)
-    set_image_extent(conv, [(6, 10), (12, 12)], (12, 12))
-    assert torch.allclose(conv.scales(batch)[0], alone[0], atol=1e-6)
-    set_image_extent(conv, [(12, 12), (12, 12)], (12, 12))  # no padding: the plain mean
-    assert conv.image_extent is None
+    with image_extent(conv, [(6, 10), (12, 12)], (12, 12)):
+        assert torch.allclose(conv.scales(batch)[0], alone[0], atol=1e-6)
+    assert conv.image_extent is None  # nothing left behind for a later call
+    with image_extent(conv, [(12, 12), (12, 12)], (12, 12)):  # no padding: the plain mean
+        assert conv.image_extent is None
     assert not torch.allclose(conv.scales(batch)[0], alone[0], atol=1e-2)  # what padding did
 
 
@@ -167,9 +169,8 @@ def test_gsl_detector_scales_of_an_image_barely_move_in_a_padded_batch(monkeypat
         return torch.stack([conv.last_scales[0] for _, conv in gsl_convs(model)])
 
     alone, batched = scales([small]), scales([small, large])
-    monkeypatch.setattr(retinanet, "set_image_extent", lambda *args: None)
-    for _, conv in gsl_convs(model):  # the old pooling, over the whole padded map
-        conv.image_extent = None
+    # the old pooling, over the whole padded map
+    monkeypatch.setattr(retinanet, "image_extent", lambda *args: contextlib.nullcontext())
     unmasked = scales([small, large])
     moved, moved_unmasked = (batched - alone).abs().max(), (unmasked - alone).abs().max()
     assert moved < 0.1 * moved_unmasked, (moved, moved_unmasked)

@@ -73,7 +73,8 @@ def update_probs(
 
 
 class LossBalance(Hook):
-    """AVW (`policy="avw"`) or RLO (`policy="rlo"`) over every head with FPN levels.
+    """RLO over every head with FPN levels (`policy` "rlo": sample an action; the AVW
+    subclass's "avw": always a0).
 
     What the paper ablates is exposed: `top` (levels an action boosts, 2), `actions` (the set
     RLO samples from, all four by default) and `heads` (which heads are balanced: rpn, rcnn,
@@ -84,9 +85,10 @@ class LossBalance(Hook):
 
     name = "loss_balance"
 
+    policy = "rlo"
+
     def __init__(
         self,
-        policy: str = "rlo",
         interval: int = 50,
         lam: float = 1.5,
         gamma: float = 0.01,
@@ -95,8 +97,6 @@ class LossBalance(Hook):
         actions: list[str] | None = None,
         heads: list[str] | None = None,
     ) -> None:
-        if policy not in ("avw", "rlo"):
-            raise ValueError(f"loss balance policy must be avw or rlo, got {policy!r}")
         if interval < 2:
             raise ValueError("loss balance: interval must be >= 2 (a variance needs two losses)")
         if not isinstance(top, int) or top < 1:
@@ -112,7 +112,7 @@ class LossBalance(Hook):
             raise ValueError(
                 f"loss balance: heads must be a non-empty subset of {HEADS}, got {heads}"
             )
-        self.policy, self.interval, self.lam, self.gamma = policy, interval, lam, gamma
+        self.interval, self.lam, self.gamma = interval, lam, gamma
         self.top, self.balanced = top, heads
         self.actions = [ACTIONS.index(a) for a in actions]  # RLO samples among these
         self.rng = random.Random(seed)
@@ -225,25 +225,16 @@ class LossBalance(Hook):
 
 
 class AVW(LossBalance):
+    """AVW alone: always action a0, so RLO's gamma, seed and actions do not apply."""
+
     name = "avw"
+    policy = "avw"
 
     def __init__(
         self, interval: int = 50, lam: float = 1.5, top: int = 2, heads: list[str] | None = None
     ) -> None:
-        super().__init__("avw", interval, lam, top=top, heads=heads)
+        super().__init__(interval, lam, top=top, heads=heads)
 
 
 class RLO(LossBalance):
     name = "rlo"
-
-    def __init__(
-        self,
-        interval: int = 50,
-        lam: float = 1.5,
-        gamma: float = 0.01,
-        seed: int = 0,
-        top: int = 2,
-        actions: list[str] | None = None,
-        heads: list[str] | None = None,
-    ) -> None:
-        super().__init__("rlo", interval, lam, gamma, seed, top, actions, heads)
