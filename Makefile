@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 	$(BIN)/ruff check podkit tests bench
 	$(BIN)/ruff format --check podkit tests bench
 	$(BIN)/python -m pytest tests
+
+# on a CUDA machine, with its own CUDA torch on PATH (not the CPU venv): bench/gpu_check.sh
+gpu-check:
+	bash bench/gpu_check.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix podkit tests bench

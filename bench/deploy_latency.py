@@ -6,6 +6,11 @@ Writes three checkpoints (GSL at fractional scales like learned ones, FD decompo
 with weight transfer, as bench/pod_speed.py), then `podkit bench latency` on them. Targets
 (issue 5): FD / baseline <= 1.03 on onnxruntime and TVM; onnxruntime <= 0.9x torch eager;
 TVM after tuning vs onnxruntime and vs the measured matmul peak.
+
+INT8 (issue 14): `--precision fp32,int8 --backend onnxruntime --models baseline,FD
+--calib-data data/scale` calibrates on that COCO set's training images (the weights are
+untrained: the figure is the speed; AP is measured on a trained model, docs/benchmarks.md).
+On a GPU: `--device cuda --backend torch,torch-compile,onnxruntime,tensorrt` (gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pod_speed import build_three  # noqa: E402
 
 from podkit.bench.latency import LatencyOptions, plot, run_latency, to_markdown  # noqa: E402
-from podkit.config import Config, to_dict  # noqa: E402
+from podkit.config import Config, DatasetConfig, to_dict  # noqa: E402
 from podkit.models import ModelConfig, tiny_model_config  # noqa: E402
 from podkit.models.checkpoint import save_checkpoint  # noqa: E402
 
@@ -40,6 +45,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/deploy"))
     parser.add_argument("--models", default="baseline,GSL,FD", help="which of the three")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", help="comma list: fp32,fp16,int8")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--calib", type=int, default=64)
+    parser.add_argument("--calib-data", type=Path, help="COCO folder (annotations/train.json)")
     args = parser.parse_args()
     model_cfg = (
         tiny_model_config(args.arch, 10)
@@ -53,19 +63,31 @@ def main() -> None:
         if name not in args.models.split(","):
             continue
         cfg = Config(model=copy.deepcopy(model_cfg))
+        if args.calib_data is not None:  # INT8 calibration draws from data.train
+            cfg.data.train = DatasetConfig(
+                format="coco",
+                ann=str(args.calib_data / "annotations" / "train.json"),
+                images=str(args.calib_data / "train"),
+            )
+            cfg.data.test_min_size = cfg.data.max_size = args.size
         cfg.model.gsl = name == "GSL"
         cfg.model.fd_plan = plan if name == "FD" else None
         path = args.out / f"{name.lower()}.pt"
         save_checkpoint({"model": model.state_dict(), "config": to_dict(cfg)}, path)
         paths.append(path)
-    torch.set_num_threads(args.threads)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
     opts = LatencyOptions(
         input_size=(args.size, args.size),
         iters=args.iters,
-        threads=args.threads,
+        threads=args.threads if args.device == "cpu" else None,
         tune_trials=args.tune_trials,
         cache_dir=args.out / "cache",
         tune_db=args.out / "tvm_db",
+        device=args.device,
+        precisions=args.precision.split(","),
+        batch=args.batch,
+        calib=args.calib,
     )
     report = run_latency(paths, args.backend.split(","), opts, print)
     (args.out / "report.json").write_text(json.dumps(report, indent=2))

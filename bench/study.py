@@ -51,17 +51,23 @@ ARMS = {
     "frcnn_drcnn": Arm("frcnn_dynamic_rcnn", "faster_rcnn_fpn", [{"name": "dynamic_rcnn"}]),
     "retina": Arm("retinanet_baseline", "retinanet"),
     "retina_dst": Arm("retinanet_dst", "retinanet", [{"name": "dst", "tau": "auto"}]),
+    # interval 10: 120 weight updates in 1200 iterations (the paper's alpha of 50 gives 24)
+    "retina_avw": Arm("retinanet_avw", "retinanet", [{"name": "avw", "interval": 10}]),
+    "retina_rlo": Arm("retinanet_rlo", "retinanet", [{"name": "rlo", "interval": 10}]),
 }
 # study: (its arms, baseline first; the metrics the papers judge it on)
 STUDIES = {
     "dst": (("frcnn", "frcnn_ms", "frcnn_dst", "retina", "retina_dst"), ("APs", "AP")),
     "dynamic_rcnn": (("frcnn", "frcnn_drcnn"), ("AP80", "AP90", "AP")),
+    "loss_balance": (("retina", "retina_avw", "retina_rlo"), ("AP", "APs", "APl")),
 }
 BASELINES = {
     "frcnn_ms": "frcnn",
     "frcnn_dst": "frcnn",
     "frcnn_drcnn": "frcnn",
     "retina_dst": "retina",
+    "retina_avw": "retina",
+    "retina_rlo": "retina",
 }
 
 
@@ -109,6 +115,10 @@ def summarise(run: Path) -> dict:
     if any("dst_collage" in r for r in log):  # logged every log_every iterations
         out["collage_fraction"] = statistics.mean(r["dst_collage"] for r in log)
         out["dst_tau"] = log[-1].get("dst_tau")
+    if any("rlo_probs" in r for r in log):  # interval 10 = log_every: one line per action
+        actions = [r["rlo_action"] for r in log if r.get("rlo_action") is not None]
+        out["rlo_action_counts"] = {a: actions.count(a) for a in sorted(set(actions))}
+        out["rlo_final_probs"] = log[-1]["rlo_probs"]
     if any("iou_threshold" in r for r in log):
         out["final_iou_threshold"] = log[-1]["iou_threshold"]
         out["final_beta"] = log[-1]["beta"]
@@ -190,6 +200,8 @@ def _extra(runs: list[dict]) -> str:
         for k in keys
         if k in runs[0]
     ]
+    parts += [f"{k} {[r[k] for r in runs]}" for k in ("rlo_action_counts", "rlo_final_probs")
+              if k in runs[0]]  # fmt: skip
     parts.append(f"s/iter {statistics.mean(r['seconds_per_iter'] for r in runs):.2f}")
     return ", ".join(parts)
 

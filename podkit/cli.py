@@ -357,8 +357,13 @@ def export(
         True, "--nms/--no-nms", help="Post-processing in the graph, or raw outputs."
     ),
     fp16: bool = typer.Option(
-        False, "--fp16", help="TensorRT: build an FP16 engine (other targets refuse it)."
+        False, "--fp16", help="ONNX / TensorRT: half precision (for GPUs), I/O stays float32."
     ),
+    int8: bool = typer.Option(
+        False, "--int8", help="ONNX / TensorRT: INT8 QDQ, calibrated on training images."
+    ),
+    calib: int = typer.Option(64, "--calib", help="--int8: calibration images (training set)."),
+    batch: int = typer.Option(1, "--batch", help="Images per call (NMS per image)."),
     check: bool = typer.Option(
         True, "--check/--no-check", help="Compare with PyTorch after export."
     ),
@@ -373,9 +378,12 @@ def export(
     from podkit.export import export_checkpoint
 
     check_writable(out)
+    if fp16 and int8:
+        raise ValueError("--fp16 and --int8: choose one precision")
+    precision = "fp16" if fp16 else "int8" if int8 else "fp32"
     report = export_checkpoint(
-        checkpoint, target, out, parse_size(input_size), dynamic, nms, fp16, check,
-        check_only, device, tune_trials, tune_db, log=console.print,
+        checkpoint, target, out, parse_size(input_size), dynamic, nms, precision, check,
+        check_only, device, tune_trials, tune_db, log=console.print, batch=batch, calib=calib,
     )  # fmt: skip
     if check_only:
         raise typer.Exit(1 if report["audit"] else 0)
@@ -466,6 +474,11 @@ def bench_latency(
     set_: list[str] = typer.Option(
         [], "--set", help="With --data: override the saved config, e.g. --set data.val.ann=..."
     ),
+    precision: str = typer.Option(
+        "fp32", help="Comma list of fp32, fp16, int8 (onnxruntime and tensorrt artefacts)."
+    ),
+    batch: int = typer.Option(1, "--batch", help="Images per call (static batch export)."),
+    calib: int = typer.Option(64, "--calib", help="INT8 calibration images."),
 ) -> None:
     """Latency of each checkpoint on each backend, timed side by side, with ratios (and, with
     --data, the AP each artefact keeps)."""
@@ -482,6 +495,8 @@ def bench_latency(
         device=device, tune_trials=tune_trials, tune_db=tune_db, cache_dir=cache_dir,
         check=check, labels=labels.split(",") if labels else [], baseline=baseline,
         accuracy=data, max_ap_drop=max_ap_drop, eval_overrides=list(set_),
+        precisions=[p.strip() for p in precision.split(",") if p.strip()], batch=batch,
+        calib=calib,
     )  # fmt: skip
     with Progress(console=console) as progress:
         task = progress.add_task("timing", total=iters)

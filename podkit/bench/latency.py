@@ -17,12 +17,14 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import product
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from podkit.export import (
+    PRECISIONS,
     TARGETS,
     BackendUnavailable,
     ParityError,
@@ -35,6 +37,7 @@ from podkit.export import load as load_artefact
 
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "tvm", "tensorrt")
 TARGET_OF = {"onnxruntime": "onnx", "tvm": "tvm", "tensorrt": "tensorrt"}
+REDUCED_PRECISION = ("onnxruntime", "tensorrt")  # the backends that take fp16 / int8 files
 
 
 @dataclass
@@ -53,6 +56,9 @@ class LatencyOptions:
     accuracy: bool = False  # also score every pair on the config's data.val
     max_ap_drop: float = 0.5  # an artefact losing more AP than this against its checkpoint
     eval_overrides: list[str] = field(default_factory=list)
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])  # artefact backends
+    batch: int = 1  # images per call; latency is also reported per image
+    calib: int = 64  # INT8 calibration images
 
 
 def checkpoint_hash(path: Path) -> str:
@@ -112,15 +118,18 @@ def prepare(
     opts: LatencyOptions,
     cache: Path,
     log: Callable[[str], None],
+    precision: str = "fp32",
 ) -> tuple[Runner, dict]:
-    """A runner for one (checkpoint, backend). Artefacts live in `cache` (one folder per
-    checkpoint, size and device): one ONNX export serves every backend, TVM libraries are
-    kept per tuning budget, and an artefact already there is timed without re-exporting."""
+    """A runner for one (checkpoint, backend, precision). Artefacts live in `cache` (one
+    folder per checkpoint, size, batch and device): one ONNX export serves every backend, TVM
+    libraries are kept per tuning budget, and an artefact already there is timed without
+    re-exporting."""
     if backend in ("torch", "torch-compile"):
         return torch_runner(wrapper, opts.device, compile=backend == "torch-compile"), {}
     target = TARGET_OF[backend]
     onnx_path = cache / "model.onnx"
     name = f"model_t{opts.tune_trials}" if target == "tvm" else "model"
+    name += "" if precision == "fp32" else f"_{precision}"
     path = cache / f"{name}{TARGETS[target]}"
     info: dict = {}
     if not path.is_file():
@@ -136,6 +145,9 @@ def prepare(
                 tune_db=opts.tune_db or opts.cache_dir / "tvm_tuning_db",
                 log=log,
                 onnx_path=onnx_path,
+                precision=precision,
+                batch=opts.batch,
+                calib=opts.calib,
             )
             info["parity"] = "ok" if opts.check else "not checked"
             if "tuning" in report.get("tvm", {}):
@@ -160,6 +172,9 @@ def run_latency(
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise ValueError(f"unknown backend {unknown[0]!r}: choose from {', '.join(BACKENDS)}")
+    wrong = [p for p in opts.precisions if p not in PRECISIONS]
+    if wrong or not opts.precisions:
+        raise ValueError(f"--precision {wrong}: choose from {', '.join(PRECISIONS)}")
     labels = opts.labels or [model_label(Path(c)) for c in checkpoints]
     if len(labels) != len(checkpoints) or len(set(labels)) != len(labels):
         raise ValueError(f"need one distinct label per checkpoint, got {labels}")
@@ -169,7 +184,7 @@ def run_latency(
     threads = opts.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
-    image = sample_image(opts.input_size)
+    image = sample_image(opts.input_size, batch=opts.batch)
     from podkit.export.wrap import ExportWrapper
     from podkit.models.checkpoint import load_detector
 
@@ -178,22 +193,25 @@ def run_latency(
         model, _, _, _ = load_detector(ckpt)
         wrapper = ExportWrapper(model.cpu())
         h, w = opts.input_size
-        cache = opts.cache_dir / f"{checkpoint_hash(Path(ckpt))}_{h}x{w}_{opts.device}"
+        batch = "" if opts.batch == 1 else f"_b{opts.batch}"
+        cache = opts.cache_dir / f"{checkpoint_hash(Path(ckpt))}_{h}x{w}{batch}_{opts.device}"
         models[label] = {
             "checkpoint": str(ckpt),
-            "gflops": count_flops(wrapper, image) / 1e9,
+            "gflops": count_flops(wrapper, image[:1]) / 1e9,  # per image
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
             "weights_mb": sum(v.numel() * v.element_size() for v in model.state_dict().values())
             / 1e6,
         }
-        for backend in backends:
+        for backend, precision in product(backends, opts.precisions):
+            if precision != "fp32" and backend not in REDUCED_PRECISION:
+                continue  # PyTorch and TVM run the FP32 model only
             try:
-                runner, info = prepare(Path(ckpt), wrapper, backend, opts, cache, log)
+                runner, info = prepare(Path(ckpt), wrapper, backend, opts, cache, log, precision)
             except BackendUnavailable as exc:
                 unavailable.append({"model": label, "backend": backend, "reason": str(exc)})
                 log(f"{label} / {backend}: unavailable: {exc}")
                 continue
-            pairs.append((label, backend, runner, info))
+            pairs.append((label, backend, runner, info | {"precision": precision}))
     sync = [getattr(r, "sync", None) or (lambda: None) for _, _, r, _ in pairs]
     for (_, _, runner, _), s in zip(pairs, sync, strict=True):
         for _ in range(opts.warmup):
@@ -216,20 +234,22 @@ def run_latency(
                 "model": label,
                 "backend": backend,
                 "input": list(opts.input_size),
+                "batch": opts.batch,
                 "median_ms": median,
                 "p90_ms": float(np.percentile(ms, 90)),
                 "min_ms": min(ms),
+                "per_image_ms": median / opts.batch,
                 "gflops": models[label]["gflops"],
                 "params_m": models[label]["params_m"],
-                "gflops_per_s": models[label]["gflops"] / (median / 1e3),
+                "gflops_per_s": models[label]["gflops"] * opts.batch / (median / 1e3),
                 **info,
             }
         )
     if opts.accuracy:
         add_accuracy(results, models, opts, log)
-    by_pair = {(r["model"], r["backend"]): r["median_ms"] for r in results}
+    by_pair = {(r["model"], r["backend"], r["precision"]): r["median_ms"] for r in results}
     for r in results:
-        base = by_pair.get((baseline, r["backend"]))
+        base = by_pair.get((baseline, r["backend"], r["precision"]))
         r["ratio_vs_baseline"] = r["median_ms"] / base if base else None
     return {
         "device": _device_name(opts.device),
@@ -273,7 +293,7 @@ def add_accuracy(results: list[dict], models: dict, opts: LatencyOptions, log) -
 def accuracy_failures(report: dict) -> list[str]:
     """The pairs whose AP fell more than max_ap_drop below their checkpoint's."""
     return [
-        f"{r['model']} / {r['backend']}: AP {r['ap_delta']:+.1f} against its checkpoint"
+        f"{r['model']} / {_group(r)}: AP {r['ap_delta']:+.1f} against its checkpoint"
         for r in report["results"]
         if r.get("ap_flag")
     ]
@@ -282,7 +302,8 @@ def accuracy_failures(report: dict) -> list[str]:
 def to_markdown(report: dict) -> str:
     lines = [
         f"Device: {report['device']}, {report['threads']} threads; {report['iters']} timed "
-        f"calls per pair after {report['warmup']} warm-up, interleaved; batch 1.",
+        f"calls per pair after {report['warmup']} warm-up, interleaved; batch "
+        f"{report['results'][0]['batch'] if report['results'] else 1} (per image: ms / batch).",
     ]
     if report.get("peak_gflops"):
         lines.append(f"Measured float32 matmul peak: {report['peak_gflops']:.0f} GFLOP/s.")
@@ -290,15 +311,16 @@ def to_markdown(report: dict) -> str:
     extra = " size MB | AP | AP50 | AP vs ckpt |" if scored else ""
     lines += [
         "",
-        f"| model | backend | input | median ms | p90 ms | min ms | x {report['baseline']} "
-        f"| GFLOPs | params (M) | GFLOP/s |{extra}",
-        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (4 if scored else 0),
+        f"| model | backend | precision | input | median ms | p90 ms | min ms | per image ms "
+        f"| x {report['baseline']} | GFLOPs | params (M) | GFLOP/s |{extra}",
+        "|---" * 12 + "|" + "---|" * (4 if scored else 0),
     ]
     for r in report["results"]:
         ratio = "-" if r["ratio_vs_baseline"] is None else f"{r['ratio_vs_baseline']:.3f}"
         row = (
-            f"| {r['model']} | {r['backend']} | {r['input'][0]}x{r['input'][1]} | "
-            f"{r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['min_ms']:.1f} | {ratio} | "
+            f"| {r['model']} | {r['backend']} | {r['precision']} | "
+            f"{r['input'][0]}x{r['input'][1]} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
+            f"{r['min_ms']:.1f} | {r['per_image_ms']:.1f} | {ratio} | "
             f"{r['gflops']:.2f} | {r['params_m']:.2f} | {r['gflops_per_s']:.1f} |"
         )
         if scored:
@@ -322,6 +344,12 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _group(result: dict) -> str:
+    """A backend and, when reduced, its precision: `onnxruntime int8`."""
+    precision = result.get("precision", "fp32")
+    return result["backend"] + ("" if precision == "fp32" else f" {precision}")
+
+
 def plot(report: dict, path: str | Path) -> None:
     """Grouped bars: median latency per model, one group per backend, p90 as error bars."""
     import matplotlib
@@ -329,7 +357,7 @@ def plot(report: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    backends = list(dict.fromkeys(r["backend"] for r in report["results"]))
+    backends = list(dict.fromkeys(_group(r) for r in report["results"]))
     models = list(dict.fromkeys(r["model"] for r in report["results"]))
     width = 0.8 / max(len(models), 1)
     scored = "max_ap_drop" in report
@@ -338,7 +366,7 @@ def plot(report: dict, path: str | Path) -> None:
     )
     ax = axes[0] if scored else axes
     for i, model in enumerate(models):
-        rows = {r["backend"]: r for r in report["results"] if r["model"] == model}
+        rows = {_group(r): r for r in report["results"] if r["model"] == model}
         xs = [b + (i - (len(models) - 1) / 2) * width for b in range(len(backends))]
         med = [rows[b]["median_ms"] if b in rows else 0 for b in backends]
         err = [rows[b]["p90_ms"] - rows[b]["median_ms"] if b in rows else 0 for b in backends]
@@ -348,15 +376,15 @@ def plot(report: dict, path: str | Path) -> None:
         ax.set_yscale("log")
     ax.set_xticks(range(len(backends)), backends)
     ax.set_ylabel("latency, ms (median, bar to p90)")
-    ax.set_title(f"batch 1, {report['results'][0]['input'][0]}x{report['results'][0]['input'][1]}"
+    ax.set_title(f"batch {report['results'][0]['batch']}, {report['results'][0]['input'][0]}x{report['results'][0]['input'][1]}"
                  f" - {report['device']}", fontsize=9)  # fmt: skip
     ax.legend(fontsize=8)
     if scored:  # what each deployment costs against what it keeps
         markers = dict(zip(backends, "osD^v<>", strict=False))
         for i, model in enumerate(models):
             for r in (r for r in report["results"] if r["model"] == model):
-                axes[1].scatter(r["median_ms"], r["AP"], color=f"C{i}", marker=markers[r["backend"]],
-                                label=f"{model} / {r['backend']}")  # fmt: skip
+                axes[1].scatter(r["median_ms"], r["AP"], color=f"C{i}", marker=markers[_group(r)],
+                                label=f"{model} / {_group(r)}")  # fmt: skip
         axes[1].set_xlabel("latency, ms (median)")
         axes[1].set_ylabel("AP on data.val")
         axes[1].legend(fontsize=6)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-# A loaded artefact: (1, 3, H, W) float32 image in [0, 1] -> the wrapper's outputs, in order.
+# A loaded artefact: (N, 3, H, W) float32 images in [0, 1] -> the wrapper's outputs, in order.
 Runner = Callable[[np.ndarray], list[np.ndarray]]
 
 MISSING_TVM = "TVM is not installed: pip install 'apache-tvm>=0.27' 'apache-tvm-ffi==0.1.14.post1'"
@@ -27,9 +27,10 @@ def compare_outputs(
     """Compare a backend's outputs with PyTorch's on the same input.
 
     Raw tensors: max |a - b| / max(1, |a|) <= raw_tol (absolute for small values, relative
-    for large). Detections (`num_detections` present): same count, labels and order, boxes
-    within box_tol pixels; two detections whose scores differ by < 1e-5 may swap places
-    (a tie that float rounding orders either way), and are counted as `reordered_ties`.
+    for large). Detections (`num_detections` present), per image of the batch: same count,
+    labels and order, boxes within box_tol pixels; two detections whose scores differ by
+    < 1e-5 may swap places (a tie that float rounding orders either way), and are counted
+    as `reordered_ties`.
     Returns the figures with `ok`.
     """
     got = dict(zip(names, outputs, strict=True))
@@ -46,7 +47,30 @@ def compare_outputs(
                 worst = max(worst, float((np.abs(a - b) / np.maximum(1.0, np.abs(a))).max()))
         report.update(max_rel_error=worst, ok=worst <= raw_tol)
         return report
-    n_ref, n_got = int(ref["num_detections"][0]), int(got["num_detections"][0])
+    per_image = [
+        _compare_detections(
+            {k: v[i] for k, v in ref.items()}, {k: v[i] for k, v in got.items()}, box_tol
+        )  # fmt: skip
+        for i in range(len(ref["num_detections"]))
+    ]
+    for i, item in enumerate(per_image):
+        if not item["ok"]:
+            prefix = f"image {i}: " if len(per_image) > 1 else ""
+            return {**item, "error": prefix + item["error"]}
+    report.update(
+        detections=sum(r["detections"] for r in per_image),
+        backend_detections=sum(r["backend_detections"] for r in per_image),
+        max_box_error=max(r["max_box_error"] for r in per_image),
+        max_score_error=max(r["max_score_error"] for r in per_image),
+        reordered_ties=sum(r["reordered_ties"] for r in per_image),
+    )
+    return report
+
+
+def _compare_detections(ref: dict, got: dict, box_tol: float) -> dict:
+    """One image's detections (see compare_outputs)."""
+    report: dict = {"ok": True}
+    n_ref, n_got = int(ref["num_detections"]), int(got["num_detections"])
     report.update(detections=n_ref, backend_detections=n_got)
     if n_ref != n_got:
         report.update(ok=False, error=f"{n_got} detections vs PyTorch {n_ref}")

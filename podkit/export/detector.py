@@ -2,8 +2,9 @@
 
 Evaluation and prediction call a checkpoint's model and an artefact the same way, so an
 artefact is scored with the very loader, resizing and COCO code a checkpoint is (one path).
-Each image of the batch is cropped out of the padding and fed alone (the artefacts take one
-image): padded to a multiple of 32 for a dynamic artefact, to its input size for a static one.
+Each image of the batch is cropped out of the padding and fed in groups of the artefact's own
+batch (blank images fill the last group): padded to a multiple of 32 for a dynamic artefact,
+to its input size for a static one.
 An image larger than a static input is first scaled down to fit it (counted in `downscaled`:
 its detections then differ from the checkpoint's at the config's test size).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -21,6 +23,30 @@ from podkit.export.wrap import SIZE_MULTIPLE
 from podkit.models.output import DetectorOutput, rescale_detections
 from podkit.ops import clip_boxes_to_image
 from podkit.ops.image_batch import ImageBatch
+
+
+def artefact_input(
+    image: torch.Tensor, input_size: tuple[int, int] | None
+) -> tuple[np.ndarray, tuple[int, int], bool]:
+    """One (3, h, w) image as an artefact is fed: scaled down to fit a static `input_size`
+    (aspect kept) when larger, then zero-padded to it, or for a dynamic artefact (None) to
+    multiples of 32. Returns the (1, 3, H, W) float32 array, the size of the image inside
+    it, and whether it was scaled down."""
+    h, w = image.shape[-2:]
+    downscaled = False
+    if input_size is not None:
+        scale = min(input_size[0] / h, input_size[1] / w)
+        if scale < 1:
+            downscaled = True
+            h, w = max(1, int(h * scale)), max(1, int(w * scale))
+            image = F.interpolate(image[None], (h, w), mode="bilinear", antialias=True)[0]
+        height, width = input_size
+    else:
+        # the export's smallest side is two blocks (check_input_size)
+        height = max(2, -(-h // SIZE_MULTIPLE)) * SIZE_MULTIPLE
+        width = max(2, -(-w // SIZE_MULTIPLE)) * SIZE_MULTIPLE
+    padded = F.pad(image, (0, width - w, 0, height - h))
+    return padded[None].contiguous().numpy(), (int(h), int(w)), downscaled
 
 
 class ArtefactDetector:
@@ -35,51 +61,46 @@ class ArtefactDetector:
                 "need the detections; export it again without --no-nms"
             )
         self.input_size = None if self.record["dynamic"] else tuple(self.record["input_size"])
+        self.batch = int(self.record.get("batch", 1))
         self.run = load(self.path, device, threads)
         self.downscaled = 0
 
     def __call__(self, images: ImageBatch) -> DetectorOutput:
-        detections, fed_sizes = [], []
+        arrays, fed_sizes = [], []
         for tensor, (h, w) in zip(images.tensor.cpu(), images.sizes, strict=True):
-            image = tensor[:, :h, :w]
-            if self.input_size is not None:
-                image = self._fit(image)
-            fed_sizes.append((int(image.shape[-2]), int(image.shape[-1])))
-            outputs = dict(zip(self.record["outputs"], self.run(self._pad(image)), strict=True))
-            n = int(outputs["num_detections"].reshape(-1)[0])
-            # a padded input lets boxes reach into the padding: clip them to the image, as the
-            # model clips to each image's size
-            boxes = clip_boxes_to_image(
-                torch.from_numpy(outputs["boxes"][:n]).float(), fed_sizes[-1]
-            )
-            detections.append(
-                {
-                    "boxes": boxes,
-                    "scores": torch.from_numpy(outputs["scores"][:n]).float(),
-                    "labels": torch.from_numpy(outputs["labels"][:n]).long(),
-                }
-            )
+            array, fed_size, downscaled = artefact_input(tensor[:, :h, :w], self.input_size)
+            self.downscaled += downscaled
+            arrays.append(array)
+            fed_sizes.append(fed_size)
+        detections = []
+        for first in range(0, len(arrays), self.batch):
+            outputs = dict(zip(self.record["outputs"], self.run(self._stack(arrays[first : first + self.batch])), strict=True))  # fmt: skip
+            for k, fed_size in enumerate(fed_sizes[first : first + self.batch]):
+                detections.append(_image_detections(outputs, k, fed_size))
         fed = ImageBatch(images.tensor, fed_sizes, images.original_sizes)
         return DetectorOutput(detections=rescale_detections(detections, fed))
 
-    def _fit(self, image: torch.Tensor) -> torch.Tensor:
-        """Scale an image larger than the static input down to fit it (aspect kept)."""
-        h, w = image.shape[-2:]
-        scale = min(self.input_size[0] / h, self.input_size[1] / w)
-        if scale >= 1:
-            return image
-        self.downscaled += 1
-        size = (max(1, int(h * scale)), max(1, int(w * scale)))
-        return F.interpolate(image[None], size, mode="bilinear", antialias=True)[0]
+    def _stack(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """One input of the artefact's batch: the images padded to a common size (a dynamic
+        artefact's may differ), and blank images after the last one."""
+        height = max(a.shape[2] for a in arrays)
+        width = max(a.shape[3] for a in arrays)
+        batch = np.zeros((self.batch, 3, height, width), np.float32)
+        for k, a in enumerate(arrays):
+            batch[k, :, : a.shape[2], : a.shape[3]] = a[0]
+        return batch
 
-    def _pad(self, image: torch.Tensor):
-        """(1, 3, H, W) float32 array: zero padding to the input size, as a batch of one is."""
-        h, w = image.shape[-2:]
-        if self.input_size is not None:
-            height, width = self.input_size
-        else:
-            # the export's smallest side is two blocks (check_input_size)
-            height = max(2, -(-h // SIZE_MULTIPLE)) * SIZE_MULTIPLE
-            width = max(2, -(-w // SIZE_MULTIPLE)) * SIZE_MULTIPLE
-        padded = F.pad(image, (0, width - w, 0, height - h))
-        return padded[None].contiguous().numpy()
+
+def _image_detections(outputs: dict, k: int, fed_size: tuple[int, int]) -> dict:
+    """Image k's detections from the padded (N, D, ...) outputs and the counts (N,)."""
+    if outputs["boxes"].ndim == 2:  # an artefact from before batches: (D, 4), count (1,)
+        outputs = {name: value[None] for name, value in outputs.items()}
+    n = int(outputs["num_detections"].reshape(-1)[k])
+    # a padded input lets boxes reach into the padding: clip them to the image, as the model
+    # clips to each image's size
+    boxes = clip_boxes_to_image(torch.from_numpy(outputs["boxes"][k, :n]).float(), fed_size)
+    return {
+        "boxes": boxes,
+        "scores": torch.from_numpy(outputs["scores"][k, :n]).float(),
+        "labels": torch.from_numpy(outputs["labels"][k, :n]).long(),
+    }

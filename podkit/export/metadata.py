@@ -1,8 +1,8 @@
 """What an artefact carries so that it can be scored and run without its checkpoint.
 
 The record (`podkit` key): the checkpoint's config (data, sizes, thresholds), the class names,
-the input size and whether it is dynamic, whether NMS is in the graph, and the output names
-in order. An ONNX file holds it in its `metadata_props`; a TVM library or a TensorRT engine
+the input size and whether it is dynamic, the batch it takes, its precision (fp32, fp16,
+int8), whether NMS is in the graph, and the output names in order. An ONNX file holds it in its `metadata_props`; a TVM library or a TensorRT engine
 in the JSON sidecar beside it (`ARTEFACT.json`, the file TVM's interface is written to).
 """
 
@@ -24,6 +24,8 @@ def artefact_record(
     nms: bool,
     outputs: list[str],
     max_detections: int,
+    batch: int = 1,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     return {
         "checkpoint": str(Path(checkpoint).resolve()),
@@ -34,6 +36,8 @@ def artefact_record(
         "nms": nms,
         "outputs": outputs,
         "max_detections": max_detections,
+        "batch": batch,
+        "precision": precision,
     }
 
 

@@ -30,27 +30,28 @@ def export(
     nms: bool = True,
     opset: int = 18,
     max_detections: int = 100,
+    batch: int = 1,
 ) -> ExportWrapper:
-    """Write `model` (wrapped: one image in, flat tensors out) to `path`; checked by onnx.checker.
-
-    `dynamic` makes height and width free (multiples of 32, 64 to 2048).
-    """
+    """Write `model` (wrapped: `batch` images in, flat tensors out) to `path`; checked by
+    onnx.checker. `dynamic` makes height and width free (multiples of 32, 64 to 2048)."""
     import onnx
 
     if not 17 <= opset <= 19:
         raise ValueError(f"opset {opset}: podkit exports with opset 17-19 (see BACKENDS.md)")
     check_input_size(*input_size)
     wrapper = ExportWrapper(model.cpu().eval(), nms=nms, max_detections=max_detections)
-    example = torch.rand(1, 3, *input_size)
+    if batch < 1 or (batch > 1 and not nms):
+        raise ValueError(f"--batch {batch}: at least 1, and raw outputs (--no-nms) need batch 1")
+    example = torch.rand(batch, 3, *input_size)
     dynamic_shapes = None
     if dynamic:
         # trace where every level (down to P7, stride 128) has > 1 row and column: a size-1
         # dimension would be specialised as a broadcast and break larger inputs
-        example = torch.rand(1, 3, max(input_size[0], 288), max(input_size[1], 320))
+        example = torch.rand(batch, 3, max(input_size[0], 288), max(input_size[1], 320))
         blocks = MAX_DYNAMIC_SIDE // SIZE_MULTIPLE
         h = SIZE_MULTIPLE * torch.export.Dim("height_blocks", min=2, max=blocks)
         w = SIZE_MULTIPLE * torch.export.Dim("width_blocks", min=2, max=blocks)
-        dynamic_shapes = {"image": {2: h, 3: w}}
+        dynamic_shapes = {"images": {2: h, 3: w}}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the exporter logs that torchvision's ops are not registered (podkit has its own)

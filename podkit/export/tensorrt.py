@@ -98,12 +98,17 @@ def export(
     onnx_path: str | Path,
     out: str | Path,
     input_size: tuple[int, int],
-    fp16: bool = False,
+    precision: str = "fp32",
     max_size: tuple[int, int] | None = None,
     workspace_gib: float = 4.0,
+    batch: int = 1,
 ) -> dict:
     """Build a serialized engine from the ONNX file; `max_size` adds a dynamic-size profile
-    (min 64x64, opt `input_size`, max `max_size`). Writes `out` and `out.json`."""
+    (min 64x64, opt `input_size`, max `max_size`). Writes `out` and `out.json`.
+
+    Precision: an INT8 file carries its Q/DQ nodes and an FP16 file its half-precision
+    weights (precision.py); TensorRT 11 builds what the file says (strong typing is its only
+    mode), TensorRT 10 also needs the builder flag that allows the precision."""
     problems = audit(onnx_path)
     if problems:
         raise ValueError(f"{onnx_path}: TensorRT would reject it: " + "; ".join(problems))
@@ -119,17 +124,12 @@ def export(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
     major = int(trt.__version__.split(".")[0])
-    if fp16:
-        if major >= 11:  # weak typing is gone: precision comes from the ONNX file itself
-            raise ValueError(
-                "TensorRT >= 11 takes FP16 from a mixed-precision ONNX file "
-                "(modelopt.onnx.autocast.convert_to_mixed_precision), not from a builder flag"
-            )
-        config.set_flag(trt.BuilderFlag.FP16)
+    if major < 11 and precision != "fp32":  # 11 removed the flags: the file's types rule
+        config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.INT8)
     name = network.get_input(0).name
     if max_size is not None:
         profile = builder.create_optimization_profile()
-        profile.set_shape(name, (1, 3, 64, 64), (1, 3, *input_size), (1, 3, *max_size))
+        profile.set_shape(name, (batch, 3, 64, 64), (batch, 3, *input_size), (batch, 3, *max_size))
         config.add_optimization_profile(profile)
     engine = builder.build_serialized_network(network, config)
     if engine is None:
@@ -137,7 +137,7 @@ def export(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(bytes(engine))
-    info = {"input_size": list(input_size), "fp16": fp16, "tensorrt": trt.__version__}
+    info = {"input_size": list(input_size), "precision": precision, "tensorrt": trt.__version__}
     Path(str(out) + ".json").write_text(json.dumps(info, indent=2))
     return info
 

@@ -148,7 +148,8 @@ def _native_stderr_to(path: Path):
 
 
 def import_onnx(onnx_path: str | Path, input_size: tuple[int, int]):
-    """The Relax module of an ONNX export at a fixed input size, lowered to TIR and fused."""
+    """The Relax module of an ONNX export at a fixed input size (its batch is the export's),
+    lowered to TIR and fused."""
     import onnx
 
     tvm, relax = _tvm()
@@ -156,8 +157,11 @@ def import_onnx(onnx_path: str | Path, input_size: tuple[int, int]):
 
     model = onnx.load(str(onnx_path))
     name = model.graph.input[0].name
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
     with _patched_converters():
-        mod = from_onnx(model, shape_dict={name: [1, 3, *input_size]}, keep_params_in_input=False)
+        mod = from_onnx(
+            model, shape_dict={name: [batch, 3, *input_size]}, keep_params_in_input=False
+        )
     return mod
 
 

@@ -13,15 +13,17 @@ All the special cases of tracing live here, none in the models:
   (a handful of small RoiAligns instead of a data-dependent split).
 - GSL convs run through `grid_sample_conv`, the direct definition: one fixed graph for any
   learned scale, where the fast blend picks its convs by the value of the scales.
-- The wrapper handles one image (batch 1): what a latency benchmark and most deployments
-  feed. The image is RGB in [0, 1], (1, 3, H, W), H and W multiples of 32; boxes come back
-  in its pixels.
+- A batch of N images (N fixed at export): the backbone runs on the batch, the
+  post-processing on each image in turn (unrolled in the graph; NMS never mixes images).
+  The images are RGB in [0, 1], (N, 3, H, W), H and W multiples of 32; boxes come back in
+  their pixels.
 
-With `nms=True` the outputs are `boxes` (D, 4), `scores` (D,), `labels` (D,) padded with
-zeros to `max_detections` rows, and `num_detections` (1,). With `nms=False` they are the
-raw head outputs: RetinaNet `logits` (A, C), `deltas` (A, 4), `anchors` (A, 4); Faster
-R-CNN `class_logits` (P, C + 1), `box_deltas` (P, 4 C), `proposals` (P, 4) (the RPN's own
-NMS stays in the graph: a two-stage detector has no proposals without it).
+With `nms=True` the outputs are `boxes` (N, D, 4), `scores` (N, D), `labels` (N, D), each
+image's rows padded with zeros to D = `max_detections`, and `num_detections` (N,), each
+image's count. With `nms=False` (batch 1 only) they are the raw head outputs: RetinaNet
+`logits` (A, C), `deltas` (A, 4), `anchors` (A, 4); Faster R-CNN `class_logits` (P, C + 1),
+`box_deltas` (P, 4 C), `proposals` (P, 4) (the RPN's own NMS stays in the graph: a
+two-stage detector has no proposals without it).
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ def _pad(x: Tensor, rows: int) -> Tensor:
 
 
 class ExportWrapper(nn.Module):
-    """One image (1, 3, H, W) -> flat tensors (see the module docstring)."""
+    """A batch of images (N, 3, H, W) -> flat tensors (see the module docstring)."""
 
     def __init__(self, model: nn.Module, nms: bool = True, max_detections: int = 100) -> None:
         super().__init__()
@@ -161,11 +163,19 @@ class ExportWrapper(nn.Module):
             return ["logits", "deltas", "anchors"]
         return ["class_logits", "box_deltas", "proposals"]
 
-    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
-        size = (image.shape[-2], image.shape[-1])
-        if isinstance(self.model, RetinaNet):
-            return self._retinanet(image, size)
-        return self._faster_rcnn(image, size)
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        size = (images.shape[-2], images.shape[-1])
+        model = self.model
+        post = self._retinanet if isinstance(model, RetinaNet) else self._faster_rcnn
+        features = model.backbone(images)
+        if not self.nms:
+            if images.shape[0] != 1:
+                raise ValueError("raw outputs (nms=False) are exported for batch 1 only")
+            return post(features, size)
+        # each image's detections, then (N, D, ...) and the counts (N,)
+        per_image = [post([f[i : i + 1] for f in features], size) for i in range(images.shape[0])]
+        return tuple(torch.stack(outs) if k < 3 else torch.cat(outs) for k, outs in
+                     enumerate(zip(*per_image, strict=True)))  # fmt: skip
 
     def _anchors(self, generator, features: list[Tensor], strides: list[int]) -> list[Tensor]:
         return [
@@ -188,10 +198,10 @@ class ExportWrapper(nn.Module):
             (keep >= 0).sum().reshape(1),  # the count, from data rather than from a shape
         )
 
-    def _retinanet(self, image: Tensor, size) -> tuple[Tensor, ...]:
+    def _retinanet(self, features: list[Tensor], size) -> tuple[Tensor, ...]:
+        """One image's detections from its features."""
         model = self.model
         cfg = model.config
-        features = model.backbone(image)
         logits, deltas = model.head(features)
         anchors = self._anchors(model.anchor_generator, features, model.backbone.strides)
         if not self.nms:
@@ -211,9 +221,9 @@ class ExportWrapper(nn.Module):
         boxes = clip_boxes_to_image(torch.cat(boxes_l), size)
         return self._detections(boxes, torch.cat(scores_l), torch.cat(labels_l), cfg)
 
-    def _faster_rcnn(self, image: Tensor, size) -> tuple[Tensor, ...]:
+    def _faster_rcnn(self, features: list[Tensor], size) -> tuple[Tensor, ...]:
+        """One image's detections from its features."""
         model = self.model
-        features = model.backbone(image)
         strides = model.backbone.strides
         proposals = self._proposals(features, strides, size)
         heads = model.roi_heads

@@ -247,8 +247,14 @@ def test_unreadable_outputs_and_checkpoints_are_one_line(run, tmp_path):
 def test_export_options_that_cannot_apply_are_refused(run, tmp_path):
     folder, _ = run
     code, out = invoke("export", folder / "last.pt", "--target", "onnx", "--out",
-                       tmp_path / "m.onnx", "--fp16")  # fmt: skip
-    one_line_error(code, out, "--fp16")
+                       tmp_path / "m.onnx", "--fp16", "--int8")  # fmt: skip
+    one_line_error(code, out, "choose one precision")
+    code, out = invoke("export", folder / "last.pt", "--target", "tvm", "--out",
+                       tmp_path / "m.so", "--int8")  # fmt: skip
+    one_line_error(code, out, "FP32 only")
+    code, out = invoke("export", folder / "last.pt", "--target", "onnx", "--out",
+                       tmp_path / "m.onnx", "--batch", "2", "--no-nms")  # fmt: skip
+    one_line_error(code, out, "--batch 2")
     code, out = invoke("export", folder / "last.pt", "--target", "onnx")
     one_line_error(code, out, "--out is required")
     assert list(tmp_path.iterdir()) == []

@@ -19,8 +19,9 @@ from pycocotools.cocoeval import COCOeval
 from podkit.bench.accuracy import evaluate_path, open_detector
 from podkit.bench.predict import predict_images
 from podkit.data import load_dataset
-from podkit.export import export_checkpoint
+from podkit.export import export_checkpoint, load, sample_image
 from podkit.export.metadata import read_metadata, write_metadata
+from podkit.export.precision import NETWORK_OPS, convert_fp16
 from podkit.train.evaluate import predict_at
 from tests.e2e.test_cli import invoke
 
@@ -161,3 +162,83 @@ def test_artefact_without_record_or_detections_is_refused(artefact, tmp_path):
     onnx.save(model, str(tmp_path / "foreign.onnx"))
     code, text = invoke("eval", tmp_path / "foreign.onnx", "--out", tmp_path / "eval.json")
     assert code == 2 and "no podkit record" in text
+
+
+def test_batch_two_artefact_equals_two_batch_one_runs(
+    checkpoints, artefact, reference, val_set, tmp_path
+):
+    path = tmp_path / "batch2.onnx"
+    # export_checkpoint checks the batch-2 file against PyTorch on two different images
+    export_checkpoint(checkpoints(), "onnx", path, (96, 128), batch=2, log=lambda _: None)
+    assert read_metadata(path)["batch"] == 2
+    images = sample_image((96, 128), seed=3, batch=2)
+    pair, single = load(path)(images), load(artefact)
+    for k in range(2):
+        alone = single(images[k : k + 1])
+        assert int(alone[3][0]) > 0
+        for name, a, b in zip(read_metadata(path)["outputs"], pair, alone, strict=True):
+            np.testing.assert_allclose(a[k], b[0], atol=1e-4, err_msg=name)
+    # scored in groups of three: a pair, then one image beside a blank one
+    got, ids = detections_of(path, [*val_set[:-1], "eval.batch_size=3"])
+    assert ids == reference[1]
+    for r, g in zip(reference[0], got, strict=True):
+        np.testing.assert_allclose(g["boxes"], r["boxes"], atol=1e-2)
+        assert (g["labels"] == r["labels"]).all()
+
+
+def test_int8_artefact_is_quantised_per_channel_and_keeps_its_ap(
+    checkpoints, reference, val_set, tmp_path
+):
+    import onnx
+
+    path = tmp_path / "int8.onnx"
+    export_checkpoint(
+        checkpoints(), "onnx", path, (96, 128), precision="int8", calib=8, log=lambda _: None
+    )
+    assert read_metadata(path)["precision"] == "int8"
+    graph = onnx.load(str(path)).graph
+    produced_by = {out: node for node in graph.node for out in node.output}
+    layers = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
+    quantised = [n for n in layers if n.input[1] in produced_by]
+    assert all(produced_by[n.input[1]].op_type == "DequantizeLinear" for n in quantised)
+    # every float layer is a head's predictor (named by its weight, e.g. rpn.head.cls_logits)
+    floats = {n.input[1].split(".")[-2] for n in layers if n not in quantised}
+    assert floats == {"cls_logits", "bbox_pred", "cls_score"} and len(quantised) > 10
+    weights = {i.name: i for i in graph.initializer}
+    first = produced_by[quantised[0].input[1]]
+    scale = onnx.numpy_helper.to_array(weights[first.input[1]])
+    assert scale.size == onnx.numpy_helper.to_array(weights[first.input[0]]).shape[0] > 1
+    # the network's layers are quantised, the heads' predictors and all after them are not
+    consumers: dict = {}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node.op_type, k))
+    fed = {c for n in graph.node if n.op_type == "DequantizeLinear" for c in consumers[n.output[0]]}
+    assert fed <= {(op, k) for op in NETWORK_OPS for k in range(3)} - {("RoiAlign", 1)}, fed
+    assert not any(n.op_type == "DequantizeLinear" for n in produced_by.values()
+                   if n.output[0] in {o.name for o in graph.output})  # fmt: skip
+    overrides = pseudo_ground_truth(reference, val_set, tmp_path)
+    fp32 = evaluate_path(checkpoints(), overrides)
+    int8 = evaluate_path(path, overrides)
+    assert int8["AP"] >= fp32["AP"] - 1.0, (int8["AP"], fp32["AP"])  # the stated drop
+
+
+def test_fp16_artefact_runs_with_float32_io_and_keeps_its_ap(
+    checkpoints, artefact, reference, val_set, tmp_path
+):
+    """The FP16 form of the FP32 file: half-precision weights, float32 inputs and outputs,
+    NMS and RoiAlign in float; it runs (here on the CPU provider) and scores like FP32."""
+    import onnx
+
+    half = tmp_path / "fp16.onnx"
+    convert_fp16(artefact, half)
+    write_metadata(half, {**read_metadata(artefact), "precision": "fp16"})
+    model = onnx.load(str(half))
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    conv_weights = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
+    assert {i.data_type for i in model.graph.initializer if i.name in conv_weights} == {f16}
+    assert {i.type.tensor_type.elem_type for i in model.graph.input} == {f32}
+    assert model.graph.output[0].type.tensor_type.elem_type == f32
+    overrides = pseudo_ground_truth(reference, val_set, tmp_path)
+    fp32, fp16 = evaluate_path(artefact, overrides), evaluate_path(half, overrides)
+    assert fp16["AP"] >= fp32["AP"] - 1.0, (fp16["AP"], fp32["AP"])

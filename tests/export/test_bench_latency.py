@@ -16,11 +16,25 @@ def test_bench_latency_report(checkpoints, tmp_path, monkeypatch):
         "--input-size", "128x128", "--warmup", 1, "--iters", 3,
         "--labels", "base,fd", "--cache-dir", tmp_path / "cache",
         "--out", tmp_path / "r.json", "--md", tmp_path / "r.md", "--plot", tmp_path / "r.png",
-        "--data",
+        "--data", "--precision", "fp32,int8", "--calib", 4,
     )  # fmt: skip
     assert code == 0, out
     report = json.loads((tmp_path / "r.json").read_text())
-    pairs = {(r["model"], r["backend"]): r for r in report["results"]}
+    results = report["results"]
+    # INT8 for onnxruntime only (PyTorch runs FP32), compared with the baseline's INT8
+    int8 = {r["model"]: r for r in results if r["precision"] == "int8"}
+    assert {(r["model"], r["backend"]) for r in int8.values()} == {
+        ("base", "onnxruntime"),
+        ("fd", "onnxruntime"),
+    }
+    assert int8["fd"]["ratio_vs_baseline"] == int8["fd"]["median_ms"] / int8["base"]["median_ms"]
+    assert int8["base"]["size_mb"] < 0.5 * next(
+        r["size_mb"]
+        for r in results
+        if r["model"] == "base" and r["backend"] == "onnxruntime" and r["precision"] == "fp32"
+    )
+    assert "| base | onnxruntime | int8 |" in (tmp_path / "r.md").read_text()
+    pairs = {(r["model"], r["backend"]): r for r in results if r["precision"] == "fp32"}
     assert set(pairs) == {(m, b) for m in ("base", "fd") for b in ("torch", "onnxruntime")}
     for (model, _), r in pairs.items():
         assert r["input"] == [128, 128]
@@ -35,7 +49,7 @@ def test_bench_latency_report(checkpoints, tmp_path, monkeypatch):
     missing = {(u["model"], u["backend"]) for u in report["unavailable"]}
     assert ("base", "tensorrt") in missing or ("base", "tensorrt") in pairs
     assert report["device"] and report["versions"]["torch"]
-    assert "| fd | onnxruntime | 128x128 |" in (tmp_path / "r.md").read_text()
+    assert "| fd | onnxruntime | fp32 | 128x128 |" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "r.png").stat().st_size > 0
     # --data: each pair scored through `podkit eval`'s path, its size, the difference
     checkpoint_ap = evaluate_path(base)

@@ -60,7 +60,7 @@ def test_onnx_dynamic_parity_at_two_sizes(checkpoints, tmp_path, arch, variant, 
     first = load(tmp_path / "m.onnx")(sample_image((64, 320)))[0]
     if nms:
         assert all(p["detections"] > 0 for p in report["parity"])
-        assert first.shape == (100, 4)
+        assert first.shape == (1, 100, 4)  # (batch, max_detections, 4)
     else:  # raw logits for every anchor of a 64x320 image (9 anchors per location, P3-P7)
         cells = sum(-(-64 // s) * -(-320 // s) for s in (8, 16, 32, 64, 128))
         assert first.shape[0] == 9 * cells

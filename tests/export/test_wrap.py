@@ -14,18 +14,22 @@ from podkit.ops.nms import nms
 @pytest.mark.parametrize("arch", ["faster_rcnn_fpn", "faster_rcnn_c4", "retinanet"])
 @pytest.mark.parametrize("variant", ["baseline", "gsl"])
 def test_wrapper_detections_equal_model(checkpoints, arch, variant):
+    """A batch of two different images: each image's rows are the model's detections on it."""
     model, _, _, _ = load_detector(checkpoints(arch, variant))
     model.eval()
-    image = sample_image((128, 160))
+    images = sample_image((128, 160), batch=2)
     with torch.no_grad():
-        ref = model([torch.from_numpy(image[0])]).detections[0]
-    boxes, scores, labels, count = torch_runner(ExportWrapper(model))(image)
-    n = int(count[0])
-    assert n == len(ref["boxes"]) > 0
-    np.testing.assert_allclose(boxes[:n], ref["boxes"].numpy(), atol=1e-3)
-    np.testing.assert_array_equal(labels[:n], ref["labels"].numpy())
-    np.testing.assert_allclose(scores[:n], ref["scores"].numpy(), atol=1e-5)
-    assert not boxes[n:].any() and not scores[n:].any()  # padding is zeros
+        refs = model([torch.from_numpy(image) for image in images]).detections
+    boxes, scores, labels, count = torch_runner(ExportWrapper(model))(images)
+    assert boxes.shape == (2, 100, 4) and count.shape == (2,)
+    for k, ref in enumerate(refs):
+        n = int(count[k])
+        assert n == len(ref["boxes"]) > 0
+        np.testing.assert_allclose(boxes[k, :n], ref["boxes"].numpy(), atol=1e-3)
+        np.testing.assert_array_equal(labels[k, :n], ref["labels"].numpy())
+        np.testing.assert_allclose(scores[k, :n], ref["scores"].numpy(), atol=1e-5)
+        assert not boxes[k, n:].any() and not scores[k, n:].any()  # padding is zeros
+    assert not np.array_equal(boxes[0], boxes[1])  # two images, two sets of detections
 
 
 def test_nms_op_is_thresholded_greedy_nms():
@@ -48,16 +52,26 @@ def test_input_size_rules():
 def test_compare_outputs_tolerates_only_ties():
     names = ["boxes", "scores", "labels", "num_detections"]
     boxes = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], np.float32)
-    ref = [boxes, np.array([0.9, 0.5, 0.5], np.float32), np.array([1, 2, 3]), np.array([3])]
-    swapped = [boxes[[0, 2, 1]], ref[1], ref[2][[0, 2, 1]], ref[3]]
+    scores, labels = np.array([0.9, 0.5, 0.5], np.float32), np.array([1, 2, 3])
+
+    def batch(*images):  # per image (boxes, scores, labels, count) -> the batched outputs
+        return [np.stack(x) for x in zip(*images, strict=True)]
+
+    ref = batch((boxes, scores, labels, 3))
+    swapped = batch((boxes[[0, 2, 1]], scores, labels[[0, 2, 1]], 3))
     report = compare_outputs(names, ref, swapped)
     assert report["ok"] and report["reordered_ties"] == 2
-    not_tied = [boxes[[1, 0, 2]], ref[1], ref[2][[1, 0, 2]], ref[3]]
+    not_tied = batch((boxes[[1, 0, 2]], scores, labels[[1, 0, 2]], 3))
     assert not compare_outputs(names, ref, not_tied)["ok"]
-    moved = [boxes + np.float32(0.01), *ref[1:]]
+    moved = batch((boxes + np.float32(0.01), scores, labels, 3))
     assert not compare_outputs(names, ref, moved)["ok"]
-    fewer = [*ref[:3], np.array([2])]
+    fewer = batch((boxes, scores, labels, 2))
     assert "2 detections vs PyTorch 3" in compare_outputs(names, ref, fewer)["error"]
+    # a batch of two: the second image's difference is found and named
+    two = batch((boxes, scores, labels, 3), (boxes, scores, labels, 3))
+    second_moved = batch((boxes, scores, labels, 3), (boxes + np.float32(0.01), scores, labels, 3))
+    assert compare_outputs(names, two, two)["detections"] == 6
+    assert compare_outputs(names, two, second_moved)["error"].startswith("image 1:")
 
 
 def test_torch_compile_runner_matches_eager(checkpoints):

@@ -1,6 +1,7 @@
 """Run by torchrun from tests/train/test_ddp.py: a few iterations, then each rank's checksums."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,10 @@ from tests.conftest import tiny_config
 
 if __name__ == "__main__":
     data, out = Path(sys.argv[1]), Path(sys.argv[2])
-    cfg = tiny_config(data, "train.batch_size=4", "data.val.ann=''", max_iter=3)
+    device = os.environ.get("PODKIT_TEST_DEVICE", "cpu")  # cuda: tests/gpu, nccl
+    cfg = tiny_config(
+        data, "train.batch_size=4", "data.val.ann=''", f"train.device={device}", max_iter=3
+    )
     result = train(cfg, out)
     # parameters; BN buffers are broadcast from rank 0 at the start of each forward, so after
     # the last step each rank still holds its own batch's statistics (rank 0's are saved)
@@ -19,6 +23,7 @@ if __name__ == "__main__":
     report = {
         "rank": dist.get_rank(),
         "world": dist.get_world_size(),
+        "backend": dist.get_backend(),
         "iteration": result.iteration,
         "sums": sums,
     }

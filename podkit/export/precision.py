@@ -1,0 +1,180 @@
+"""Reduced-precision ONNX: INT8 (static, QDQ, calibrated on training images) and FP16.
+
+INT8. onnxruntime's static quantisation writes QuantizeLinear/DequantizeLinear pairs around
+the convolutions and fully connected layers (`QUANTIZED_OPS`): weights per output channel,
+activations per tensor from the ranges the calibration images produce. The layers whose
+outputs leave the network (the heads' class and box predictors, `head_outputs`) stay float,
+as does everything after them, the anchor decoding, TopK, RoiAlign, NMS and the score
+arithmetic: post-processing does little arithmetic, and 8-bit box deltas or logits would move
+detections by whole pixels and reorder their scores.
+QDQ is the form onnxruntime fuses into integer kernels on the CPU and the form TensorRT 10/11
+builds INT8 engines from; for TensorRT the activations are symmetric int8 (zero point 0),
+which its importer requires; for onnxruntime unsigned activations with signed weights (the
+U8S8 kernels of x86 VNNI).
+
+Calibration images come from the training set, drawn at random (seeded), resized as the
+artefact's own inputs are (`detector.artefact_input`), so the ranges are those it will see.
+
+FP16. Every float initialiser and op in half precision except the ops kept in float
+(`FP16_KEEP_FLOAT`: NMS, RoiAlign, TopK and the box arithmetic's inputs come back to float
+at their border), inputs and outputs float32, so a runner feeds the same arrays. It is for
+GPU targets: onnxruntime's CPU provider has few half-precision kernels and inserts casts.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
+# what a layer's output feeds inside the network; anything else is post-processing
+NETWORK_OPS = {*QUANTIZED_OPS, "Relu", "Add", "MaxPool", "Resize", "RoiAlign", "Flatten"}
+FP16_KEEP_FLOAT = ["NonMaxSuppression", "RoiAlign", "TopK", "Resize", "GridSample"]
+
+
+def calibration_images(artefact: str | Path, count: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """`count` training images of the artefact's config, drawn at random, each as the
+    (1, 3, H, W) array the artefact is fed (resize, fit, padding as at inference)."""
+    from podkit.config import config_from_dict
+    from podkit.data import load_dataset
+    from podkit.data.loader import DetectionDataset, eval_batches, make_loader
+    from podkit.export.detector import artefact_input
+    from podkit.export.metadata import read_metadata
+
+    record = read_metadata(artefact)
+    input_size = None if record["dynamic"] else tuple(record["input_size"])
+    cfg = config_from_dict(record["config"])
+    records = load_dataset(cfg.data.train).records
+    if count < 1:
+        raise ValueError(f"--calib {count}: at least one calibration image is needed")
+    picked = random.Random(seed).sample(records, min(count, len(records)))
+    batches = eval_batches(len(picked), 1, cfg.data.test_min_size)
+    loader = make_loader(
+        DetectionDataset(picked, cfg.data.max_size), batches, 0, cfg.data.size_divisible
+    )
+    for batch in loader:
+        for tensor, (h, w) in zip(batch.images.tensor, batch.images.sizes, strict=True):
+            yield artefact_input(tensor[:, :h, :w], input_size)[0]
+
+
+def head_outputs(model) -> list[str]:
+    """Names of the Conv/Gemm/MatMul nodes whose outputs feed only the post-processing."""
+    consumers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    graph_outputs = {o.name for o in model.graph.output}
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type in QUANTIZED_OPS
+        and node.output[0] not in graph_outputs
+        and not consumers.get(node.output[0], set()) & NETWORK_OPS
+    ]
+
+
+def quantize_int8(
+    source: str | Path,
+    out: str | Path,
+    images: list[np.ndarray],
+    for_tensorrt: bool = False,
+) -> dict:
+    """Write the INT8 QDQ form of the FP32 ONNX file `source` to `out`, calibrated on
+    `images` (MinMax ranges). Returns what was quantised."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    name = onnx.load(str(source), load_external_data=False).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(images)
+
+        def get_next(self):
+            image = next(self.items, None)
+            return None if image is None else {name: image}
+
+    with tempfile.TemporaryDirectory(prefix="podkit-int8-") as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        # shape inference and constant folding first, as onnxruntime recommends
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        kept_float = head_outputs(onnx.load(str(prepared)))
+        quantize_static(
+            str(prepared),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            nodes_to_exclude=kept_float,
+            per_channel=True,
+            activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": for_tensorrt, "WeightSymmetric": True},
+        )
+    model = onnx.load(str(out), load_external_data=False)
+    quantized = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return {
+        "precision": "int8",
+        "calibration_images": len(images),
+        "quantized_ops": QUANTIZED_OPS,
+        "float_head_outputs": len(kept_float),
+        "activations": "int8 symmetric" if for_tensorrt else "uint8",
+        "dequantized_tensors": len(quantized),
+    }
+
+
+def convert_fp16(source: str | Path, out: str | Path) -> dict:
+    """Write the FP16 form of the FP32 ONNX file `source` to `out` (float32 inputs/outputs)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(source))
+    half = convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=FP16_KEEP_FLOAT, disable_shape_infer=False
+    )
+    # the converter inserts one Cast per reader of a float-kept tensor, all of one name and
+    # output (invalid ONNX, which onnxruntime refuses): keep the first of identical nodes
+    seen, unique = set(), []
+    for node in half.graph.node:
+        key = node.SerializeToString()
+        if key not in seen:
+            seen.add(key)
+            unique.append(type(node).FromString(key))
+    del half.graph.node[:]
+    half.graph.node.extend(unique)
+    _sort_nodes(half.graph)  # the converter appends the input Casts after their readers
+    onnx.checker.check_model(half)
+    onnx.save(half, str(out))
+    return {"precision": "fp16", "kept_float": FP16_KEEP_FLOAT}
+
+
+def _sort_nodes(graph) -> None:
+    """Order the graph's nodes so that each comes after the producers of its inputs."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in available for i in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ValueError("the FP16 graph has an input that no node produces")
+        pending = rest
+    copies = [type(n).FromString(n.SerializeToString()) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(copies)
