@@ -110,7 +110,7 @@ class RoIHeadConfig:
     score_threshold: float = 0.05
     nms_threshold: float = 0.5
     detections_per_image: int = 100
-    ignore_iou_threshold: float = 0.5
+    ignore_iou_threshold: float | None = None  # None: the head's current iou_threshold
 
     def __post_init__(self) -> None:
         require(
@@ -129,8 +129,13 @@ class RoIHeadConfig:
             require(self, key, getattr(self, key) >= 1, "an integer >= 1")
         for key in ("iou_threshold", "nms_threshold", "positive_fraction"):
             require(self, key, fraction(getattr(self, key), True), "in (0, 1]")
-        for key in ("score_threshold", "ignore_iou_threshold"):
-            require(self, key, fraction(getattr(self, key)), "in [0, 1]")
+        require(self, "score_threshold", fraction(self.score_threshold), "in [0, 1]")
+        require(
+            self,
+            "ignore_iou_threshold",
+            self.ignore_iou_threshold is None or fraction(self.ignore_iou_threshold),
+            "in [0, 1], or null (the head's iou_threshold)",
+        )
         require(self, "smooth_l1_beta", self.smooth_l1_beta >= 0, ">= 0")
         require(self, "bbox_reg_weights", min(self.bbox_reg_weights) > 0, "4 positive numbers")
 

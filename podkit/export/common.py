@@ -1,10 +1,15 @@
-"""What every export target shares: the runner interface, install lines and parity checks."""
+"""What every export target shares: the runner interface, install lines, the input an
+artefact is fed, and parity checks."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import numpy as np
+import torch
+from torch.nn import functional as F
+
+from podkit.export.wrap import SIZE_MULTIPLE
 
 # A loaded artefact: (N, 3, H, W) float32 images in [0, 1] -> the wrapper's outputs, in order.
 Runner = Callable[[np.ndarray], list[np.ndarray]]
@@ -15,6 +20,30 @@ MISSING_TENSORRT = (
     "TensorRT is not installed: on a machine with an NVIDIA GPU, pip install 'podkit[tensorrt]' "
     "(the tensorrt wheel; CUDA driver required)"
 )
+
+
+def artefact_input(
+    image: torch.Tensor, input_size: tuple[int, int] | None
+) -> tuple[np.ndarray, tuple[int, int], bool]:
+    """One (3, h, w) image as an artefact is fed: scaled down to fit a static `input_size`
+    (aspect kept) when larger, then zero-padded to it, or for a dynamic artefact (None) to
+    multiples of 32. Returns the (1, 3, H, W) float32 array, the size of the image inside
+    it, and whether it was scaled down."""
+    h, w = image.shape[-2:]
+    downscaled = False
+    if input_size is not None:
+        scale = min(input_size[0] / h, input_size[1] / w)
+        if scale < 1:
+            downscaled = True
+            h, w = max(1, int(h * scale)), max(1, int(w * scale))
+            image = F.interpolate(image[None], (h, w), mode="bilinear", antialias=True)[0]
+        height, width = input_size
+    else:
+        # the export's smallest side is two blocks (check_input_size)
+        height = max(2, -(-h // SIZE_MULTIPLE)) * SIZE_MULTIPLE
+        width = max(2, -(-w // SIZE_MULTIPLE)) * SIZE_MULTIPLE
+    padded = F.pad(image, (0, width - w, 0, height - h))
+    return padded[None].contiguous().numpy(), (int(h), int(w)), downscaled
 
 
 def compare_outputs(

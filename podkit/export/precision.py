@@ -13,7 +13,7 @@ which its importer requires; for onnxruntime unsigned activations with signed we
 U8S8 kernels of x86 VNNI).
 
 Calibration images come from the training set, drawn at random (seeded), resized as the
-artefact's own inputs are (`detector.artefact_input`), so the ranges are those it will see.
+artefact's own inputs are (`common.artefact_input`), so the ranges are those it will see.
 
 FP16. Every float initialiser and op in half precision except the ops kept in float
 (`FP16_KEEP_FLOAT`: NMS, RoiAlign, TopK and the box arithmetic's inputs come back to float
@@ -42,7 +42,7 @@ def calibration_images(artefact: str | Path, count: int, seed: int = 0) -> Itera
     from podkit.config import config_from_dict
     from podkit.data import load_dataset
     from podkit.data.loader import DetectionDataset, eval_batches, make_loader
-    from podkit.export.detector import artefact_input
+    from podkit.export.common import artefact_input
     from podkit.export.metadata import read_metadata
 
     record = read_metadata(artefact)

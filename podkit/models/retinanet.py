@@ -29,7 +29,7 @@ from podkit.ops import (
     smooth_l1_loss,
 )
 from podkit.ops.image_batch import ImageBatch
-from podkit.ops.matcher import ignore_near
+from podkit.ops.matcher import ignore_regions
 
 
 def conv_tower(channels: int, num_convs: int, norm: str | None = None) -> nn.Sequential:
@@ -135,9 +135,7 @@ class RetinaNet(nn.Module):
         for img, target in enumerate(targets):
             gt, gt_labels = target["boxes"], target["labels"]
             matched = self.matcher(box_iou(gt, all_anchors))
-            matched = ignore_near(
-                all_anchors, matched, target.get("ignore"), cfg.ignore_iou_threshold
-            )
+            matched = ignore_regions(all_anchors, matched, target, cfg.ignore_iou_threshold)
             valid = matched != -2
             fg = torch.where(matched >= 0)[0]
             num_fg += fg.numel()

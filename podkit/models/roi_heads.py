@@ -25,7 +25,7 @@ from podkit.ops import (
     size_bucket,
     smooth_l1_loss,
 )
-from podkit.ops.matcher import ignore_near
+from podkit.ops.matcher import ignore_regions
 
 
 class TwoMLPHead(nn.Module):
@@ -123,6 +123,9 @@ class RoIHeads(nn.Module):
         out_props, out_labels, out_regs, out_sizes, ious = [], [], [], [], []
         pos_targets = []
         matcher = Matcher(self.iou_threshold, self.iou_threshold, allow_low_quality_matches=False)
+        ignore_threshold = self.config.ignore_iou_threshold
+        if ignore_threshold is None:
+            ignore_threshold = self.iou_threshold
         for props, target in zip(proposals, targets, strict=True):
             gt, gt_labels = target["boxes"], target["labels"]
             if "valid_range" in target:  # SNIP: out-of-range proposals are not trained on
@@ -137,9 +140,9 @@ class RoIHeads(nn.Module):
                 iou = props.new_zeros((0, len(props)))
                 max_iou = props.new_zeros(len(props))
             ious.append(max_iou)
-            matched = ignore_near(
-                props, matcher(iou), target.get("ignore"), self.config.ignore_iou_threshold
-            )
+            # an invalid GT (SNIP) is ignored from the IoU a proposal would need to be a
+            # positive: the head's threshold, which Dynamic R-CNN moves, unless one is set
+            matched = ignore_regions(props, matcher(iou), target, ignore_threshold)
             labels = torch.full_like(matched, self.num_classes)
             fg = matched >= 0
             labels[fg] = gt_labels[matched[fg]]

@@ -19,7 +19,15 @@ from podkit.ops import (
     remove_small_boxes,
     smooth_l1_loss,
 )
-from podkit.ops.matcher import ignore_near
+from podkit.ops.matcher import ignore_regions
+
+
+def rpn_target(target: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The GTs the RPN trains on: SNIP may give it its own valid range (`rpn_boxes`,
+    `rpn_ignore`, `rpn_exclude`); otherwise the target's own."""
+    if "rpn_boxes" not in target:
+        return target
+    return {k.removeprefix("rpn_"): v for k, v in target.items() if k.startswith("rpn_")}
 
 
 class RPNHead(nn.Module):
@@ -146,11 +154,10 @@ class RPN(nn.Module):
         weights = element_weights(levels, self.level_weights)
         cls_terms, box_terms, level_terms, sampled = [], [], [], 0
         for img, target in enumerate(targets):
+            target = rpn_target(target)
             gt = target["boxes"]
             matched = self.matcher(box_iou(gt, all_anchors))
-            matched = ignore_near(
-                all_anchors, matched, target.get("ignore"), cfg.ignore_iou_threshold
-            )
+            matched = ignore_regions(all_anchors, matched, target, cfg.ignore_iou_threshold)
             labels = (matched >= 0).long() - (matched == -2).long()  # 1 pos, 0 neg, -1 ignore
             pos, neg = self.sampler(labels)
             idx = torch.where(pos | neg)[0]

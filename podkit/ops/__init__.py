@@ -4,7 +4,7 @@ from podkit.ops.anchors import AnchorGenerator
 from podkit.ops.box_coder import BoxCoder
 from podkit.ops.boxes import box_area, box_iou, clip_boxes_to_image, remove_small_boxes, size_bucket
 from podkit.ops.losses import sigmoid_focal_loss, smooth_l1_loss
-from podkit.ops.matcher import BalancedSampler, Matcher, ignore_near
+from podkit.ops.matcher import BalancedSampler, Matcher, ignore_near, ignore_regions
 from podkit.ops.nms import batched_nms, batched_soft_nms, nms, soft_nms
 from podkit.ops.roi_align import MultiScaleRoIAlign, roi_align
 
@@ -20,6 +20,7 @@ __all__ = [
     "box_iou",
     "clip_boxes_to_image",
     "ignore_near",
+    "ignore_regions",
     "nms",
     "remove_small_boxes",
     "roi_align",

@@ -44,9 +44,14 @@ class Matcher:
 
 
 def ignore_near(
-    boxes: Tensor, matched: Tensor, ignore_boxes: Tensor | None, iou_threshold: float
+    boxes: Tensor,
+    matched: Tensor,
+    ignore_boxes: Tensor | None,
+    iou_threshold: float,
+    negatives_only: bool = True,
 ) -> Tensor:
-    """Mark negatives (-1) whose IoU with an ignore region exceeds the threshold as ignored (-2).
+    """Mark negatives (-1) whose IoU with an ignore region exceeds the threshold as ignored (-2);
+    with `negatives_only=False` positives too (SNIP's paper rule for invalid GTs).
 
     Ignore regions are crowd boxes and, under SNIP, GTs outside the valid scale range: an
     anchor on one of them is neither a positive nor a negative.
@@ -54,11 +59,16 @@ def ignore_near(
     if ignore_boxes is None or ignore_boxes.numel() == 0 or boxes.numel() == 0:
         return matched
     near = box_iou(boxes, ignore_boxes).max(dim=1).values > iou_threshold
-    return torch.where(
-        (matched == BELOW_LOW_THRESHOLD) & near,
-        torch.full_like(matched, BETWEEN_THRESHOLDS),
-        matched,
-    )
+    if negatives_only:
+        near = near & (matched == BELOW_LOW_THRESHOLD)
+    return torch.where(near, torch.full_like(matched, BETWEEN_THRESHOLDS), matched)
+
+
+def ignore_regions(boxes: Tensor, matched: Tensor, target: dict, iou_threshold: float) -> Tensor:
+    """A target's ignore regions applied to matches: `ignore` turns near negatives into
+    ignored, `exclude` (SNIP, paper rule) every near anchor, positives included."""
+    matched = ignore_near(boxes, matched, target.get("ignore"), iou_threshold)
+    return ignore_near(boxes, matched, target.get("exclude"), iou_threshold, negatives_only=False)
 
 
 class BalancedSampler:

@@ -90,7 +90,7 @@ def test_demo_in_a_reduced_mode(tmp_path):
     assert code == 0, out
     demo = tmp_path / "demo"
     report = (demo / "report.md").read_text()
-    for row in ("| baseline |", "| GSL |", "| FD-WT |", "| FD-WT | onnxruntime | 96x96 |"):
+    for row in ("| baseline |", "| GSL |", "| FD-WT |", "| FD-WT | onnxruntime | fp32 | 96x96 |"):
         assert row in report
     assert (demo / "scales.png").is_file() and (demo / "latency.png").is_file()
     latency = json.loads((demo / "latency.json").read_text())

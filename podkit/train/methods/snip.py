@@ -2,23 +2,33 @@
 
 Train on an image pyramid, but at each resolution only on the objects whose size suits it:
 each resolution has a valid range of object size, sqrt(area) in ORIGINAL-image pixels.
-Per batch the hook draws one resolution and resizes the batch to it (from the images as
-loaded: load them at the largest resolution, `data.min_size=[<largest>]`); GTs out of range
-move to the target's `ignore` boxes, so anchors with IoU > 0.3 to them are neither positive
-nor negative (RPN and RetinaNet, `ignore_iou_threshold`); the target's `valid_range` (in
-as-fed pixels) makes the R-CNN stage drop out-of-range proposals before sampling; images
-without a valid GT at the drawn resolution leave the batch (if none has one, the resolution
-where most images do is taken instead). An anchor that is a positive of a valid GT stays
-one even if it also overlaps an invalid GT: that object is valid here.
+The paper trains on image-resolution pairs that hold a valid GT, so each image of a batch
+gets a resolution drawn among those where it has one (an image with none anywhere gets any):
+at equal iterations SNIP sees as many images as multi-scale training, none dropped. Images
+are resized from how they were loaded: load them at the largest resolution
+(`data.min_size=[<largest>]`). GTs out of range move to the target's `ignore` boxes, so
+anchors with IoU > 0.3 to them are neither positive nor negative (RPN and RetinaNet,
+`ignore_iou_threshold`); with `anchor_rule: paper` they go to `exclude` instead, which also
+removes positives of a valid GT that overlap an invalid one by IoU > 0.3, as the paper
+states. The target's `valid_range` (in as-fed pixels) makes the R-CNN stage drop
+out-of-range proposals before sampling; there an invalid GT is ignored from the head's own
+IoU threshold (which Dynamic R-CNN moves). A resolution may give the RPN its own range
+(`rpn_range`; the paper trains the RPN at 800 px on [0, 160] while the R-CNN uses [40, 160]).
 
 Multi-scale inference (`eval.multiscale`, `eval.snip`) runs every resolution, keeps each
 one's detections inside its test range (SNIP) and merges them with soft-NMS or NMS
 (`merge_detections`). With DST, put `snip` after `dst`: SNIP then resizes the collage, which
 it treats as an image of its own.
 
-`chip_size` (optional, SNIPER-style) crops each image at the highest resolution to the
-chip x chip window that covers the most valid objects (best of `chip_candidates` random
-windows), so that resolution costs at most chip^2 pixels per image.
+`chip_size` (optional, SNIPER-style) cuts each image at the highest resolution into
+chip x chip windows that cover its valid objects greedily: the window (best of
+`chip_candidates` random ones and the corner) holding the most still-uncovered valid
+objects, again until every valid object lies in a chip (at most `max_chips` per image);
+each chip is an image of the batch, so that resolution costs at most chip^2 pixels each.
+
+Pyramids: `coco` (the paper's), `synthetic` (the built-in set), or `fit:SIZE`: three
+resolutions at 2x, 1x and 0.5x a test size SIZE for images about SIZE px, with valid
+ranges that put objects at 20-100 px as fed at every resolution (`fitted_pyramid`).
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ class Resolution:
     max_size: int  # cap on the longer side
     train_range: tuple[float, float]
     test_range: tuple[float, float]
+    rpn_range: tuple[float, float] | None = None  # the RPN's, when not train_range
 
 
 COCO_PYRAMID = (
@@ -78,6 +89,29 @@ def scaled_pyramid(pyramid: tuple[Resolution, ...], factor: float) -> tuple[Reso
     )
 
 
+def fitted_pyramid(
+    size: int, factors: tuple[float, ...] = (2.0, 1.0, 0.5), fed: tuple[float, float] = (20, 100)
+) -> tuple[Resolution, ...]:
+    """Resolutions at `factors` x `size` for images about `size` px (shorter side), each
+    valid for the objects `fed` px as fed there (original sqrt(area) fed / factor); the
+    largest resolution takes every smaller object, the smallest every larger one. Test
+    ranges are 20 % wider, as the paper's are."""
+    rows = []
+    order = sorted(factors, reverse=True)
+    for k, f in enumerate(order):
+        lo = 0.0 if k == 0 else fed[0] / f
+        hi = INF if k == len(order) - 1 else fed[1] / f
+        rows.append(
+            Resolution(
+                min_size=round(size * f / 32) * 32,
+                max_size=round(size * f * 5 / 3 / 32) * 32,
+                train_range=(lo, hi),
+                test_range=(lo / 1.2, hi * 1.2),
+            )
+        )
+    return tuple(rows)
+
+
 PYRAMIDS = {
     "coco": COCO_PYRAMID,
     # the built-in synthetic set: images ~256 px trained at ~256 (COCO: 800), so x 0.32
@@ -86,18 +120,28 @@ PYRAMIDS = {
 
 
 def get_pyramid(spec: str | list) -> tuple[Resolution, ...]:
-    """A preset name, or rows [min_size, max_size, lo, hi] (one range for train and test)."""
+    """A preset name, `fit:SIZE`, or rows [min_size, max_size, lo, hi] (one range for train
+    and test) with optional [rpn_lo, rpn_hi] after them."""
+    if isinstance(spec, str) and spec.startswith("fit:"):
+        size = spec.removeprefix("fit:")
+        if not size.isdigit() or int(size) < 32:
+            raise ValueError(f"pyramid {spec!r}: expected fit:SIZE, SIZE an image side >= 32")
+        return fitted_pyramid(int(size))
     if isinstance(spec, str):
         if spec not in PYRAMIDS:
             raise ValueError(f"unknown pyramid {spec!r}; presets: {', '.join(PYRAMIDS)}")
         return PYRAMIDS[spec]
     rows = []
     for row in spec:
-        if len(row) != 4 or not (0 <= row[2] < row[3]):
+        if len(row) not in (4, 6) or not all(
+            0 <= a < b for a, b in zip(row[2::2], row[3::2], strict=True)
+        ):
             raise ValueError(
-                f"pyramid row {row!r}: expected [min_size, max_size, lo, hi] with 0 <= lo < hi"
+                f"pyramid row {row!r}: expected [min_size, max_size, lo, hi] (and rpn_lo, "
+                "rpn_hi) with 0 <= lo < hi"
             )
-        rows.append(Resolution(int(row[0]), int(row[1]), (row[2], row[3]), (row[2], row[3])))
+        rpn = (row[4], row[5]) if len(row) == 6 else None
+        rows.append(Resolution(int(row[0]), int(row[1]), (row[2], row[3]), (row[2], row[3]), rpn))
     if not rows:
         raise ValueError("pyramid: at least one resolution is needed")
     return tuple(rows)
@@ -116,20 +160,14 @@ def fed_scale(batch: Batch, i: int) -> float:
     return math.sqrt(h * w / (oh * ow))
 
 
-def subset(batch: Batch, keep: list[int]) -> Batch:
-    images = ImageBatch(
-        batch.images.tensor[keep],
-        [batch.images.sizes[i] for i in keep],
-        [batch.images.original_sizes[i] for i in keep],
-    )
-    return Batch(images, [batch.targets[i] for i in keep], [batch.meta[i] for i in keep])
-
-
-def resize_batch(batch: Batch, res: Resolution, size_divisible: int = 32) -> tuple[Batch, list]:
-    """The batch at resolution `res` (from the images as loaded), and each image's scale
-    from its original size (meta `original_size`)."""
+def resize_batch(
+    batch: Batch, res: Resolution | list[Resolution], size_divisible: int = 32
+) -> tuple[Batch, list]:
+    """The batch at resolution `res` (one for all, or one per image; from the images as
+    loaded), and each image's scale from its original size (meta `original_size`)."""
     images, targets, scales = [], [], []
-    for i, (h, w) in enumerate(batch.images.sizes):
+    per_image = res if isinstance(res, list) else [res] * len(batch.targets)
+    for i, ((h, w), res) in enumerate(zip(batch.images.sizes, per_image, strict=True)):
         oh, ow = batch.meta[i]["original_size"]
         s = resize_scale(oh, ow, res.min_size, res.max_size)
         nh, nw = max(1, round(oh * s)), max(1, round(ow * s))
@@ -151,28 +189,46 @@ def resize_batch(batch: Batch, res: Resolution, size_divisible: int = 32) -> tup
     return Batch(padded, targets, list(batch.meta)), scales
 
 
-def mark_invalid(target: dict[str, Tensor], scale: float, valid: tuple[float, float]) -> dict:
-    """Out-of-range GTs become ignore boxes; `valid_range` (as-fed pixels) goes along for the
-    R-CNN stage's proposal filter."""
-    keep = in_range(target["boxes"], scale, valid)
+def mark_invalid(
+    target: dict[str, Tensor], scale: float, res: Resolution, exclude: bool = False
+) -> dict:
+    """Out-of-range GTs become ignore boxes (`exclude` boxes under the paper's anchor rule);
+    `valid_range` (as-fed pixels) goes along for the R-CNN stage's proposal filter, and a
+    resolution with its own RPN range gives the RPN its own GTs (`rpn_*`)."""
     boxes = target["boxes"]
-    return {
-        **target,
-        "boxes": boxes[keep],
-        "labels": target["labels"][keep],
-        "ignore": torch.cat([target.get("ignore", boxes.new_zeros((0, 4))), boxes[~keep]]),
-        "valid_range": boxes.new_tensor([valid[0] * scale, min(valid[1] * scale, 1e8)]),
-    }
+    none = boxes.new_zeros((0, 4))
+
+    def split(valid: tuple[float, float]) -> dict[str, Tensor]:
+        keep = in_range(boxes, scale, valid)
+        out = {
+            "boxes": boxes[keep],
+            "ignore": torch.cat([target.get("ignore", none), boxes[~keep]]),
+        }
+        if exclude:
+            out.update(ignore=target.get("ignore", none), exclude=boxes[~keep])
+        return out | {"keep": keep}
+
+    main = split(res.train_range)
+    keep = main.pop("keep")
+    out = {**target, **main, "labels": target["labels"][keep]}
+    out["valid_range"] = boxes.new_tensor(
+        [res.train_range[0] * scale, min(res.train_range[1] * scale, 1e8)]
+    )
+    if res.rpn_range is not None:
+        rpn = split(res.rpn_range)
+        rpn.pop("keep")
+        out.update({f"rpn_{k}": v for k, v in rpn.items()})
+    return out
 
 
-def best_chip(boxes: Tensor, size: tuple[int, int], chip: int, candidates: int, rng) -> tuple:
+def best_chip(
+    boxes: Tensor, size: tuple[int, int], chip: int, candidates: int, rng
+) -> tuple[tuple[int, int], Tensor]:
     """(x0, y0) of the chip x chip window, among `candidates` random ones (and the corner),
-    that holds the most boxes entirely."""
+    that holds the most of `boxes` entirely, and which boxes it holds."""
     h, w = size
-    if h <= chip and w <= chip:
-        return 0, 0
-    best, best_count = (0, 0), -1
-    for k in range(candidates):
+    best, best_inside = (0, 0), None
+    for k in range(candidates if h > chip or w > chip else 1):
         x0 = 0 if k == 0 else rng.randint(0, max(w - chip, 0))
         y0 = 0 if k == 0 else rng.randint(0, max(h - chip, 0))
         inside = (
@@ -181,31 +237,77 @@ def best_chip(boxes: Tensor, size: tuple[int, int], chip: int, candidates: int, 
             & (boxes[:, 2] <= x0 + chip)
             & (boxes[:, 3] <= y0 + chip)
         )
-        if int(inside.sum()) > best_count:
-            best, best_count = (x0, y0), int(inside.sum())
-    return best
+        if best_inside is None or int(inside.sum()) > int(best_inside.sum()):
+            best, best_inside = (x0, y0), inside
+    return best, best_inside
 
 
-def crop_to_chips(batch: Batch, chip: int, candidates: int, rng, size_divisible: int = 32) -> Batch:
-    """Each image cut to its best chip; boxes cut by the chip border are clipped to it, and
-    those that lose more than half their area become ignore regions."""
-    images, targets = [], []
+def cover_with_chips(
+    boxes: Tensor, size: tuple[int, int], chip: int, candidates: int, rng, max_chips: int = 4
+) -> list[tuple[int, int]]:
+    """Chips that cover the boxes greedily (SNIPER): the best chip for the boxes not yet
+    covered, until all are (or a box fits no chip, or `max_chips`). At least one chip."""
+    chips, left = [], torch.ones(len(boxes), dtype=torch.bool)
+    while len(chips) < max_chips:
+        corner, inside = best_chip(boxes[left], size, chip, candidates, rng)
+        if chips and not inside.any():
+            break  # what is left fits no chip (or there was nothing to cover)
+        chips.append(corner)
+        left[torch.where(left)[0][inside]] = False
+        if not left.any():
+            break
+    return chips
+
+
+def crop_to_chips(
+    batch: Batch,
+    chip: int,
+    candidates: int,
+    rng,
+    size_divisible: int = 32,
+    max_chips: int = 4,
+    which: list[bool] | None = None,
+) -> Batch:
+    """Each image (those `which` marks; the others stay whole) cut into the chips that cover
+    its valid objects (`cover_with_chips`), each chip an image of the batch; boxes cut by a
+    chip border are clipped to it, and those that lose more than half their area become
+    ignore regions."""
+    images, targets, meta, originals = [], [], [], []
     for i, (h, w) in enumerate(batch.images.sizes):
         target = batch.targets[i]
-        x0, y0 = best_chip(target["boxes"], (h, w), chip, candidates, rng)
-        ch, cw = min(chip, h), min(chip, w)
-        images.append(batch.images.tensor[i, :, y0 : y0 + ch, x0 : x0 + cw])
-        shift = target["boxes"].new_tensor([x0, y0, x0, y0])
-        boxes = clip_boxes_to_image(target["boxes"] - shift, (ch, cw))
-        kept = box_area(boxes) > 0.5 * box_area(target["boxes"])
-        ignore = clip_boxes_to_image(target["ignore"] - shift, (ch, cw))
-        ignore = torch.cat([ignore[box_area(ignore) > 0], boxes[~kept & (box_area(boxes) > 0)]])
-        targets.append(
-            {**target, "boxes": boxes[kept], "labels": target["labels"][kept], "ignore": ignore}
-        )
+        if which is not None and not which[i]:
+            corners, (ch, cw) = [(0, 0)], (h, w)
+        else:
+            corners = cover_with_chips(target["boxes"], (h, w), chip, candidates, rng, max_chips)
+            ch, cw = min(chip, h), min(chip, w)
+        for x0, y0 in corners:
+            images.append(batch.images.tensor[i, :, y0 : y0 + ch, x0 : x0 + cw])
+            targets.append(_crop_target(target, x0, y0, (ch, cw)))
+            meta.append(batch.meta[i])
+            originals.append(batch.images.original_sizes[i])
     padded = ImageBatch.from_tensors(images, size_divisible)
-    padded.original_sizes = list(batch.images.original_sizes)
-    return Batch(padded, targets, list(batch.meta))
+    padded.original_sizes = originals
+    return Batch(padded, targets, meta)
+
+
+def _crop_target(target: dict[str, Tensor], x0: int, y0: int, size: tuple[int, int]) -> dict:
+    """A target moved into the chip at (x0, y0) of `size`: every box kind clipped to it."""
+    shift = target["boxes"].new_tensor([x0, y0, x0, y0])
+    out = dict(target)
+    for prefix in ("", "rpn_") if "rpn_boxes" in target else ("",):
+        boxes = clip_boxes_to_image(target[f"{prefix}boxes"] - shift, size)
+        kept = box_area(boxes) > 0.5 * box_area(target[f"{prefix}boxes"])
+        ignore = clip_boxes_to_image(target[f"{prefix}ignore"] - shift, size)
+        out[f"{prefix}ignore"] = torch.cat(
+            [ignore[box_area(ignore) > 0], boxes[~kept & (box_area(boxes) > 0)]]
+        )
+        out[f"{prefix}boxes"] = boxes[kept]
+        if prefix == "":
+            out["labels"] = target["labels"][kept]
+        if f"{prefix}exclude" in target:
+            exclude = clip_boxes_to_image(target[f"{prefix}exclude"] - shift, size)
+            out[f"{prefix}exclude"] = exclude[box_area(exclude) > 0]
+    return out
 
 
 class SNIP(Hook):
@@ -218,41 +320,49 @@ class SNIP(Hook):
         size_divisible: int = 32,
         chip_size: int | None = None,
         chip_candidates: int = 50,
+        max_chips: int = 4,
+        anchor_rule: str = "negatives",
     ) -> None:
+        if anchor_rule not in ("negatives", "paper"):
+            raise ValueError(
+                f"snip: anchor_rule must be negatives (only negatives near an invalid GT are "
+                f"ignored) or paper (every anchor near one), got {anchor_rule!r}"
+            )
         self.pyramid = get_pyramid(pyramid)
         self.size_divisible = size_divisible
-        self.chip_size, self.chip_candidates = chip_size, chip_candidates
+        self.chip_size, self.chip_candidates, self.max_chips = chip_size, chip_candidates, max_chips
+        self.exclude = anchor_rule == "paper"
         self.rng = random.Random(seed)
         self.largest = max(range(len(self.pyramid)), key=lambda k: self.pyramid[k].min_size)
-        self._last: tuple[int, int, int] = (-1, 0, 0)  # resolution, images kept, images in
+        self._last: tuple[list[int], int] = ([], 0)  # each image's resolution, valid objects
         self._warned = False
 
     def before_step(self, state: TrainState, batch: Batch) -> Batch:
-        fed_scales = [fed_scale(batch, i) for i in range(len(batch.targets))]
-        valid = [
-            [
-                bool(in_range(t["boxes"], s, res.train_range).any())
-                for t, s in zip(batch.targets, fed_scales, strict=True)
+        """Each image at a resolution where it has a valid GT (drawn among those)."""
+        choices = []
+        for i, target in enumerate(batch.targets):
+            scale = fed_scale(batch, i)
+            valid = [
+                k
+                for k, res in enumerate(self.pyramid)
+                if bool(in_range(target["boxes"], scale, res.train_range).any())
             ]
-            for res in self.pyramid
-        ]
-        counts = [sum(v) for v in valid]
-        choice = self.rng.randrange(len(self.pyramid))
-        if counts[choice] == 0 and max(counts) > 0:
-            choice = counts.index(max(counts))
-        res = self.pyramid[choice]
-        keep = [i for i, ok in enumerate(valid[choice]) if ok] or list(range(len(valid[choice])))
-        self._warn_if_upsampling(batch, res)
-        resized, scales = resize_batch(subset(batch, keep), res, self.size_divisible)
+            choices.append(self.rng.choice(valid or range(len(self.pyramid))))
+        resolutions = [self.pyramid[k] for k in choices]
+        self._warn_if_upsampling(
+            batch, self.pyramid[max(choices, key=lambda k: self.pyramid[k].min_size)]
+        )
+        resized, scales = resize_batch(batch, resolutions, self.size_divisible)
         resized.targets = [
-            mark_invalid(t, s, res.train_range)
-            for t, s in zip(resized.targets, scales, strict=True)
+            mark_invalid(t, s, res, self.exclude)
+            for t, s, res in zip(resized.targets, scales, resolutions, strict=True)
         ]
-        if self.chip_size and choice == self.largest:
+        if self.chip_size:  # the images at the largest resolution become chips
             resized = crop_to_chips(
-                resized, self.chip_size, self.chip_candidates, self.rng, self.size_divisible
-            )
-        self._last = (choice, len(keep), len(batch.targets))
+                resized, self.chip_size, self.chip_candidates, self.rng, self.size_divisible,
+                self.max_chips, [k == self.largest for k in choices],
+            )  # fmt: skip
+        self._last = (choices, sum(len(t["boxes"]) for t in resized.targets))
         return resized
 
     def _warn_if_upsampling(self, batch: Batch, res: Resolution) -> None:
@@ -270,10 +380,9 @@ class SNIP(Hook):
             self._warned = True
 
     def after_step(self, state: TrainState) -> None:
-        choice, kept, total = self._last
-        state.metrics["snip_resolution"] = self.pyramid[choice].min_size
-        state.metrics["snip_images"] = kept
-        state.metrics["snip_skipped"] = total - kept
+        choices, valid_objects = self._last
+        state.metrics["snip_resolution"] = [self.pyramid[k].min_size for k in choices]
+        state.metrics["snip_valid_objects"] = valid_objects
 
     def state_dict(self) -> dict:
         return {"rng": rng_state(self.rng)}

@@ -17,6 +17,7 @@ from podkit.train.methods.snip import (
     crop_to_chips,
     get_pyramid,
     keep_in_range,
+    mark_invalid,
     merge_detections,
     resize_batch,
 )
@@ -77,20 +78,133 @@ def test_valid_range_marking_in_original_pixels():
     assert target["boxes"][0, :2].tolist() == pytest.approx([100 - 24, 100 - 24])
 
 
-def test_images_without_valid_gt_leave_the_batch_and_the_resolution_falls_back():
-    small, large = square(30, 30, 10), square(50, 50, 80)
-    hook = SNIP(pyramid=[[100, 1000, 0, 20]])
-    state = TrainState(0, 1, None, None)
-    out = hook.before_step(state, batch_of([[small], [large]]))
-    hook.after_step(state)
-    assert len(out.targets) == 1 and out.meta[0]["image_id"] == 0
-    assert state.metrics == {"snip_resolution": 100, "snip_images": 1, "snip_skipped": 1}
-    # only large objects: whichever resolution is drawn, the one they are valid at is used
+def test_each_image_trains_at_a_resolution_where_it_has_a_valid_gt():
+    """Image-resolution pairs with a valid GT (the paper): no image leaves the batch."""
+    small, large, edge = square(30, 30, 10), square(50, 50, 80), square(50, 50, 20)
     hook = SNIP(pyramid=[[100, 1000, 0, 20], [50, 1000, 20, math.inf]], seed=1)
+    state = TrainState(0, 1, None, None)
     for _ in range(6):
-        out = hook.before_step(state, batch_of([[large], [large]]))
+        out = hook.before_step(state, batch_of([[small], [large]]))
         hook.after_step(state)
-        assert state.metrics["snip_resolution"] == 50 and len(out.targets) == 2
+        assert state.metrics["snip_resolution"] == [100, 50]  # the only valid one of each
+        assert [len(t["boxes"]) for t in out.targets] == [1, 1]
+        assert state.metrics["snip_valid_objects"] == 2
+        assert out.images.sizes == [(100, 100), (50, 50)]
+    seen = set()
+    for _ in range(20):  # valid at both (bounds included): both are drawn
+        hook.before_step(state, batch_of([[edge]]))
+        hook.after_step(state)
+        seen.add(state.metrics["snip_resolution"][0])
+    assert seen == {100, 50}
+
+
+def test_rpn_range_gives_the_rpn_its_own_valid_gts():
+    """The paper's 800 px RPN on [0, 160] while the R-CNN has [40, 160]: a GT under 40 px
+    trains the RPN (its best anchor is a positive) and is an ignore region for the R-CNN."""
+    tiny_box, mid = square(40, 40, 12), square(80, 80, 40)
+    res = get_pyramid([[128, 1000, 20, 100, 0, 100]])[0]
+    target = mark_invalid(
+        {"boxes": torch.tensor([tiny_box, mid]), "labels": torch.tensor([0, 1])}, 1.0, res
+    )
+    assert target["boxes"].tolist() == [mid] and target["ignore"].tolist() == [tiny_box]
+    assert target["rpn_boxes"].tolist() == [tiny_box, mid] and len(target["rpn_ignore"]) == 0
+    model = build_detector(tiny_model_config("faster_rcnn_fpn", 3)).train()
+    features = model.backbone(torch.rand(1, 3, 128, 128))
+    anchors = torch.cat(
+        model.rpn.anchor_generator(
+            [f.shape[-2:] for f in features], model.backbone.strides, features[0].device
+        )
+    )
+    best = box_iou(torch.tensor([tiny_box]), anchors)[0].argmax()
+    for t, positive in (
+        (target, True),
+        ({k: v for k, v in target.items() if not k.startswith("rpn_")}, False),
+    ):
+        seen = []
+        sampler = model.rpn.sampler
+        model.rpn.sampler = lambda labels, seen=seen, sampler=sampler: (
+            seen.append(labels) or sampler(labels)
+        )
+        model.rpn(features, model.backbone.strides, [(128, 128)], [t])
+        model.rpn.sampler = sampler
+        assert (int(seen[0][best]) == 1) == positive
+
+
+def test_paper_anchor_rule_excludes_positives_near_an_invalid_gt():
+    model = build_detector(tiny_model_config("faster_rcnn_fpn", 3)).train()
+    features = model.backbone(torch.rand(1, 3, 128, 128))
+    anchors = torch.cat(
+        model.rpn.anchor_generator(
+            [f.shape[-2:] for f in features], model.backbone.strides, features[0].device
+        )
+    )
+    # a valid GT on a square anchor near the centre, an invalid (larger) one over it
+    centre = (anchors[:, :2] + anchors[:, 2:]) / 2
+    sides = anchors[:, 2:] - anchors[:, :2]
+    square_ones = (sides[:, 0] == sides[:, 1]) & (sides[:, 0] >= 24)
+    pick = torch.where(square_ones)[0][((centre[square_ones] - 64).abs().sum(1)).argmin()]
+    valid = anchors[pick].tolist()
+    side = valid[2] - valid[0]
+    invalid = [valid[0], valid[1], valid[2] + 0.5 * side, valid[3] + 0.5 * side]
+    res = get_pyramid([[128, 1000, 0.5 * side, 1.2 * side]])[0]
+    raw = {"boxes": torch.tensor([valid, invalid]), "labels": torch.tensor([0, 1])}
+    iou_valid = box_iou(anchors, torch.tensor([valid]))[:, 0]
+    iou_invalid = box_iou(anchors, torch.tensor([invalid]))[:, 0]
+    both = (iou_valid >= 0.7) & (iou_invalid > 0.3)
+    assert both.any()
+    labels = {}
+    for rule in ("negatives", "paper"):
+        target = mark_invalid(raw, 1.0, res, exclude=rule == "paper")
+        seen = []
+        sampler = model.rpn.sampler
+        model.rpn.sampler = lambda x, seen=seen, sampler=sampler: seen.append(x) or sampler(x)
+        model.rpn(features, model.backbone.strides, [(128, 128)], [target])
+        model.rpn.sampler = sampler
+        labels[rule] = seen[0]
+    assert (labels["negatives"][both] == 1).all() and (labels["paper"][both] == -1).all()
+    far = iou_invalid == 0
+    assert torch.equal(labels["negatives"][far], labels["paper"][far])
+    with pytest.raises(ValueError, match="anchor_rule"):
+        SNIP(anchor_rule="all")
+
+
+def test_rcnn_ignore_threshold_follows_the_heads_iou_threshold():
+    """A proposal at IoU 0.6 to an invalid GT: ignored under a 0.5 head, a negative under a
+    0.7 one (Dynamic R-CNN raises the threshold; what it calls negative is not ignored)."""
+    model = build_detector(tiny_model_config("faster_rcnn_fpn", 3)).train()
+    invalid = square(60, 60, 40)
+    near = [40.0, 40.0, 80.0, 66.0]  # IoU 0.65 with the invalid GT
+    assert 0.6 < float(box_iou(torch.tensor([near]), torch.tensor([invalid]))) < 0.7
+    target = {"boxes": torch.tensor([square(20, 20, 10)]), "labels": torch.tensor([1]),
+              "ignore": torch.tensor([invalid])}  # fmt: skip
+    kept = {}
+    for threshold in (0.5, 0.7):
+        model.roi_heads.iou_threshold = threshold
+        props, *_ = model.roi_heads.sample([torch.tensor([near])], [target])
+        kept[threshold] = any(p.tolist() == pytest.approx(near) for p in props[0])
+    assert kept == {0.5: False, 0.7: True}
+
+
+def test_greedy_chips_cover_every_valid_object():
+    corners = [square(30, 30, 20), square(270, 30, 20), square(30, 270, 20), square(270, 270, 20)]
+    batch = batch_of([corners], size=(300, 300), original=(300, 300))
+    out = crop_to_chips(batch, 128, 50, __import__("random").Random(0))
+    assert len(out.targets) == 4 and out.images.sizes == [(128, 128)] * 4
+    assert sum(len(t["boxes"]) for t in out.targets) == 4  # each object whole in some chip
+    capped = crop_to_chips(batch, 128, 50, __import__("random").Random(0), max_chips=2)
+    assert len(capped.targets) == 2
+
+
+def test_fitted_pyramid_puts_valid_objects_at_20_to_100_px():
+    pyramid = get_pyramid("fit:448")
+    assert [r.min_size for r in pyramid] == [896, 448, 224]
+    factors = [2.0, 1.0, 0.5]
+    for k, (res, f) in enumerate(zip(pyramid, factors, strict=True)):
+        lo, hi = res.train_range
+        assert (lo * f, hi * f) == ((0 if k == 0 else 20), (math.inf if k == 2 else 100))
+        assert res.test_range[0] <= lo and res.test_range[1] >= hi
+    with pytest.raises(ValueError, match="fit:SIZE"):
+        get_pyramid("fit:big")
 
 
 def test_rpn_anchors_near_invalid_gts_are_neither_positive_nor_negative():
@@ -305,7 +419,7 @@ def test_training_step_with_snip_and_with_dst_and_rlo(synth_set, tmp_path, arch,
     train(cfg, tmp_path / "run")
     lines = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 3
-    assert all(r["snip_resolution"] in (448, 256, 154) for r in lines)
+    assert all(set(r["snip_resolution"]) <= {448, 256, 154} for r in lines)
     assert all(math.isfinite(r["loss"]) for r in lines)
     if "dst" in methods:
         assert lines[0]["dst_collage"] == 1 and "rlo_probs" in lines[-1]
@@ -326,6 +440,12 @@ def test_snip_dst_rlo_resume_exactly(synth_set, tmp_path):
         for run in ("straight", "resumed")
     ]
     for a, b in zip(*logs, strict=True):
-        for key in ("snip_resolution", "snip_images", "dst_collage", "rlo_action", "rlo_probs"):
+        for key in (
+            "snip_resolution",
+            "snip_valid_objects",
+            "dst_collage",
+            "rlo_action",
+            "rlo_probs",
+        ):
             assert a[key] == b[key], (a["iter"], key)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
