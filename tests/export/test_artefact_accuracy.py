@@ -21,7 +21,12 @@ from podkit.bench.predict import predict_images
 from podkit.data import load_dataset
 from podkit.export import export_checkpoint, load, sample_image
 from podkit.export.metadata import read_metadata, write_metadata
-from podkit.export.precision import NETWORK_OPS, convert_fp16
+from podkit.export.precision import (
+    NETWORK_OPS,
+    calibration_images,
+    convert_fp16,
+    quantize_int8,
+)
 from podkit.train.evaluate import predict_at
 from tests.e2e.test_cli import invoke
 
@@ -187,15 +192,17 @@ def test_batch_two_artefact_equals_two_batch_one_runs(
 
 
 def test_int8_artefact_is_quantised_per_channel_and_keeps_its_ap(
-    checkpoints, reference, val_set, tmp_path
+    checkpoints, artefact, reference, val_set, tmp_path
 ):
+    """The INT8 form of the FP32 artefact (what `export --int8` writes after its FP32 export;
+    that path runs in test_bench_latency), calibrated on 8 training images."""
     import onnx
 
     path = tmp_path / "int8.onnx"
-    export_checkpoint(
-        checkpoints(), "onnx", path, (96, 128), precision="int8", calib=8, log=lambda _: None
-    )
-    assert read_metadata(path)["precision"] == "int8"
+    images = list(calibration_images(artefact, 8))
+    assert len(images) == 8 and images[0].shape == (1, 3, 96, 128)
+    quantize_int8(artefact, path, images)
+    write_metadata(path, {**read_metadata(artefact), "precision": "int8"})
     graph = onnx.load(str(path)).graph
     produced_by = {out: node for node in graph.node for out in node.output}
     layers = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
