@@ -172,9 +172,11 @@ def export_checkpoint(
         if precision != "fp32":
             reduced_path = out if target == "onnx" else Path(scratch) / f"model_{precision}.onnx"
             if precision == "int8":
-                write_metadata(onnx_path, record)  # the calibration reads the config from it
                 log(f"calibrating INT8 on {calib} training images")
-                images = list(reduced.calibration_images(onnx_path, calib))
+                fed_size = None if dynamic else input_size
+                images = list(
+                    reduced.calibration_images(ckpt["config"], fed_size, calib, batch=batch)
+                )
                 report["int8"] = reduced.quantize_int8(
                     onnx_path, reduced_path, images, for_tensorrt=target == "tensorrt"
                 )

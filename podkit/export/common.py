@@ -46,6 +46,17 @@ def artefact_input(
     return padded[None].contiguous().numpy(), (int(h), int(w)), downscaled
 
 
+def stack_inputs(arrays: list[np.ndarray], batch: int) -> np.ndarray:
+    """One input of an artefact taking `batch` images: the (1, 3, h, w) arrays padded to a
+    common size (a dynamic artefact's may differ), blank images after the last one."""
+    height = max(a.shape[2] for a in arrays)
+    width = max(a.shape[3] for a in arrays)
+    stacked = np.zeros((batch, 3, height, width), np.float32)
+    for k, a in enumerate(arrays):
+        stacked[k, :, : a.shape[2], : a.shape[3]] = a[0]
+    return stacked
+
+
 def compare_outputs(
     names: list[str],
     reference: list[np.ndarray],

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from podkit.export import load
-from podkit.export.common import artefact_input
+from podkit.export.common import artefact_input, stack_inputs
 from podkit.export.metadata import read_metadata
 from podkit.models.output import DetectorOutput, rescale_detections
 from podkit.ops import clip_boxes_to_image
@@ -49,21 +48,13 @@ class ArtefactDetector:
             fed_sizes.append(fed_size)
         detections = []
         for first in range(0, len(arrays), self.batch):
-            outputs = dict(zip(self.record["outputs"], self.run(self._stack(arrays[first : first + self.batch])), strict=True))  # fmt: skip
-            for k, fed_size in enumerate(fed_sizes[first : first + self.batch]):
-                detections.append(_image_detections(outputs, k, fed_size))
+            group = slice(first, first + self.batch)
+            outputs = self.run(stack_inputs(arrays[group], self.batch))
+            named = dict(zip(self.record["outputs"], outputs, strict=True))
+            for k, fed_size in enumerate(fed_sizes[group]):
+                detections.append(_image_detections(named, k, fed_size))
         fed = ImageBatch(images.tensor, fed_sizes, images.original_sizes)
         return DetectorOutput(detections=rescale_detections(detections, fed))
-
-    def _stack(self, arrays: list[np.ndarray]) -> np.ndarray:
-        """One input of the artefact's batch: the images padded to a common size (a dynamic
-        artefact's may differ), and blank images after the last one."""
-        height = max(a.shape[2] for a in arrays)
-        width = max(a.shape[3] for a in arrays)
-        batch = np.zeros((self.batch, 3, height, width), np.float32)
-        for k, a in enumerate(arrays):
-            batch[k, :, : a.shape[2], : a.shape[3]] = a[0]
-        return batch
 
 
 def _image_detections(outputs: dict, k: int, fed_size: tuple[int, int]) -> dict:

@@ -16,9 +16,9 @@ Calibration images come from the training set, drawn at random (seeded), resized
 artefact's own inputs are (`common.artefact_input`), so the ranges are those it will see.
 
 FP16. Every float initialiser and op in half precision except the ops kept in float
-(`FP16_KEEP_FLOAT`: NMS, RoiAlign, TopK and the box arithmetic's inputs come back to float
-at their border), inputs and outputs float32, so a runner feeds the same arrays. It is for
-GPU targets: onnxruntime's CPU provider has few half-precision kernels and inserts casts.
+(`FP16_KEEP_FLOAT`: NMS, RoiAlign, TopK, Resize, GridSample; Casts at their borders), with
+float32 inputs and outputs, so a runner feeds the same arrays. It is for GPU targets:
+onnxruntime's CPU provider has few half-precision kernels (it runs, slowly).
 """
 
 from __future__ import annotations
@@ -36,29 +36,33 @@ NETWORK_OPS = {*QUANTIZED_OPS, "Relu", "Add", "MaxPool", "Resize", "RoiAlign", "
 FP16_KEEP_FLOAT = ["NonMaxSuppression", "RoiAlign", "TopK", "Resize", "GridSample"]
 
 
-def calibration_images(artefact: str | Path, count: int, seed: int = 0) -> Iterator[np.ndarray]:
-    """`count` training images of the artefact's config, drawn at random, each as the
-    (1, 3, H, W) array the artefact is fed (resize, fit, padding as at inference)."""
+def calibration_images(
+    config: dict, input_size: tuple[int, int] | None, count: int, seed: int = 0, batch: int = 1
+) -> Iterator[np.ndarray]:
+    """`count` training images of a checkpoint's `config`, drawn at random, as an artefact
+    of `input_size` (None: dynamic) taking `batch` images is fed: resized, fitted and
+    padded as at inference, in (batch, 3, H, W) groups (the last filled with blanks)."""
     from podkit.config import config_from_dict
     from podkit.data import load_dataset
     from podkit.data.loader import DetectionDataset, eval_batches, make_loader
-    from podkit.export.common import artefact_input
-    from podkit.export.metadata import read_metadata
+    from podkit.export.common import artefact_input, stack_inputs
 
-    record = read_metadata(artefact)
-    input_size = None if record["dynamic"] else tuple(record["input_size"])
-    cfg = config_from_dict(record["config"])
-    records = load_dataset(cfg.data.train).records
     if count < 1:
         raise ValueError(f"--calib {count}: at least one calibration image is needed")
+    cfg = config_from_dict(config)
+    records = load_dataset(cfg.data.train).records
     picked = random.Random(seed).sample(records, min(count, len(records)))
     batches = eval_batches(len(picked), 1, cfg.data.test_min_size)
     loader = make_loader(
         DetectionDataset(picked, cfg.data.max_size), batches, 0, cfg.data.size_divisible
     )
-    for batch in loader:
-        for tensor, (h, w) in zip(batch.images.tensor, batch.images.sizes, strict=True):
-            yield artefact_input(tensor[:, :h, :w], input_size)[0]
+    arrays = [
+        artefact_input(item.images.tensor[0, :, :h, :w], input_size)[0]
+        for item in loader
+        for h, w in item.images.sizes
+    ]
+    for first in range(0, len(arrays), batch):
+        yield stack_inputs(arrays[first : first + batch], batch)
 
 
 def head_outputs(model) -> list[str]:
@@ -144,26 +148,24 @@ def convert_fp16(source: str | Path, out: str | Path) -> dict:
     half = convert_float_to_float16(
         model, keep_io_types=True, op_block_list=FP16_KEEP_FLOAT, disable_shape_infer=False
     )
-    # the converter inserts one Cast per reader of a float-kept tensor, all of one name and
-    # output (invalid ONNX, which onnxruntime refuses): keep the first of identical nodes
-    seen, unique = set(), []
-    for node in half.graph.node:
-        key = node.SerializeToString()
-        if key not in seen:
-            seen.add(key)
-            unique.append(type(node).FromString(key))
-    del half.graph.node[:]
-    half.graph.node.extend(unique)
-    _sort_nodes(half.graph)  # the converter appends the input Casts after their readers
+    _repair_node_list(half.graph)
     onnx.checker.check_model(half)
     onnx.save(half, str(out))
     return {"precision": "fp16", "kept_float": FP16_KEEP_FLOAT}
 
 
-def _sort_nodes(graph) -> None:
-    """Order the graph's nodes so that each comes after the producers of its inputs."""
+def _repair_node_list(graph) -> None:
+    """What the FP16 converter leaves invalid: it inserts one Cast per reader of a
+    float-kept tensor, all of one name and output (identical nodes: keep the first), and
+    appends the input Casts after their readers (order each node after its inputs'
+    producers)."""
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
+    seen, pending, ordered = set(), [], []
+    for node in graph.node:
+        key = node.SerializeToString()
+        if key not in seen:
+            seen.add(key)
+            pending.append(type(node).FromString(key))  # a copy that outlives the old list
     while pending:
         rest = []
         for node in pending:
@@ -175,6 +177,5 @@ def _sort_nodes(graph) -> None:
         if len(rest) == len(pending):
             raise ValueError("the FP16 graph has an input that no node produces")
         pending = rest
-    copies = [type(n).FromString(n.SerializeToString()) for n in ordered]
     del graph.node[:]
-    graph.node.extend(copies)
+    graph.node.extend(ordered)

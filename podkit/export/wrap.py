@@ -166,16 +166,26 @@ class ExportWrapper(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         size = (images.shape[-2], images.shape[-1])
         model = self.model
-        post = self._retinanet if isinstance(model, RetinaNet) else self._faster_rcnn
         features = model.backbone(images)
+        # the heads' convs run on the whole batch; only the post-processing is per image
+        if isinstance(model, RetinaNet):
+            post, head, generator = self._retinanet, model.head, model.anchor_generator
+        else:
+            post, head, generator = self._faster_rcnn, model.rpn.head, model.rpn.anchor_generator
+        logits, deltas = head(features)
+        anchors = self._anchors(generator, features, model.backbone.strides)
+
+        def image(i: int) -> tuple[Tensor, ...]:
+            one = ([x[i : i + 1] for x in xs] for xs in (features, logits, deltas))
+            return post(*one, anchors, size)
+
         if not self.nms:
             if images.shape[0] != 1:
                 raise ValueError("raw outputs (nms=False) are exported for batch 1 only")
-            return post(features, size)
+            return image(0)
         # each image's detections, then (N, D, ...) and the counts (N,)
-        per_image = [post([f[i : i + 1] for f in features], size) for i in range(images.shape[0])]
-        return tuple(torch.stack(outs) if k < 3 else torch.cat(outs) for k, outs in
-                     enumerate(zip(*per_image, strict=True)))  # fmt: skip
+        per_image = zip(*(image(i) for i in range(images.shape[0])), strict=True)
+        return tuple(torch.stack(x) if k < 3 else torch.cat(x) for k, x in enumerate(per_image))
 
     def _anchors(self, generator, features: list[Tensor], strides: list[int]) -> list[Tensor]:
         return [
@@ -198,12 +208,10 @@ class ExportWrapper(nn.Module):
             (keep >= 0).sum().reshape(1),  # the count, from data rather than from a shape
         )
 
-    def _retinanet(self, features: list[Tensor], size) -> tuple[Tensor, ...]:
-        """One image's detections from its features."""
+    def _retinanet(self, features, logits, deltas, anchors, size) -> tuple[Tensor, ...]:
+        """One image's detections from its head outputs (its features are not needed)."""
         model = self.model
         cfg = model.config
-        logits, deltas = model.head(features)
-        anchors = self._anchors(model.anchor_generator, features, model.backbone.strides)
         if not self.nms:
             return torch.cat(logits, 1)[0], torch.cat(deltas, 1)[0], torch.cat(anchors)
         boxes_l, scores_l, labels_l = [], [], []
@@ -221,11 +229,11 @@ class ExportWrapper(nn.Module):
         boxes = clip_boxes_to_image(torch.cat(boxes_l), size)
         return self._detections(boxes, torch.cat(scores_l), torch.cat(labels_l), cfg)
 
-    def _faster_rcnn(self, features: list[Tensor], size) -> tuple[Tensor, ...]:
-        """One image's detections from its features."""
+    def _faster_rcnn(self, features, logits, deltas, anchors, size) -> tuple[Tensor, ...]:
+        """One image's detections from its features and RPN head outputs."""
         model = self.model
         strides = model.backbone.strides
-        proposals = self._proposals(features, strides, size)
+        proposals = self._proposals(logits, deltas, anchors, size)
         heads = model.roi_heads
         features, strides = features[: heads.pool_levels], strides[: heads.pool_levels]
         rois = torch.cat([proposals.new_zeros((proposals.shape[0], 1)), proposals], dim=1)
@@ -257,12 +265,10 @@ class ExportWrapper(nn.Module):
         scores = torch.where(wide, scores, torch.zeros_like(scores))  # <= threshold: dropped
         return self._detections(boxes, scores, labels, cfg)
 
-    def _proposals(self, features: list[Tensor], strides: list[int], size) -> Tensor:
+    def _proposals(self, logits, deltas, anchors, size) -> Tensor:
         """The RPN's `propose` for one image, with its filtering as masking."""
         rpn = self.model.rpn
         cfg = rpn.config
-        logits, deltas = rpn.head(features)
-        anchors = self._anchors(rpn.anchor_generator, features, strides)
         boxes_l, scores_l, levels_l = [], [], []
         for level, (a, lg, d) in enumerate(zip(anchors, logits, deltas, strict=True)):
             s = flatten_level(lg, 1)[0, :, 0]

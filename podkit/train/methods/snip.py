@@ -196,28 +196,21 @@ def mark_invalid(
     `valid_range` (as-fed pixels) goes along for the R-CNN stage's proposal filter, and a
     resolution with its own RPN range gives the RPN its own GTs (`rpn_*`)."""
     boxes = target["boxes"]
-    none = boxes.new_zeros((0, 4))
+    crowd = target.get("ignore", boxes.new_zeros((0, 4)))
 
-    def split(valid: tuple[float, float]) -> dict[str, Tensor]:
+    def split(valid: tuple[float, float]) -> tuple[Tensor, dict[str, Tensor]]:
         keep = in_range(boxes, scale, valid)
-        out = {
-            "boxes": boxes[keep],
-            "ignore": torch.cat([target.get("ignore", none), boxes[~keep]]),
-        }
         if exclude:
-            out.update(ignore=target.get("ignore", none), exclude=boxes[~keep])
-        return out | {"keep": keep}
+            return keep, {"boxes": boxes[keep], "ignore": crowd, "exclude": boxes[~keep]}
+        return keep, {"boxes": boxes[keep], "ignore": torch.cat([crowd, boxes[~keep]])}
 
-    main = split(res.train_range)
-    keep = main.pop("keep")
+    keep, main = split(res.train_range)
     out = {**target, **main, "labels": target["labels"][keep]}
     out["valid_range"] = boxes.new_tensor(
         [res.train_range[0] * scale, min(res.train_range[1] * scale, 1e8)]
     )
     if res.rpn_range is not None:
-        rpn = split(res.rpn_range)
-        rpn.pop("keep")
-        out.update({f"rpn_{k}": v for k, v in rpn.items()})
+        out.update({f"rpn_{k}": v for k, v in split(res.rpn_range)[1].items()})
     return out
 
 
@@ -227,19 +220,14 @@ def best_chip(
     """(x0, y0) of the chip x chip window, among `candidates` random ones (and the corner),
     that holds the most of `boxes` entirely, and which boxes it holds."""
     h, w = size
-    best, best_inside = (0, 0), None
-    for k in range(candidates if h > chip or w > chip else 1):
-        x0 = 0 if k == 0 else rng.randint(0, max(w - chip, 0))
-        y0 = 0 if k == 0 else rng.randint(0, max(h - chip, 0))
-        inside = (
-            (boxes[:, 0] >= x0)
-            & (boxes[:, 1] >= y0)
-            & (boxes[:, 2] <= x0 + chip)
-            & (boxes[:, 3] <= y0 + chip)
-        )
-        if best_inside is None or int(inside.sum()) > int(best_inside.sum()):
-            best, best_inside = (x0, y0), inside
-    return best, best_inside
+    corners = [(0, 0)] + [
+        (rng.randint(0, max(w - chip, 0)), rng.randint(0, max(h - chip, 0)))
+        for _ in range(candidates - 1 if h > chip or w > chip else 0)
+    ]
+    xy = boxes.new_tensor(corners)[:, None, :]  # (K, 1, 2): every candidate tested at once
+    inside = ((boxes[None, :, :2] >= xy) & (boxes[None, :, 2:] <= xy + chip)).all(-1)
+    best = int(inside.sum(1).argmax())  # the first of the best, as the loop it replaces
+    return corners[best], inside[best]
 
 
 def cover_with_chips(
