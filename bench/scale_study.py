@@ -32,8 +32,9 @@ from podkit.config import load_config
 from podkit.data import load_dataset
 from podkit.data.loader import DetectionDataset, collate, training_batches
 from podkit.models import build_detector
+from podkit.models.pyramid import PYRAMIDS
 from podkit.train.loop import train
-from podkit.train.methods.snip import PYRAMIDS, crop_to_chips, mark_invalid, resize_batch
+from podkit.train.methods.snip import crop_to_chips, mark_invalid, resize_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP60", "AP70", "AP80", "AP90")

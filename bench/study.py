@@ -14,6 +14,11 @@ Arms are paired by seed (same data order, same start); the report gives, per arm
 metric, the per-seed differences to its study's baseline, their mean, and the seed spread
 of the baseline (max - min over seeds): a difference smaller than the spread is not resolved.
 
+Tests. Every arm is scored single-scale at the recipe's test size (RUN/eval.json). A study
+with the `pyramid` test also scores every arm on the pyramid PYRAMID (RUN/eval_pyramid.json):
+SNIP arms with their valid ranges (`eval.snip`), the others with plain multi-scale merging
+(`eval.multiscale`), so each arm meets the same multi-scale test.
+
 An arm is done when RUN/eval.json exists; an interrupted arm resumes from RUN/last.pt
 (checkpoints every 200 iterations). Writes OUT/results.json and OUT/results.md.
 """
@@ -24,14 +29,21 @@ import argparse
 import json
 import statistics
 from dataclasses import dataclass, field
+from itertools import product
 from pathlib import Path
 
+from podkit.bench.accuracy import evaluate_path
 from podkit.config import load_config
 from podkit.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP80", "AP90")
 MULTI_SCALE_TRAIN = "data.min_size=[320, 384, 448, 512, 576]"
+# the SNIP study's pyramid, fitted to the benchmark's 448 px test size: 896, 448 and 224 px,
+# valid ranges putting objects at 20-100 px as fed (models/pyramid.fitted_pyramid)
+PYRAMID = "fit:448"
+PYRAMID_SIZES = "data.min_size=[224, 448, 896]"
+LARGEST = ("data.min_size=[896]", "data.max_size=1504")  # SNIP resizes from the largest
 
 
 @dataclass(frozen=True)
@@ -54,20 +66,37 @@ ARMS = {
     # interval 10: 120 weight updates in 1200 iterations (the paper's alpha of 50 gives 24)
     "retina_avw": Arm("retinanet_avw", "retinanet", [{"name": "avw", "interval": 10}]),
     "retina_rlo": Arm("retinanet_rlo", "retinanet", [{"name": "rlo", "interval": 10}]),
+    # multi-scale training on SNIP's own pyramid, every object valid at every resolution
+    "frcnn_mst": Arm("frcnn_pyramid_ms", "faster_rcnn_fpn", overrides=(PYRAMID_SIZES, LARGEST[1])),
+    "frcnn_snip": Arm(
+        "frcnn_snip",
+        "faster_rcnn_fpn",
+        [{"name": "snip", "pyramid": PYRAMID, "anchor_rule": "paper"}],
+        LARGEST,
+    ),
 }
-# study: (its arms, baseline first; the metrics the papers judge it on)
+# study: (its arms, baseline first; the metrics the papers judge it on; its tests)
 STUDIES = {
-    "dst": (("frcnn", "frcnn_ms", "frcnn_dst", "retina", "retina_dst"), ("APs", "AP")),
-    "dynamic_rcnn": (("frcnn", "frcnn_drcnn"), ("AP80", "AP90", "AP")),
-    "loss_balance": (("retina", "retina_avw", "retina_rlo"), ("AP", "APs", "APl")),
+    "dst": (("frcnn", "frcnn_ms", "frcnn_dst", "retina", "retina_dst"), ("APs", "AP"), ("single",)),
+    "dynamic_rcnn": (("frcnn", "frcnn_drcnn"), ("AP80", "AP90", "AP"), ("single",)),
+    "loss_balance": (("retina", "retina_avw", "retina_rlo"), ("AP", "APs", "APl"), ("single",)),
+    "snip": (
+        ("frcnn", "frcnn_ms", "frcnn_mst", "frcnn_snip"),
+        ("APs", "AP", "APl"),
+        ("single", "pyramid"),
+    ),
 }
+EVAL_FILE = {"single": "eval.json", "pyramid": "eval_pyramid.json"}
+# arm: the arms it is paired with, its study's baseline first
 BASELINES = {
-    "frcnn_ms": "frcnn",
-    "frcnn_dst": "frcnn",
-    "frcnn_drcnn": "frcnn",
-    "retina_dst": "retina",
-    "retina_avw": "retina",
-    "retina_rlo": "retina",
+    "frcnn_ms": ("frcnn",),
+    "frcnn_dst": ("frcnn",),
+    "frcnn_drcnn": ("frcnn",),
+    "retina_dst": ("retina",),
+    "retina_avw": ("retina",),
+    "retina_rlo": ("retina",),
+    "frcnn_mst": ("frcnn",),
+    "frcnn_snip": ("frcnn", "frcnn_mst"),  # the paper's question: SNIP vs multi-scale training
 }
 
 
@@ -104,10 +133,24 @@ def train_arm(arm: Arm, seed: int, start: Path, out: Path, iters: int) -> Path:
     return run
 
 
-def summarise(run: Path) -> dict:
-    """eval.json plus what the log says about the method (collages, T and beta, speed)."""
+def test_on_pyramid(arm: Arm, run: Path) -> None:
+    """RUN/eval_pyramid.json: the multi-scale test on PYRAMID, with SNIP's ranges for SNIP."""
+    out = run / EVAL_FILE["pyramid"]
+    if out.exists():
+        return
+    snip = any(m["name"] == "snip" for m in arm.methods)
+    mode = "eval.snip=true" if snip else "eval.multiscale=true"
+    print(f"{run}: {mode} on the pyramid {PYRAMID}", flush=True)
+    metrics = evaluate_path(run / "last.pt", [mode, f"eval.pyramid={PYRAMID}", *EXTRA])
+    out.write_text(json.dumps(metrics, indent=2))
+    print(f"{out}: AP {metrics['AP']:.1f}  APs {metrics['APs']:.1f}", flush=True)
+
+
+def summarise(run: Path, test: str = "single") -> dict:
+    """The test's eval file plus what the log says about the method (collages, T and beta,
+    speed)."""
     log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    out = dict(json.loads((run / "eval.json").read_text()))
+    out = dict(json.loads((run / EVAL_FILE[test]).read_text()))
     out["seconds_per_iter"] = statistics.median(r["time"] for r in log)
     shares = [r["small_loss_share"] for r in log if r.get("small_loss_share") is not None]
     if shares:
@@ -135,56 +178,78 @@ def paired(arm: list[dict], base: list[dict], key: str, base_all: list[dict]) ->
 
 
 def report(studies: list[str], out: Path, seeds: list[int]) -> str:
-    """Markdown tables of every arm with at least one finished seed, paired with the baseline
-    over the seeds both have (a partial arm says which seeds it holds)."""
+    """Markdown tables of every arm with at least one finished seed, per test, paired with
+    its baselines over the seeds both have (a partial arm says which seeds it holds). An arm
+    under the pyramid test is named ARM@pyramid."""
     done: dict[str, dict[int, dict]] = {}
-    for name in dict.fromkeys(a for s in studies for a in STUDIES[s][0]):
-        runs = {s: out / ARMS[name].slug / f"seed{s}" for s in seeds}
-        finished = {s: summarise(r) for s, r in runs.items() if (r / "eval.json").exists()}
-        if finished:
-            done[name] = finished
+    for study in studies:
+        arms, _, tests = STUDIES[study]
+        for name, test in product(arms, tests):
+            runs = {s: out / ARMS[name].slug / f"seed{s}" for s in seeds}
+            finished = {
+                s: summarise(r, test) for s, r in runs.items() if (r / EVAL_FILE[test]).exists()
+            }
+            if finished:
+                done[tested(name, test)] = finished
     arms_json = {n: [dict(r, seed=s) for s, r in d.items()] for n, d in done.items()}
     results: dict = {"seeds": seeds, "arms": arms_json, "studies": {}}
     lines = []
     for study in studies:
-        arms, judged = STUDIES[study]
-        lines += [f"### {study} (seeds {seeds}; mean, then per-seed in brackets)", ""]
-        lines += ["| arm | " + " | ".join(KEYS) + " | extra |", "|---" * (len(KEYS) + 2) + "|"]
-        for name in arms:
-            if name not in done:
-                lines.append(f"| {name} | " + " | ".join("-" for _ in KEYS) + " | not run yet |")
-                continue
-            runs = list(done[name].values())
-            cells = [_cell([r[k] for r in runs]) for k in KEYS]
-            partial = f"seeds {list(done[name])} only, " if len(runs) < len(seeds) else ""
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {partial}{_extra(runs)} |")
-        lines += ["", "Paired differences to the baseline (per seed; mean; baseline spread):", ""]
+        arms, judged, tests = STUDIES[study]
         results["studies"][study] = {}
-        for name in arms:
-            base = BASELINES.get(name)
-            if base is None or name not in done or base not in done:
-                continue
-            common = [s for s in done[name] if s in done[base]]
-            if not common:
-                continue
-            arm_runs, base_runs = [done[name][s] for s in common], [done[base][s] for s in common]
-            base_all = list(done[base].values())
-            diff = {k: paired(arm_runs, base_runs, k, base_all) for k in KEYS}
-            results["studies"][study][name] = diff | {"seeds": common}
-            cells = [
-                f"{k} {d['mean']:+.1f} ({', '.join(f'{x:+.1f}' for x in d['diffs'])}; spread "
-                + ("n/a" if d["baseline_spread"] is None else f"{d['baseline_spread']:.1f}")
-                + ")"
-                for k, d in diff.items()
-                if k in judged
-            ]
-            lines.append(f"- {name} vs {base} (seeds {common}): " + "; ".join(cells))
-        lines.append("")
+        for test in tests:
+            title = "" if test == "single" else f", tested on the pyramid {PYRAMID}"
+            lines += [f"### {study}{title} (seeds {seeds}; mean, then per-seed in brackets)", ""]
+            lines += ["| arm | " + " | ".join(KEYS) + " | extra |", "|---" * (len(KEYS) + 2) + "|"]
+            for name in (tested(a, test) for a in arms):
+                if name not in done:
+                    lines.append(
+                        f"| {name} | " + " | ".join("-" for _ in KEYS) + " | not run yet |"
+                    )
+                    continue
+                runs = list(done[name].values())
+                cells = [_cell([r[k] for r in runs]) for k in KEYS]
+                partial = f"seeds {list(done[name])} only, " if len(runs) < len(seeds) else ""
+                lines.append(f"| {name} | " + " | ".join(cells) + f" | {partial}{_extra(runs)} |")
+            lines += ["", "Paired differences (per seed; mean; the baseline's seed spread):", ""]
+            for arm in arms:
+                for k, base_arm in enumerate(BASELINES.get(arm, ())):
+                    name, base = tested(arm, test), tested(base_arm, test)
+                    line = pair_line(done, name, base, judged)
+                    if line:
+                        label = name if k == 0 else f"{name} vs {base}"
+                        results["studies"][study][label] = line[1]
+                        lines.append(line[0])
+            lines.append("")
     text = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(text)
     return text
+
+
+def tested(arm: str, test: str) -> str:
+    return arm if test == "single" else f"{arm}@{test}"
+
+
+def pair_line(done: dict, name: str, base: str, judged: tuple) -> tuple[str, dict] | None:
+    """One line of paired differences of `name` to `base` and its JSON, or None if they share
+    no finished seed."""
+    if name not in done or base not in done:
+        return None
+    common = [s for s in done[name] if s in done[base]]
+    if not common:
+        return None
+    arm_runs, base_runs = [done[name][s] for s in common], [done[base][s] for s in common]
+    diff = {k: paired(arm_runs, base_runs, k, list(done[base].values())) for k in KEYS}
+    cells = [
+        f"{k} {d['mean']:+.1f} ({', '.join(f'{x:+.1f}' for x in d['diffs'])}; spread "
+        + ("n/a" if d["baseline_spread"] is None else f"{d['baseline_spread']:.1f}")
+        + ")"
+        for k, d in diff.items()
+        if k in judged
+    ]
+    return f"- {name} vs {base} (seeds {common}): " + "; ".join(cells), diff | {"seeds": common}
 
 
 def _cell(values: list[float | None]) -> str:
@@ -227,7 +292,9 @@ def main() -> None:
             arm = ARMS[name]
             start = train_start(arm.arch, args.out, args.start_iters)
             for seed in args.seeds:
-                train_arm(arm, seed, start, args.out, args.iters)
+                run = train_arm(arm, seed, start, args.out, args.iters)
+                if any("pyramid" in STUDIES[s][2] and name in STUDIES[s][0] for s in args.studies):
+                    test_on_pyramid(arm, run)
             print(report(args.studies, args.out, args.seeds), flush=True)
     print(report(args.studies, args.out, args.seeds))
 

@@ -171,7 +171,7 @@ def eval_(
         False, "--snip", help="Multi-scale, each resolution keeping its valid range (SNIP)."
     ),
     pyramid: str | None = typer.Option(
-        None, "--pyramid", help="Pyramid preset for --multiscale/--snip: coco or synthetic."
+        None, "--pyramid", help="Pyramid for --multiscale/--snip: coco, synthetic or fit:SIZE."
     ),
     merge: str | None = typer.Option(
         None, "--merge", help="soft_nms_linear (default), soft_nms_gaussian or nms."

@@ -15,6 +15,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -339,12 +340,12 @@ class Config:
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
-    """Defaults <- YAML file <- `key.sub=value` overrides (values parsed as YAML)."""
+    """Defaults <- YAML file <- `key.sub=value` overrides (values parsed as YAML). A path
+    that is not a file may name a config shipped with podkit (`configs/tiny/retinanet.yaml`
+    or `tiny/retinanet.yaml`), so the recipes work from an installed wheel too."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
+        path = packaged_config(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -354,6 +355,22 @@ def load_config(
                 f"{path}: a config file must be a mapping of sections, got {type(data).__name__}"
             )
     return config_from_dict(data, overrides)
+
+
+# the recipes shipped inside the package (package data), found the same from a wheel
+SHIPPED_CONFIGS = Path(str(resources.files("podkit") / "configs"))
+
+
+def packaged_config(path: str | Path) -> Path:
+    """`path` if it is a file, else the config of that name shipped in podkit/configs."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    name = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    shipped = SHIPPED_CONFIGS.joinpath(*name)
+    if name and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"{path}: config file not found")
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:

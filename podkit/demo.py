@@ -13,11 +13,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from podkit.config import load_config
+from podkit.config import SHIPPED_CONFIGS, load_config
 from podkit.data.synthetic import dataset_statistics, write_split
 from podkit.train.loop import train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tiny"
 AP_KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 STEPS = 7
 
@@ -61,7 +60,7 @@ def run_demo(
 
     def train_run(name: str, extra: list[str], steps: int) -> dict:
         overrides = [*common, f"train.max_iter={steps}", f"train.checkpoint_every={steps}", *extra]
-        cfg = load_config(CONFIGS / "faster_rcnn_fpn.yaml", overrides)
+        cfg = load_config(SHIPPED_CONFIGS / "tiny/faster_rcnn_fpn.yaml", overrides)
         return train(cfg, out / name, console=console, overwrite=True).metrics or {}
 
     ap = {}

@@ -61,13 +61,23 @@ def test_bad_files_name_the_file(tmp_path):
         load_config(scalar)
 
 
-def test_every_shipped_config_loads():
-    from pathlib import Path
+def test_every_shipped_config_loads_also_by_its_packaged_name(tmp_path, monkeypatch):
+    from podkit.config import SHIPPED_CONFIGS
 
-    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
-    assert configs
+    configs = sorted(SHIPPED_CONFIGS.rglob("*.yaml"))
+    assert len(configs) >= 10
     for path in configs:
         load_config(path)
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the names resolve to the shipped files
+    shipped = load_config("configs/tiny/retinanet.yaml")
+    assert (
+        shipped
+        == load_config("tiny/retinanet.yaml")
+        == load_config(SHIPPED_CONFIGS / "tiny/retinanet.yaml")
+    )
+    assert shipped.model.arch == "retinanet"
+    with pytest.raises(FileNotFoundError, match="configs/tiny/nothing.yaml: config file not found"):
+        load_config("configs/tiny/nothing.yaml")
 
 
 def test_config_choices_match_what_the_models_build():

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from podkit.config import Config, config_from_dict
-from podkit.export import TARGETS
+from podkit.export import BACKENDS, backend_of
 from podkit.export.detector import ArtefactDetector
 from podkit.models.checkpoint import load_detector
 from podkit.models.output import Detector
@@ -19,7 +19,7 @@ from podkit.train.evaluate import evaluate_on_val
 
 
 def is_artefact(path: str | Path) -> bool:
-    return Path(path).suffix in TARGETS.values()
+    return Path(path).suffix in {b.suffix for b in BACKENDS.values()}
 
 
 def open_detector(
@@ -28,7 +28,7 @@ def open_detector(
     """(detector, its config with `overrides`, class names, device) for a checkpoint or an
     artefact; a TensorRT engine runs on CUDA, the other artefacts on the CPU."""
     if is_artefact(path):
-        device = "cuda" if Path(path).suffix == TARGETS["tensorrt"] else "cpu"
+        device = backend_of(path).device or "cpu"
         detector = ArtefactDetector(path, device, threads)
         cfg = config_from_dict(detector.record["config"], overrides)
         return detector, cfg, detector.record["classes"], "cpu"  # outputs come back on the CPU

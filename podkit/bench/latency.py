@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from podkit.export import (
+    BACKENDS,
     PRECISIONS,
-    TARGETS,
     BackendUnavailable,
     ParityError,
     Runner,
@@ -35,9 +35,9 @@ from podkit.export import (
 )
 from podkit.export import load as load_artefact
 
-BACKENDS = ("torch", "torch-compile", "onnxruntime", "tvm", "tensorrt")
-TARGET_OF = {"onnxruntime": "onnx", "tvm": "tvm", "tensorrt": "tensorrt"}
-REDUCED_PRECISION = ("onnxruntime", "tensorrt")  # the backends that take fp16 / int8 files
+TORCH_RUNTIMES = ("torch", "torch-compile")
+# --backend names: PyTorch itself, then every export backend by its runtime's name
+RUNTIMES = {**dict.fromkeys(TORCH_RUNTIMES), **{b.runtime: b for b in BACKENDS.values()}}
 
 
 @dataclass
@@ -124,19 +124,19 @@ def prepare(
     folder per checkpoint, size, batch and device): one ONNX export serves every backend, TVM
     libraries are kept per tuning budget, and an artefact already there is timed without
     re-exporting."""
-    if backend in ("torch", "torch-compile"):
+    if backend in TORCH_RUNTIMES:
         return torch_runner(wrapper, opts.device, compile=backend == "torch-compile"), {}
-    target = TARGET_OF[backend]
+    target = RUNTIMES[backend]
     onnx_path = cache / "model.onnx"
-    name = f"model_t{opts.tune_trials}" if target == "tvm" else "model"
+    name = f"model_t{opts.tune_trials}" if target.tuned else "model"
     name += "" if precision == "fp32" else f"_{precision}"
-    path = cache / f"{name}{TARGETS[target]}"
+    path = cache / f"{name}{target.suffix}"
     info: dict = {}
     if not path.is_file():
         try:
             report = export_checkpoint(
                 checkpoint,
-                target,
+                target.name,
                 path,
                 opts.input_size,
                 check=opts.check,
@@ -157,8 +157,8 @@ def prepare(
                 if all(p["ok"] for p in checked)
                 else f"{precision}: detections differ from FP32 PyTorch (by design; see AP)"
             )
-            if "tuning" in report.get("tvm", {}):
-                info["tuning"] = report["tvm"]["tuning"]
+            if "tuning" in report[target.name]:
+                info["tuning"] = report[target.name]["tuning"]
         except ParityError as exc:
             log(f"warning: {exc}; timed anyway")
             info["parity"] = str(exc)
@@ -175,10 +175,10 @@ def run_latency(
     log: Callable[[str], None] = print,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Time every (checkpoint, backend) pair; returns the report (see DESIGN.md)."""
-    unknown = [b for b in backends if b not in BACKENDS]
+    """Time every (checkpoint, backend) pair; returns the report (docs/design.md)."""
+    unknown = [b for b in backends if b not in RUNTIMES]
     if unknown:
-        raise ValueError(f"unknown backend {unknown[0]!r}: choose from {', '.join(BACKENDS)}")
+        raise ValueError(f"unknown backend {unknown[0]!r}: choose from {', '.join(RUNTIMES)}")
     wrong = [p for p in opts.precisions if p not in PRECISIONS]
     if wrong or not opts.precisions:
         raise ValueError(f"--precision {wrong}: choose from {', '.join(PRECISIONS)}")
@@ -210,7 +210,8 @@ def run_latency(
             / 1e6,
         }
         for backend, precision in product(backends, opts.precisions):
-            if precision != "fp32" and backend not in REDUCED_PRECISION:
+            target = RUNTIMES[backend]
+            if precision != "fp32" and (target is None or precision not in target.precisions):
                 continue  # PyTorch and TVM run the FP32 model only
             try:
                 runner, info = prepare(Path(ckpt), wrapper, backend, opts, cache, log, precision)
@@ -219,7 +220,7 @@ def run_latency(
                 log(f"{label} / {backend}: unavailable: {exc}")
                 continue
             pairs.append((label, backend, runner, info | {"precision": precision}))
-    sync = [getattr(r, "sync", None) or (lambda: None) for _, _, r, _ in pairs]
+    sync = [r.sync for _, _, r, _ in pairs]
     for (_, _, runner, _), s in zip(pairs, sync, strict=True):
         for _ in range(opts.warmup):
             runner(image)

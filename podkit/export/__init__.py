@@ -1,8 +1,8 @@
 """Checkpoint -> deployable artefact (ONNX, TVM library, TensorRT engine), checked against PyTorch.
 
-Every target goes through the ONNX export of `wrap.ExportWrapper`; `load(path, device)`
-returns the same kind of callable for each (image -> outputs), so the latency benchmark
-times all backends alike.
+Every target goes through the ONNX export of `wrap.ExportWrapper`, then its backend's build
+(backend.py: one `Backend` per target, listed in BACKENDS); `load(path, device)` returns the
+same `Runner` for each (images -> outputs), so the latency benchmark times all backends alike.
 """
 
 from __future__ import annotations
@@ -15,22 +15,48 @@ import numpy as np
 import torch
 
 from podkit.errors import BackendUnavailable, ParityError
+from podkit.export import onnx, tensorrt, tvm
+from podkit.export.backend import Backend, BuildOptions
 from podkit.export.common import Runner, compare_outputs, format_parity
 
-TARGETS = {"onnx": ".onnx", "tvm": ".so", "tensorrt": ".engine"}
 PRECISIONS = ("fp32", "fp16", "int8")
+# The one table of export targets (fields: backend.Backend). TVM compiles for one input size
+# and FP32; TensorRT engines run on CUDA only.
+# fmt: off
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("onnx", "onnxruntime", ".onnx", PRECISIONS, dynamic=True, device=None, tuned=False,
+            require=onnx.require, build=onnx.build, load=onnx.load),
+    Backend("tvm", "tvm", ".so", ("fp32",), dynamic=False, device=None, tuned=True,
+            require=tvm.require, build=tvm.build, load=tvm.load),
+    Backend("tensorrt", "tensorrt", ".engine", PRECISIONS, dynamic=True, device="cuda",
+            tuned=False, require=tensorrt.require, build=tensorrt.build, load=tensorrt.load,
+            audit=tensorrt.audit),
+)}
+# fmt: on
 
 __all__ = [
+    "BACKENDS",
     "PRECISIONS",
-    "TARGETS",
+    "Backend",
     "BackendUnavailable",
     "ParityError",
     "Runner",
+    "backend_of",
     "export_checkpoint",
     "load",
     "sample_image",
     "torch_runner",
 ]
+
+
+def backend_of(path: str | Path) -> Backend:
+    """The backend that wrote the artefact at `path`, from its suffix."""
+    path = Path(path)
+    for backend in BACKENDS.values():
+        if path.suffix == backend.suffix:
+            return backend
+    suffixes = ", ".join(b.suffix for b in BACKENDS.values())
+    raise ValueError(f"{path}: unknown artefact (expected {suffixes})")
 
 
 def sample_image(input_size: tuple[int, int], seed: int = 0, batch: int = 1) -> np.ndarray:
@@ -60,26 +86,12 @@ def torch_runner(wrapper: torch.nn.Module, device: str = "cpu", compile: bool = 
         out = forward(torch.from_numpy(image).to(device))
         return [o.cpu().numpy() for o in out]
 
-    run.sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)  # type: ignore[attr-defined]
-    return run
+    return Runner(run, sync=torch.cuda.synchronize) if device == "cuda" else Runner(run)
 
 
 def load(path: str | Path, device: str = "cpu", threads: int | None = None) -> Runner:
-    """Load any exported artefact by its suffix: .onnx (onnxruntime), .so (TVM), .engine."""
-    path = Path(path)
-    if path.suffix == ".onnx":
-        from podkit.export import onnx
-
-        return onnx.load(path, device, threads)
-    if path.suffix == ".so":
-        from podkit.export import tvm
-
-        return tvm.load(path, device)
-    if path.suffix == ".engine":
-        from podkit.export import tensorrt
-
-        return tensorrt.load(path, device)
-    raise ValueError(f"{path}: unknown artefact (expected {', '.join(TARGETS.values())})")
+    """Load any exported artefact with the backend its suffix names."""
+    return backend_of(path).load(Path(path), device, threads)
 
 
 def check_parity(
@@ -124,34 +136,38 @@ def export_checkpoint(
     reported, not enforced: its accuracy is what `podkit eval` measures. `check_only`
     (TensorRT) stops after the op audit and needs no `out`.
     """
-    if target not in TARGETS:
-        raise ValueError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if target not in BACKENDS:
+        raise ValueError(f"--target must be one of {', '.join(BACKENDS)}, got {target!r}")
+    backend = BACKENDS[target]
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if target == "tvm" and dynamic:
-        raise ValueError("TVM compiles for one input size: drop --dynamic or use --target onnx")
-    if target == "tvm" and precision != "fp32":
-        raise ValueError(f"--target tvm exports FP32 only; {precision} is for onnx and tensorrt")
+    if dynamic and not backend.dynamic:
+        raise ValueError(
+            f"--target {target} compiles for one input size: drop --dynamic or use --target onnx"
+        )
+    if precision not in backend.precisions:
+        raise ValueError(
+            f"--target {target} exports {', '.join(backend.precisions).upper()} only; "
+            f"{precision.upper()} is for "
+            + " and ".join(b.name for b in BACKENDS.values() if precision in b.precisions)
+        )
     if precision != "fp32" and not nms:
         raise ValueError(f"{precision} artefacts keep NMS in the graph: drop --no-nms")
-    if check_only and target != "tensorrt":
+    if check_only and backend.audit is None:
         raise ValueError("--check-only is the TensorRT op audit: use it with --target tensorrt")
     if out is None and not check_only:
         raise ValueError("--out is required (the artefact to write)")
-    from podkit.export import onnx as onnx_export
     from podkit.export import precision as reduced
-    from podkit.export import tensorrt, tvm
     from podkit.export.metadata import artefact_record, write_metadata
     from podkit.export.wrap import ExportWrapper
     from podkit.models.checkpoint import load_detector
 
-    if target == "tensorrt" and not check_only:
-        tensorrt.require()  # missing TensorRT or GPU: say so before minutes of export
-    if target == "tvm":
-        tvm.require()
+    if not check_only:
+        backend.require()  # a missing backend or GPU: say so before minutes of export
     out = Path(out) if out is not None else None
     with tempfile.TemporaryDirectory(prefix="podkit-export-") as scratch:
-        direct = target == "onnx" and precision == "fp32"
+        in_place = target == "onnx"  # the ONNX file is the artefact
+        direct = in_place and precision == "fp32"
         onnx_path = Path(out if direct else onnx_path or Path(scratch) / "model.onnx")
         model, _, ckpt, _ = load_detector(checkpoint)
         if not direct and onnx_path.is_file():
@@ -161,16 +177,14 @@ def export_checkpoint(
             log(f"exporting {checkpoint} to ONNX ({'dynamic' if dynamic else 'static'} "
                 f"{input_size[0]}x{input_size[1]}, batch {batch}, "
                 f"{'NMS in graph' if nms else 'raw outputs'})")  # fmt: skip
-            wrapper = onnx_export.export(
-                model, onnx_path, input_size, dynamic, nms, opset, batch=batch
-            )
+            wrapper = onnx.export(model, onnx_path, input_size, dynamic, nms, opset, batch=batch)
         record = artefact_record(
             checkpoint, ckpt, input_size, dynamic, nms, wrapper.output_names,
             wrapper.max_detections, batch, precision,
         )  # fmt: skip
         report: dict = {"target": target, "outputs": wrapper.output_names, "precision": precision}
         if precision != "fp32":
-            reduced_path = out if target == "onnx" else Path(scratch) / f"model_{precision}.onnx"
+            reduced_path = out if in_place else Path(scratch) / f"model_{precision}.onnx"
             if precision == "int8":
                 log(f"calibrating INT8 on {calib} training images")
                 fed_size = None if dynamic else input_size
@@ -183,25 +197,18 @@ def export_checkpoint(
             else:
                 report["fp16"] = reduced.convert_fp16(onnx_path, reduced_path)
             onnx_path = reduced_path
-        if target == "onnx":
-            report["onnx"] = str(onnx_path)
-        if target == "tensorrt":
-            problems = tensorrt.audit(onnx_path)
+        if backend.audit is not None:
+            problems = backend.audit(onnx_path)
             report["audit"] = problems
-            log("TensorRT op audit: " + ("passed" if not problems else "; ".join(problems)))
+            log(f"{target} op audit: " + ("passed" if not problems else "; ".join(problems)))
             if check_only:
                 return report
-            log(f"building the TensorRT engine {out}")
-            tensorrt.export(
-                onnx_path, out, input_size, precision, (2048, 2048) if dynamic else None,
-                batch=batch,
-            )  # fmt: skip
-            device = "cuda"
-        elif target == "tvm":
-            log(f"compiling {out} with TVM ({tune_trials} tuning trials per task)")
-            report["tvm"] = tvm.export(
-                onnx_path, out, input_size, device, tune_trials, tune_db, log
-            )
+        if backend.tuned:
+            log(f"compiling {out} with {target} ({tune_trials} tuning trials per task)")
+        options = BuildOptions(input_size, dynamic, precision, batch, device, tune_trials,
+                               Path(tune_db) if tune_db else None)  # fmt: skip
+        report[target] = backend.build(onnx_path, out, options, log)
+        device = backend.device or device
         report["path"] = str(out)
         write_metadata(out, record)
         if check:

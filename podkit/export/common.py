@@ -4,6 +4,7 @@ artefact is fed, and parity checks."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -11,8 +12,26 @@ from torch.nn import functional as F
 
 from podkit.export.wrap import SIZE_MULTIPLE
 
-# A loaded artefact: (N, 3, H, W) float32 images in [0, 1] -> the wrapper's outputs, in order.
-Runner = Callable[[np.ndarray], list[np.ndarray]]
+
+def _no_sync() -> None:
+    pass
+
+
+@dataclass
+class Runner:
+    """A loaded artefact or a PyTorch model behind one interface: (N, 3, H, W) float32 images
+    in [0, 1] -> the wrapper's outputs, in order. `sync` waits for the device (timing on a
+    GPU); `providers` are onnxruntime's, in order of preference; `info` what the backend
+    recorded when it built the artefact."""
+
+    run: Callable[[np.ndarray], list[np.ndarray]]
+    sync: Callable[[], None] = _no_sync
+    providers: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+        return self.run(images)
+
 
 MISSING_TVM = "TVM is not installed: pip install 'apache-tvm>=0.27' 'apache-tvm-ffi==0.1.14.post1'"
 MISSING_ORT = "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)"

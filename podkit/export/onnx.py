@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from podkit.errors import BackendUnavailable
+from podkit.export.backend import BuildOptions
 from podkit.export.common import MISSING_ORT, Runner
 from podkit.export.wrap import ONNX_TRANSLATIONS, SIZE_MULTIPLE, ExportWrapper, check_input_size
 
@@ -37,7 +38,7 @@ def export(
     import onnx
 
     if not 17 <= opset <= 19:
-        raise ValueError(f"opset {opset}: podkit exports with opset 17-19 (see BACKENDS.md)")
+        raise ValueError(f"opset {opset}: podkit exports with opset 17-19 (see docs/backends.md)")
     check_input_size(*input_size)
     wrapper = ExportWrapper(model.cpu().eval(), nms=nms, max_detections=max_detections)
     if batch < 1 or (batch > 1 and not nms):
@@ -101,5 +102,18 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None) -> R
     def run(image: np.ndarray) -> list[np.ndarray]:
         return session.run(None, {name: image})
 
-    run.providers = session.get_providers()  # type: ignore[attr-defined]
-    return run
+    return Runner(run, providers=session.get_providers())
+
+
+def require() -> None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailable(MISSING_ORT) from exc
+
+
+def build(onnx_path: Path, out: Path, opts: BuildOptions, log) -> dict:
+    """The ONNX file is the artefact: export_checkpoint writes it at `out` already."""
+    if Path(onnx_path) != Path(out):
+        raise ValueError(f"{out}: an ONNX artefact is written in place, not built from {onnx_path}")
+    return {"onnx": str(out)}

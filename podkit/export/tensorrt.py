@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from podkit.errors import BackendUnavailable
+from podkit.export.backend import BuildOptions
 from podkit.export.common import MISSING_TENSORRT, Runner
 
 # ONNX ops the TensorRT ONNX parser does not import (operators.md, "Supported: N").
@@ -142,7 +143,7 @@ def export(
     return info
 
 
-def load(path: str | Path, device: str = "cuda") -> Runner:
+def load(path: str | Path, device: str = "cuda", threads: int | None = None) -> Runner:
     """Run a serialized engine: buffers allocated once per input shape, a private stream."""
     import torch
 
@@ -180,5 +181,10 @@ def load(path: str | Path, device: str = "cuda") -> Runner:
         stream.synchronize()
         return [r.numpy() for r in result]
 
-    run.sync = torch.cuda.synchronize  # type: ignore[attr-defined]
-    return run
+    return Runner(run, sync=torch.cuda.synchronize)
+
+
+def build(onnx_path: Path, out: Path, opts: BuildOptions, log) -> dict:
+    log(f"building the TensorRT engine {out}")
+    max_size = (2048, 2048) if opts.dynamic else None
+    return export(onnx_path, out, opts.input_size, opts.precision, max_size, batch=opts.batch)

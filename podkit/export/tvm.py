@@ -5,7 +5,7 @@ onnxruntime here, so tuning is what makes TVM worth deploying. Tuning records go
 database directory that later runs and other models reuse: tasks already in it are not
 tuned again (the FD network shares most workloads with its baseline).
 
-Pitfalls handled here (../shared/BACKENDS.md):
+Pitfalls handled here (docs/backends.md):
 - TVM's ONNX `NonMaxSuppression` converter returns its padded (num_boxes, 3) buffer instead
   of the valid rows; its `RoiAlign` converter shifts half_pixel RoIs by -0.5 before scaling
   and the op ignores `aligned`; `_patched_converters` fixes both.
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from podkit.errors import BackendUnavailable
+from podkit.export.backend import BuildOptions
 from podkit.export.common import MISSING_TVM, Runner
 from podkit.export.metadata import SIDECAR
 
@@ -290,8 +291,9 @@ def _build(onnx_path, out: Path, input_size, device, tune_trials, tune_db, log) 
     return info
 
 
-def load(path: str | Path, device: str = "cpu") -> Runner:
-    """A callable running the compiled library through the Relax VM: image -> outputs."""
+def load(path: str | Path, device: str = "cpu", threads: int | None = None) -> Runner:
+    """A runner of the compiled library through the Relax VM: image -> outputs (`threads`:
+    TVM's pool reads TVM_NUM_THREADS when it starts, as the latency benchmark sets it)."""
     tvm, relax = _tvm()
     path = Path(path)
     if not path.is_file():
@@ -304,6 +306,8 @@ def load(path: str | Path, device: str = "cpu") -> Runner:
         out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(image), dev))
         return [o.numpy() for o in out]  # the wrapper always returns a tuple
 
-    run.sync = dev.sync  # type: ignore[attr-defined]
-    run.info = info  # type: ignore[attr-defined]
-    return run
+    return Runner(run, sync=dev.sync, info=info)
+
+
+def build(onnx_path: Path, out: Path, opts: BuildOptions, log) -> dict:
+    return export(onnx_path, out, opts.input_size, opts.device, opts.tune_trials, opts.tune_db, log)

@@ -30,17 +30,12 @@ class FasterRCNN(nn.Module):
         with image_extent(self.backbone, images.sizes, tuple(images.tensor.shape[-2:])):
             features = self.backbone(images.tensor)
         strides = self.backbone.strides
-        proposals, rpn_losses, rpn_stats = self.rpn(features, strides, images.sizes, targets)
-        detections, roi_losses, roi_stats = self.roi_heads(
+        proposals, rpn_losses, rpn_levels = self.rpn(features, strides, images.sizes, targets)
+        detections, roi_losses, stats = self.roi_heads(
             features, strides, proposals, images.sizes, targets
         )
-        stats = {**rpn_stats, **roi_stats}
-        if stats:
-            stats["level_losses"] = {
-                **rpn_stats.get("level_losses", {}),
-                **roi_stats.get("level_losses", {}),
-            }
-            stats["num_images"] = len(images.sizes)
-        if detections:
-            detections = rescale_detections(detections, images)
-        return DetectorOutput({**rpn_losses, **roi_losses}, detections, stats)
+        if self.training:
+            stats.level_losses = {**rpn_levels, **stats.level_losses}
+            stats.num_images = len(images.sizes)
+            return DetectorOutput({**rpn_losses, **roi_losses}, [], stats)
+        return DetectorOutput({}, rescale_detections(detections, images))

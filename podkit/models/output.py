@@ -12,21 +12,31 @@ from podkit.ops.image_batch import ImageBatch
 
 
 @dataclass
-class DetectorOutput:
-    """`forward` returns this in training and in eval.
+class TrainingStats:
+    """Detached statistics of one training forward: what the training methods read (the
+    hook interface, docs/design.md). Sizes are COCO's buckets in the image as fed."""
 
-    losses: name -> scalar (training, or whenever targets are given).
+    level_losses: dict[str, Tensor] = field(default_factory=dict)  # rpn|rcnn|retinanet -> (L,)
+    reg_loss_by_size: Tensor | None = None  # (3,): small, medium, large
+    cls_loss_by_size: Tensor | None = None  # (3,)
+    proposal_ious: list[Tensor] = field(default_factory=list)  # per image (P,): max IoU to a GT
+    pos_reg_targets: Tensor | None = None  # (N, 4): sampled positives' normalised targets
+    num_images: int = 0
+
+
+@dataclass
+class DetectorOutput:
+    """`forward` returns this in both modes (`model.train()` / `model.eval()`).
+
+    losses: name -> scalar (training).
     detections: per image {"boxes" (N, 4) in original-image pixels, "scores", "labels"}
-        (eval mode; empty in training).
-    stats: detached training statistics the training methods read (see DESIGN.md):
-        level_losses {"rpn"|"rcnn"|"retinanet": (L,)}, reg_loss_by_size (3,) and
-        cls_loss_by_size (3,) [small, medium, large], proposal_ious [per image (P,)],
-        pos_reg_targets (N, 4), num_images.
+        (eval).
+    stats: the TrainingStats of a training forward (empty in eval).
     """
 
     losses: dict[str, Tensor] = field(default_factory=dict)
     detections: list[dict[str, Tensor]] = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
+    stats: TrainingStats = field(default_factory=TrainingStats)
 
 
 # A checkpoint's model or an exported artefact (podkit.export.detector): images -> detections.

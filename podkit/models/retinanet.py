@@ -11,6 +11,7 @@ from podkit.config import RetinaNetConfig
 from podkit.models.gsl import image_extent
 from podkit.models.output import (
     DetectorOutput,
+    TrainingStats,
     element_weights,
     per_level_sum,
     rescale_detections,
@@ -105,11 +106,11 @@ class RetinaNet(nn.Module):
         anchors = self.anchor_generator(
             [f.shape[-2:] for f in features], self.backbone.strides, features[0].device
         )
-        if targets is not None:
+        if self.training:
             losses, stats = self.loss(anchors, logits, deltas, targets)
             return DetectorOutput(losses, [], stats)
         detections = self.postprocess(anchors, logits, deltas, images.sizes)
-        return DetectorOutput({}, rescale_detections(detections, images), {})
+        return DetectorOutput({}, rescale_detections(detections, images))
 
     def loss(
         self,
@@ -117,7 +118,7 @@ class RetinaNet(nn.Module):
         logits: list[Tensor],
         deltas: list[Tensor],
         targets: list[dict[str, Tensor]],
-    ):
+    ) -> tuple[dict[str, Tensor], TrainingStats]:
         cfg = self.config
         all_anchors = torch.cat(anchors)
         levels = torch.cat(
@@ -163,12 +164,12 @@ class RetinaNet(nn.Module):
             "loss_cls": torch.stack(cls_terms).sum() / norm,
             "loss_box_reg": torch.stack(box_terms).sum() / norm,
         }
-        stats = {
-            "level_losses": {"retinanet": torch.stack(level_terms).sum(0) / norm},
-            "reg_loss_by_size": reg_by_size,
-            "cls_loss_by_size": cls_by_size,
-            "num_images": len(targets),
-        }
+        stats = TrainingStats(
+            level_losses={"retinanet": torch.stack(level_terms).sum(0) / norm},
+            reg_loss_by_size=reg_by_size,
+            cls_loss_by_size=cls_by_size,
+            num_images=len(targets),
+        )
         return losses, stats
 
     def postprocess(

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from podkit.config import RoIHeadConfig
-from podkit.models.output import element_weights, per_level_sum
+from podkit.models.output import TrainingStats, element_weights, per_level_sum
 from podkit.ops import (
     BalancedSampler,
     BoxCoder,
@@ -99,23 +99,25 @@ class RoIHeads(nn.Module):
         proposals: list[Tensor],
         sizes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]] | None = None,
-    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor], dict]:
-        """Returns (detections per image in as-fed pixels, losses, stats)."""
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor], TrainingStats]:
+        """Returns (detections per image in as-fed pixels, losses, stats): detections in
+        eval, losses and stats in training."""
         features, strides = features[: self.pool_levels], strides[: self.pool_levels]
-        if targets is not None:
-            proposals, labels, reg_targets, gt_sizes, stats = self.sample(proposals, targets)
+        if self.training:
+            proposals, labels, reg_targets, gt_sizes, ious, pos = self.sample(proposals, targets)
         rois = torch.cat(
             [torch.cat([p.new_full((len(p), 1), i), p], dim=1) for i, p in enumerate(proposals)]
         )
         x = self.box_head(self.pooler(features, rois, strides))
         class_logits, box_deltas = self.predictor(x)
-        if targets is None:
-            return self.postprocess(class_logits, box_deltas, proposals, sizes), {}, {}
+        if not self.training:
+            detections = self.postprocess(class_logits, box_deltas, proposals, sizes)
+            return detections, {}, TrainingStats()
         levels = self.pooler.levels(rois[:, 1:], strides)
-        losses, loss_stats = self.loss(
+        losses, stats = self.loss(
             class_logits, box_deltas, labels, reg_targets, gt_sizes, levels, len(strides)
         )
-        stats.update(loss_stats)
+        stats.proposal_ious, stats.pos_reg_targets = ious, pos
         return [], losses, stats
 
     def sample(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]):
@@ -162,13 +164,9 @@ class RoIHeads(nn.Module):
             out_labels.append(labels)
             out_regs.append(regs)
             out_sizes.append(sizes)
-        stats = {
-            "proposal_ious": ious,
-            "pos_reg_targets": torch.cat(pos_targets)
-            if pos_targets
-            else proposals[0].new_zeros((0, 4)),
-        }
-        return out_props, torch.cat(out_labels), torch.cat(out_regs), torch.cat(out_sizes), stats
+        pos = torch.cat(pos_targets) if pos_targets else proposals[0].new_zeros((0, 4))
+        return (out_props, torch.cat(out_labels), torch.cat(out_regs), torch.cat(out_sizes),
+                ious, pos)  # fmt: skip
 
     def loss(self, class_logits, box_deltas, labels, reg_targets, gt_sizes, levels, num_levels):
         weights = element_weights(levels, self.level_weights)
@@ -182,16 +180,14 @@ class RoIHeads(nn.Module):
             "loss_box_reg": (box * weights[fg]).sum() / norm,
         }
         sizes = gt_sizes[fg]
-        stats = {
-            "level_losses": {
-                "rcnn": per_level_sum(
-                    torch.cat([cls, box]).detach(), torch.cat([levels, levels[fg]]), num_levels
-                )
-                / norm
-            },
-            "reg_loss_by_size": per_level_sum(box.detach(), sizes, 3),
-            "cls_loss_by_size": per_level_sum(cls[fg].detach(), sizes, 3),
-        }
+        per_level = per_level_sum(
+            torch.cat([cls, box]).detach(), torch.cat([levels, levels[fg]]), num_levels
+        )
+        stats = TrainingStats(
+            level_losses={"rcnn": per_level / norm},
+            reg_loss_by_size=per_level_sum(box.detach(), sizes, 3),
+            cls_loss_by_size=per_level_sum(cls[fg].detach(), sizes, 3),
+        )
         return losses, stats
 
     def postprocess(

@@ -83,8 +83,8 @@ class RPN(nn.Module):
         strides: list[int],
         sizes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]] | None = None,
-    ) -> tuple[list[Tensor], dict[str, Tensor], dict]:
-        """Returns (proposals per image, losses, stats)."""
+    ) -> tuple[list[Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """Returns (proposals per image, losses, per-level losses); losses in training."""
         logits, deltas = self.head(features)
         anchors = self.anchor_generator(
             [f.shape[-2:] for f in features], strides, features[0].device
@@ -94,10 +94,10 @@ class RPN(nn.Module):
         proposals = self.propose(
             anchors, [x.detach() for x in logits], [x.detach() for x in deltas], sizes
         )
-        losses, stats = {}, {}
-        if targets is not None:
-            losses, stats = self.loss(anchors, logits, deltas, targets)
-        return proposals, losses, stats
+        if not self.training:
+            return proposals, {}, {}
+        losses, level_losses = self.loss(anchors, logits, deltas, targets)
+        return proposals, losses, level_losses
 
     def propose(
         self,
@@ -140,7 +140,8 @@ class RPN(nn.Module):
         logits: list[Tensor],
         deltas: list[Tensor],
         targets: list[dict[str, Tensor]],
-    ) -> tuple[dict[str, Tensor], dict]:
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(losses, {"rpn": per-level loss (L,), detached})."""
         cfg = self.config
         all_anchors = torch.cat(anchors)
         levels = torch.cat(
@@ -182,4 +183,4 @@ class RPN(nn.Module):
             "loss_rpn_cls": torch.stack(cls_terms).sum() / norm,
             "loss_rpn_box": torch.stack(box_terms).sum() / norm,
         }
-        return losses, {"level_losses": {"rpn": torch.stack(level_terms).sum(0) / norm}}
+        return losses, {"rpn": torch.stack(level_terms).sum(0) / norm}

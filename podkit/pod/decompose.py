@@ -5,7 +5,7 @@ Per GSL conv with mean learned scales (d_h, d_w):
 - a direction within `tolerance` (0.05) of an integer is rounded and not split;
 - the split directions give alpha = the mean of their fractional parts; the upper part
   (ceil dilations) takes round(alpha * C_out) output channels, rounded to a multiple of
-  `channel_multiple` (16: onnxruntime's blocked layout, see BACKENDS.md; 1: the paper's
+  `channel_multiple` (16: onnxruntime's blocked layout, see docs/backends.md; 1: the paper's
   exact split; halved down to 1 where it would empty a side of a split with alpha in
   (0.1, 0.9)), the lower part (floor dilations) the rest, concatenated lower then upper
   so the next BN / conv keep their channel order;

@@ -15,11 +15,7 @@ from podkit.data import LoadedDataset, load_dataset
 from podkit.data.loader import DetectionDataset, eval_batches, make_loader
 from podkit.data.records import Record
 from podkit.models.output import Detector
-from podkit.train.methods.snip import (
-    get_pyramid,
-    keep_in_range,
-    merge_detections,
-)
+from podkit.models.pyramid import get_pyramid, keep_in_range, merge_detections
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP60", "AP70", "AP80", "AP90")
 

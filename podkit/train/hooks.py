@@ -1,9 +1,11 @@
 """The interface through which training methods (DST, Dynamic R-CNN, SNIP, AVW/RLO) plug in.
 
 The loop calls, each iteration: batch = before_step(state, batch) for every hook in order;
-the forward pass; losses = loss(state, losses, stats); backward and optimizer step;
-after_step(state). A method changes behaviour only through the batch, the loss dict and
-explicit model attributes (`roi_heads.iou_threshold`, `level_weights`, ...).
+the forward pass; losses = loss(state, losses, stats) with the step's TrainingStats (where
+the methods read their statistics; none rescales the losses there); backward and optimizer
+step; after_step(state). A method changes training only through the batch it returns and
+explicit model attributes (`roi_heads.iou_threshold`, `smooth_l1_beta`, a head's
+`level_weights`, applied inside that head's loss): docs/design.md, "The hook interface".
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
+
+from podkit.models.output import TrainingStats
 
 
 @dataclass
@@ -38,7 +42,9 @@ class Hook:
     def before_step(self, state: TrainState, batch):
         return batch
 
-    def loss(self, state: TrainState, losses: dict[str, Tensor], stats: dict) -> dict[str, Tensor]:
+    def loss(
+        self, state: TrainState, losses: dict[str, Tensor], stats: TrainingStats
+    ) -> dict[str, Tensor]:
         return losses
 
     def after_step(self, state: TrainState) -> None:

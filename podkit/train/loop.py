@@ -38,6 +38,7 @@ from podkit.data.loader import Batch, DetectionDataset, make_loader, training_ba
 from podkit.data.verify import verify_images
 from podkit.models import build_detector
 from podkit.models.checkpoint import load_checkpoint, save_checkpoint
+from podkit.models.output import TrainingStats
 from podkit.train.distributed import any_rank, barrier, init_distributed
 from podkit.train.evaluate import evaluate, format_metrics
 from podkit.train.hooks import Hook, TrainState
@@ -529,10 +530,10 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
         path.write_text("".join(ln + "\n" for ln in lines))
 
 
-def small_loss_share(stats: dict) -> dict[str, float]:
+def small_loss_share(stats: TrainingStats) -> dict[str, float]:
     """The share of the box-regression loss owed to small GTs (DST's feedback), logged in
     every run whose detector reports it, so a baseline shows what DST would have seen."""
-    by_size = stats.get("reg_loss_by_size")
+    by_size = stats.reg_loss_by_size
     if by_size is None:
         return {}
     total = float(by_size.sum())

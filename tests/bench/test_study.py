@@ -46,3 +46,22 @@ def test_report_pairs_arms_by_seed_with_the_baseline_spread(tmp_path):
     assert [r["seed"] for r in result["arms"]["frcnn_dst"]] == [0]
     assert result["studies"]["dst"]["frcnn_dst"]["APs"]["diffs"] == pytest.approx([3.0])
     assert "seeds [0] only" in text and "APs +3.0 (+3.0; spread 2.0)" in text
+
+
+def test_snip_study_pairs_each_test_with_its_baselines(tmp_path):
+    """Every arm under the single-scale and the pyramid test; SNIP paired with the baseline
+    and with multi-scale training on its pyramid."""
+    log = [{"iter": 10, "time": 0.5}]
+    for slug, ap, aps in (("frcnn_baseline", 30, 20), ("frcnn_pyramid_ms", 31, 21),
+                          ("frcnn_snip", 32, 24)):  # fmt: skip
+        for seed in (0, 1):
+            fake_run(tmp_path / slug / f"seed{seed}", ap + seed, aps + seed, log)
+            pyramid = dict.fromkeys(study.KEYS, 10.0) | {"AP": ap + 2 + seed, "APs": aps + 5}
+            (tmp_path / slug / f"seed{seed}/eval_pyramid.json").write_text(json.dumps(pyramid))
+    text = study.report(["snip"], tmp_path, [0, 1])
+    result = json.loads((tmp_path / "results.json").read_text())["studies"]["snip"]
+    assert result["frcnn_snip"]["APs"]["diffs"] == pytest.approx([4.0, 4.0])
+    assert result["frcnn_snip vs frcnn_mst"]["AP"]["diffs"] == pytest.approx([1.0, 1.0])
+    assert result["frcnn_snip@pyramid"]["AP"]["diffs"] == pytest.approx([2.0, 2.0])
+    assert result["frcnn_snip@pyramid"]["AP"]["baseline_spread"] == pytest.approx(1.0)
+    assert "| frcnn_ms@pyramid | -" in text and "frcnn_mst@pyramid vs frcnn@pyramid" in text

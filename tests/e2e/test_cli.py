@@ -1,4 +1,8 @@
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -69,26 +73,47 @@ def test_help_everywhere():
         assert code == 0 and "Usage" in out
 
 
-def test_demo_in_a_reduced_mode(tmp_path):
-    code, out = invoke(
-        "demo",
-        "--out",
-        tmp_path / "demo",
-        "--iters",
-        3,
-        "--train-images",
-        8,
-        "--val-images",
-        2,
-        "--size",
-        96,
-        "--backends",
-        "torch,onnxruntime",
-        "--bench-iters",
-        2,
+def python_with_podkit_from_its_wheel(tmp_path: Path) -> Path:
+    """A fresh venv holding podkit installed from a wheel built from this tree (the
+    dependencies come from this environment, without its editable podkit)."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (ROOT / name).is_file():
+            shutil.copy(ROOT / name, source / name)
+    shutil.copytree(
+        ROOT / "podkit", source / "podkit", ignore=shutil.ignore_patterns("__pycache__")
     )
-    assert code == 0, out
-    demo = tmp_path / "demo"
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist",
+                    source], check=True, capture_output=True)  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("podkit-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    (site,) = venv.glob("lib/python*/site-packages")
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", site, wheel],
+                   check=True, capture_output=True)  # fmt: skip
+    # a .pth adds this environment's site-packages without running its .pth files (the
+    # editable install's finder among them), so only the wheel's podkit can be imported
+    (site / "deps.pth").write_text("\n".join(p for p in sys.path if p.endswith("site-packages")))
+    return venv / "bin" / "python"
+
+
+def test_reduced_demo_from_an_installed_wheel(tmp_path):
+    """`pip install podkit` then `podkit demo`: the shipped configs come with the package."""
+    python = python_with_podkit_from_its_wheel(tmp_path)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run([python, "-c", "import podkit; print(podkit.__file__)"], cwd=work,
+                           env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    assert Path(where.stdout.strip()).is_relative_to(tmp_path / "venv")
+    demo = work / "demo"
+    args = ["demo", "--out", demo, "--iters", 3, "--train-images", 8, "--val-images", 2,
+            "--size", 96, "--backends", "torch,onnxruntime", "--bench-iters", 2]  # fmt: skip
+    proc = subprocess.run([python, "-m", "podkit.cli", *map(str, args)], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (demo / "report.md").read_text()
     for row in ("| baseline |", "| GSL |", "| FD-WT |", "| FD-WT | onnxruntime | fp32 | 96x96 |"):
         assert row in report

@@ -35,7 +35,7 @@ def test_train_step_eval_and_empty_targets(arch):
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     # per-level losses add up to the total of the head they describe
-    levels = out.stats["level_losses"]
+    levels = out.stats.level_losses
     if arch == "retinanet":
         assert levels["retinanet"].sum().item() == pytest.approx(loss.item(), rel=1e-4)
     else:
@@ -43,11 +43,11 @@ def test_train_step_eval_and_empty_targets(arch):
         assert levels["rpn"].sum().item() == pytest.approx(rpn.item(), rel=1e-4)
         rcnn = out.losses["loss_cls"] + out.losses["loss_box_reg"]
         assert levels["rcnn"].sum().item() == pytest.approx(rcnn.item(), rel=1e-4)
-        assert len(out.stats["proposal_ious"]) == 2
+        assert len(out.stats.proposal_ious) == 2
         assert len(levels["rpn"]) == (5 if arch == "faster_rcnn_fpn" else 1)
         assert len(levels["rcnn"]) == (4 if arch == "faster_rcnn_fpn" else 1)  # P2-P5: no RoI on P6
-        assert out.stats["pos_reg_targets"].shape[1] == 4
-    assert out.stats["reg_loss_by_size"].shape == (3,)
+        assert out.stats.pos_reg_targets.shape[1] == 4
+    assert out.stats.reg_loss_by_size.shape == (3,)
     # an image without boxes trains as all negatives
     empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * 2
     out = model(images, empty)
@@ -89,7 +89,7 @@ def test_level_weights_reweight_the_loss():
     model.level_weights = weights
     torch.manual_seed(1)
     weighted = model(images, targets)
-    expected = (base.stats["level_losses"]["retinanet"] * weights).sum()
+    expected = (base.stats.level_losses["retinanet"] * weights).sum()
     assert sum(weighted.losses.values()).item() == pytest.approx(expected.item(), rel=1e-4)
 
 
@@ -120,3 +120,19 @@ def test_training_without_targets_is_an_error():
     model = build_detector(tiny_model_config("faster_rcnn_fpn", 3)).train()
     with pytest.raises(ValueError, match="targets"):
         model([torch.rand(3, 64, 64)])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_mode_alone_decides_losses_or_detections(arch):
+    """One switch, as torchvision: eval gives the same detections with or without targets
+    (and no losses); training needs targets."""
+    model = build_detector(tiny_model_config(arch, 3)).eval()
+    images, targets = two_images()
+    with torch.no_grad():
+        plain, with_targets = model(images), model(images, targets)
+    assert with_targets.losses == {} and with_targets.stats.level_losses == {}
+    assert len(plain.detections) == len(with_targets.detections) == 2
+    for a, b in zip(plain.detections, with_targets.detections, strict=True):
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+    with pytest.raises(ValueError, match="training mode needs targets"):
+        model.train()(images)

@@ -28,6 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from podkit.data.loader import Batch
+from podkit.models.output import TrainingStats
 from podkit.ops import box_area
 from podkit.ops.image_batch import ImageBatch
 from podkit.train.distributed import is_distributed
@@ -132,7 +133,7 @@ class DynamicScaleTraining(Hook):
             self._input_counts = (float((areas < 32**2).sum()), float(areas.numel()))
         return batch
 
-    def loss(self, state: TrainState, losses, stats):
+    def loss(self, state: TrainState, losses, stats: TrainingStats):
         small, total = self._feedback_terms(stats)
         terms = torch.tensor([small, total], dtype=torch.float64)
         if is_distributed():
@@ -140,15 +141,15 @@ class DynamicScaleTraining(Hook):
         self.ratio = float(terms[0] / terms[1]) if terms[1] > 0 else 0.0
         return losses
 
-    def _feedback_terms(self, stats: dict) -> tuple[float, float]:
+    def _feedback_terms(self, stats: TrainingStats) -> tuple[float, float]:
         """(small part, whole) of the chosen feedback for this batch."""
         if self.feedback == "input":
             return self._input_counts
         parts = []
         if self.feedback in ("reg", "joint", "always", "random"):
-            parts.append(stats["reg_loss_by_size"])
+            parts.append(stats.reg_loss_by_size)
         if self.feedback in ("cls", "joint"):
-            parts.append(stats["cls_loss_by_size"])
+            parts.append(stats.cls_loss_by_size)
         by_size = torch.stack(parts).sum(0)
         return float(by_size[0]), float(by_size.sum())
 

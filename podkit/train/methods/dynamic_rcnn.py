@@ -25,6 +25,7 @@ import statistics
 
 import torch
 
+from podkit.models.output import TrainingStats
 from podkit.train.distributed import all_reduce_sum
 from podkit.train.hooks import Hook, TrainState
 
@@ -71,7 +72,7 @@ class DynamicRCNN(Hook):
             heads.smooth_l1_beta = self.beta
         return batch
 
-    def loss(self, state: TrainState, losses, stats):
+    def loss(self, state: TrainState, losses, stats: TrainingStats):
         iou, beta = self.statistics(stats)
         # one all-reduce of masked sums and counts: a rank with none adds 0 and 0
         has_iou, has_beta = not math.isnan(iou), not math.isnan(beta)
@@ -86,19 +87,19 @@ class DynamicRCNN(Hook):
             self.beta_history.append(beta_sum / beta_count)
         return losses
 
-    def statistics(self, stats: dict) -> tuple[float, float]:
+    def statistics(self, stats: TrainingStats) -> tuple[float, float]:
         """This iteration's (IoU statistic, beta statistic); NaN where there is none."""
         per_image = []
-        for ious in stats["proposal_ious"]:
+        for ious in stats.proposal_ious:
             if ious.numel():
                 k = min(self.k_iou, ious.numel())
                 per_image.append(float(ious.topk(k).values[-1]))
         iou = sum(per_image) / len(per_image) if per_image else float("nan")
-        targets = stats["pos_reg_targets"]
+        targets = stats.pos_reg_targets
         beta = float("nan")
-        if targets.numel():
+        if targets is not None and targets.numel():
             errors = targets[:, :2].abs().mean(dim=1)
-            k = min(self.k_beta * stats["num_images"], errors.numel())
+            k = min(self.k_beta * stats.num_images, errors.numel())
             beta = float(errors.kthvalue(k).values)
         return iou, beta
 

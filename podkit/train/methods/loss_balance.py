@@ -1,8 +1,8 @@
 """Dynamic multi-scale loss balance: AVW and RLO (Luo et al., "Dynamic Multi-Scale Loss
-Optimization for Object Detection"). No public code exists; this follows METHODS.md.
+Optimization for Object Detection"). No public code exists; docs/methods.md gives podkit's choices.
 
 Every level i of a head has a loss L_i (classification + regression, from the detector's
-`stats["level_losses"]`); the head trains on sum_i w_i L_i through its `level_weights`.
+`TrainingStats.level_losses`); the head trains on sum_i w_i L_i through its `level_weights`.
 Every `interval` (alpha) iterations, per level: the interval's loss sum L_{i,t} and the
 unbiased variance Var_{i,t} of its per-iteration losses, and the variance decrease rate
 r_{i,t} = (Var_{i,t-1} - Var_{i,t}) / (Var_{i,t-1} + 1e-5), with Var_{i,0} = 1.
@@ -25,6 +25,7 @@ import random
 
 import torch
 
+from podkit.models.output import TrainingStats
 from podkit.train.distributed import all_reduce_mean
 from podkit.train.hooks import Hook, TrainState, rng_state, set_rng_state
 
@@ -126,7 +127,7 @@ class LossBalance(Hook):
 
     @staticmethod
     def heads(model) -> dict[str, object]:
-        """The modules whose `level_weights` a head name in stats["level_losses"] controls."""
+        """The modules whose `level_weights` a head name in `level_losses` controls."""
         if hasattr(model, "rpn"):
             return {"rpn": model.rpn, "rcnn": model.roi_heads}
         return {"retinanet": model}
@@ -137,8 +138,8 @@ class LossBalance(Hook):
             heads[name].level_weights = weights
         return batch
 
-    def loss(self, state: TrainState, losses, stats):
-        for name, per_level in stats["level_losses"].items():
+    def loss(self, state: TrainState, losses, stats: TrainingStats):
+        for name, per_level in stats.level_losses.items():
             if self.balanced is not None and name not in self.balanced:
                 continue
             self.history.setdefault(name, []).append(

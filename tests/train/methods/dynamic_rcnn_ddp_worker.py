@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from podkit.models.output import TrainingStats
 from podkit.train.methods.dynamic_rcnn import DynamicRCNN
 
 if __name__ == "__main__":
@@ -14,17 +15,17 @@ if __name__ == "__main__":
     rank = dist.get_rank()
     hook = DynamicRCNN(k_iou=1, k_beta=1)
     if rank == 0:
-        stats = {
-            "proposal_ious": [torch.tensor([0.9, 0.3])],
-            "pos_reg_targets": torch.tensor([[0.2, 0.4, 0.0, 0.0]]),
-            "num_images": 1,
-        }
+        stats = TrainingStats(
+            proposal_ious=[torch.tensor([0.9, 0.3])],
+            pos_reg_targets=torch.tensor([[0.2, 0.4, 0.0, 0.0]]),
+            num_images=1,
+        )
     else:
-        stats = {
-            "proposal_ious": [torch.zeros(0)],
-            "pos_reg_targets": torch.zeros(0, 4),
-            "num_images": 1,
-        }
+        stats = TrainingStats(
+            proposal_ious=[torch.zeros(0)],
+            pos_reg_targets=torch.zeros(0, 4),
+            num_images=1,
+        )
     hook.loss(None, {}, stats)
     report = {"iou_history": hook.iou_history, "beta_history": hook.beta_history}
     (Path(sys.argv[1]) / f"rank{rank}.json").write_text(json.dumps(report))

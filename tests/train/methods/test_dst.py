@@ -6,6 +6,7 @@ import torch
 from podkit.data.loader import Batch
 from podkit.models import ImageBatch, build_detector, tiny_model_config
 from podkit.models.checkpoint import load_checkpoint
+from podkit.models.output import TrainingStats
 from podkit.train.hooks import TrainState
 from podkit.train.loop import train
 from podkit.train.methods.dst import DynamicScaleTraining, make_collage
@@ -84,10 +85,9 @@ def test_collage_drops_boxes_below_the_minimum_size():
 
 
 def stats(small, medium, large, cls=(0.0, 0.0, 0.0)):
-    return {
-        "reg_loss_by_size": torch.tensor([small, medium, large]),
-        "cls_loss_by_size": torch.tensor(cls),
-    }
+    return TrainingStats(
+        reg_loss_by_size=torch.tensor([small, medium, large]), cls_loss_by_size=torch.tensor(cls)
+    )
 
 
 def step(hook, s, iteration=1):
@@ -149,7 +149,7 @@ def test_small_loss_ratio_from_a_detector():
         }
     ]
     out = model(images, small_only)
-    assert out.stats["reg_loss_by_size"][0] > 0 and out.stats["reg_loss_by_size"][1:].sum() == 0
+    assert out.stats.reg_loss_by_size[0] > 0 and out.stats.reg_loss_by_size[1:].sum() == 0
     hook = DynamicScaleTraining(tau=0.1)
     step(hook, out.stats)
     assert hook.ratio == 1.0 and not hook.collage_next

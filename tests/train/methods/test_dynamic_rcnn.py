@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from podkit.models import build_detector, tiny_model_config
+from podkit.models.output import TrainingStats
 from podkit.train.hooks import TrainState
 from podkit.train.loop import train
 from podkit.train.methods import build_hooks
@@ -20,22 +21,22 @@ def state_at(iteration, model=None):
 
 def test_statistics_of_a_hand_built_batch():
     hook = DynamicRCNN(k_iou=2, k_beta=1)
-    stats = {
-        "proposal_ious": [torch.tensor([0.9, 0.1, 0.8, 0.7]), torch.tensor([0.5, 0.6])],
+    stats = TrainingStats(
+        proposal_ious=[torch.tensor([0.9, 0.1, 0.8, 0.7]), torch.tensor([0.5, 0.6])],
         # mean(|dx|, |dy|): 0.2, 0.05, 0.5, 0.3 -> the (1 * 2 images)-th smallest is 0.2
-        "pos_reg_targets": torch.tensor(
+        pos_reg_targets=torch.tensor(
             [[0.1, -0.3, 9, 9], [0.05, 0.05, 9, 9], [-1.0, 0.0, 9, 9], [0.3, 0.3, 9, 9]]
         ),
-        "num_images": 2,
-    }
+        num_images=2,
+    )
     iou, beta = hook.statistics(stats)
     assert iou == pytest.approx((0.8 + 0.5) / 2)  # the 2nd largest IoU of each image, averaged
     assert beta == pytest.approx(0.2)
-    empty = {
-        "proposal_ious": [torch.zeros(0)],
-        "pos_reg_targets": torch.zeros(0, 4),
-        "num_images": 1,
-    }
+    empty = TrainingStats(
+        proposal_ious=[torch.zeros(0)],
+        pos_reg_targets=torch.zeros(0, 4),
+        num_images=1,
+    )
     iou, beta = hook.statistics(empty)
     assert iou != iou and beta != beta  # NaN: nothing to record
     hook.loss(state_at(0), {}, empty)
@@ -114,7 +115,7 @@ def test_k_scaled_to_the_roi_batch_when_unset():
     ious = torch.linspace(1.0, 0.01, 100)  # 1.0, 0.99, ...: the 19th largest is 0.82
     targets = torch.tensor([[e, e, 0.0, 0.0] for e in (0.5, 0.1, 0.3, 0.2)])
     iou, beta = hook.statistics(
-        {"proposal_ious": [ious], "pos_reg_targets": targets, "num_images": 1}
+        TrainingStats(proposal_ious=[ious], pos_reg_targets=targets, num_images=1)
     )
     assert iou == pytest.approx(float(ious.sort(descending=True).values[18]))
     assert beta == pytest.approx(0.2)  # the 2nd smallest of 0.5, 0.1, 0.3, 0.2

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from podkit.models.output import TrainingStats
 from podkit.train.hooks import TrainState
 from podkit.train.loop import train
 from podkit.train.methods.loss_balance import AVW, RLO, action_weights, update_probs
@@ -29,7 +30,7 @@ def feed(hook, rows, start=0):
     state = None
     for k, row in enumerate(rows, start=start + 1):
         state = TrainState(k, 100, None, draw_batch=None)
-        hook.loss(state, {}, {"level_losses": {"retinanet": torch.tensor(row)}})
+        hook.loss(state, {}, TrainingStats({"retinanet": torch.tensor(row)}))
         hook.after_step(state)
     return state
 
@@ -84,7 +85,7 @@ def feed_heads(hook, rows):
     states = []
     for k, row in enumerate(rows, start=1):
         state = TrainState(k, 100, None, draw_batch=None)
-        hook.loss(state, {}, {"level_losses": {h: torch.tensor(v) for h, v in row.items()}})
+        hook.loss(state, {}, TrainingStats({h: torch.tensor(v) for h, v in row.items()}))
         hook.after_step(state)
         states.append(state)
     return states

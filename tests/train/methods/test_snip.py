@@ -6,21 +6,13 @@ import torch
 
 from podkit.data.loader import Batch
 from podkit.models import ImageBatch, build_detector, tiny_model_config
+from podkit.models.pyramid import PYRAMIDS, get_pyramid, keep_in_range, merge_detections
 from podkit.ops import box_iou
 from podkit.train.evaluate import predict, predict_at
 from podkit.train.hooks import TrainState
 from podkit.train.loop import train
 from podkit.train.methods import build_hooks
-from podkit.train.methods.snip import (
-    PYRAMIDS,
-    SNIP,
-    crop_to_chips,
-    get_pyramid,
-    keep_in_range,
-    mark_invalid,
-    merge_detections,
-    resize_batch,
-)
+from podkit.train.methods.snip import SNIP, crop_to_chips, mark_invalid, resize_batch
 from tests.conftest import arch_overrides, tiny_config
 from tests.ops.test_nms import direct_soft_nms
 
