@@ -26,6 +26,7 @@ import torch
 from podkit.export import (
     BACKENDS,
     PRECISIONS,
+    Backend,
     BackendUnavailable,
     ParityError,
     Runner,
@@ -36,8 +37,11 @@ from podkit.export import (
 from podkit.export import load as load_artefact
 
 TORCH_RUNTIMES = ("torch", "torch-compile")
-# --backend names: PyTorch itself, then every export backend by its runtime's name
-RUNTIMES = {**dict.fromkeys(TORCH_RUNTIMES), **{b.runtime: b for b in BACKENDS.values()}}
+
+
+def runtimes() -> dict[str, Backend | None]:
+    """--backend names: PyTorch itself (None), then every export backend by its runtime."""
+    return {**dict.fromkeys(TORCH_RUNTIMES), **{b.runtime: b for b in BACKENDS.values()}}
 
 
 @dataclass
@@ -126,7 +130,7 @@ def prepare(
     re-exporting."""
     if backend in TORCH_RUNTIMES:
         return torch_runner(wrapper, opts.device, compile=backend == "torch-compile"), {}
-    target = RUNTIMES[backend]
+    target = runtimes()[backend]
     onnx_path = cache / "model.onnx"
     name = f"model_t{opts.tune_trials}" if target.tuned else "model"
     name += "" if precision == "fp32" else f"_{precision}"
@@ -176,9 +180,10 @@ def run_latency(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Time every (checkpoint, backend) pair; returns the report (docs/design.md)."""
-    unknown = [b for b in backends if b not in RUNTIMES]
+    known = runtimes()
+    unknown = [b for b in backends if b not in known]
     if unknown:
-        raise ValueError(f"unknown backend {unknown[0]!r}: choose from {', '.join(RUNTIMES)}")
+        raise ValueError(f"unknown backend {unknown[0]!r}: choose from {', '.join(known)}")
     wrong = [p for p in opts.precisions if p not in PRECISIONS]
     if wrong or not opts.precisions:
         raise ValueError(f"--precision {wrong}: choose from {', '.join(PRECISIONS)}")
@@ -210,7 +215,7 @@ def run_latency(
             / 1e6,
         }
         for backend, precision in product(backends, opts.precisions):
-            target = RUNTIMES[backend]
+            target = known[backend]
             if precision != "fp32" and (target is None or precision not in target.precisions):
                 continue  # PyTorch and TVM run the FP32 model only
             try:

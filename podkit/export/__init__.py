@@ -166,11 +166,9 @@ def export_checkpoint(
         backend.require()  # a missing backend or GPU: say so before minutes of export
     out = Path(out) if out is not None else None
     with tempfile.TemporaryDirectory(prefix="podkit-export-") as scratch:
-        in_place = target == "onnx"  # the ONNX file is the artefact
-        direct = in_place and precision == "fp32"
-        onnx_path = Path(out if direct else onnx_path or Path(scratch) / "model.onnx")
+        onnx_path = Path(onnx_path or Path(scratch) / "model.onnx")
         model, _, ckpt, _ = load_detector(checkpoint)
-        if not direct and onnx_path.is_file():
+        if onnx_path.is_file():
             log(f"{checkpoint}: reusing {onnx_path}")
             wrapper = ExportWrapper(model.cpu().eval(), nms=nms)
         else:
@@ -184,7 +182,7 @@ def export_checkpoint(
         )  # fmt: skip
         report: dict = {"target": target, "outputs": wrapper.output_names, "precision": precision}
         if precision != "fp32":
-            reduced_path = out if in_place else Path(scratch) / f"model_{precision}.onnx"
+            reduced_path = Path(scratch) / f"model_{precision}.onnx"
             if precision == "int8":
                 log(f"calibrating INT8 on {calib} training images")
                 fed_size = None if dynamic else input_size
@@ -203,6 +201,9 @@ def export_checkpoint(
             log(f"{target} op audit: " + ("passed" if not problems else "; ".join(problems)))
             if check_only:
                 return report
+            if problems:
+                raise ValueError(f"{checkpoint}: {target} would reject its ONNX graph: "
+                                 + "; ".join(problems))  # fmt: skip
         if backend.tuned:
             log(f"compiling {out} with {target} ({tune_trials} tuning trials per task)")
         options = BuildOptions(input_size, dynamic, precision, batch, device, tune_trials,

@@ -35,7 +35,7 @@ class Backend:
     name: str  # `podkit export --target NAME`
     runtime: str  # its column in `podkit bench latency --backend`
     suffix: str  # the artefact's file suffix (unique in the table)
-    precisions: tuple[str, ...]  # what it builds besides fp32 comes as an fp16 / int8 ONNX file
+    precisions: tuple[str, ...]  # fp32, and fp16 / int8 (built from that precision's ONNX file)
     dynamic: bool  # builds artefacts that take any input size
     device: str | None  # the only device its artefacts run on, if there is one (TensorRT)
     tuned: bool  # its artefacts depend on a tuning budget (kept apart per budget in caches)

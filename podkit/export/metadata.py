@@ -2,8 +2,9 @@
 
 The record (`podkit` key): the checkpoint's config (data, sizes, thresholds), the class names,
 the input size and whether it is dynamic, the batch it takes, its precision (fp32, fp16,
-int8), whether NMS is in the graph, and the output names in order. An ONNX file holds it in its `metadata_props`; a TVM library or a TensorRT engine
-in the JSON sidecar beside it (`ARTEFACT.json`, the file TVM's interface is written to).
+int8), whether NMS is in the graph, and the output names in order. An ONNX file holds it in
+its `metadata_props`; a TVM library or a TensorRT engine in the JSON sidecar beside it
+(`ARTEFACT.json`, the file TVM's interface is written to).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -113,7 +114,8 @@ def require() -> None:
 
 
 def build(onnx_path: Path, out: Path, opts: BuildOptions, log) -> dict:
-    """The ONNX file is the artefact: export_checkpoint writes it at `out` already."""
-    if Path(onnx_path) != Path(out):
-        raise ValueError(f"{out}: an ONNX artefact is written in place, not built from {onnx_path}")
-    return {"onnx": str(out)}
+    """The ONNX file (FP32, FP16 or INT8) is the artefact: copied to `out`."""
+    if Path(onnx_path).resolve() != Path(out).resolve():
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(onnx_path, out)
+    return {"path": str(out)}

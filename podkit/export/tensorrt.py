@@ -104,15 +104,13 @@ def export(
     workspace_gib: float = 4.0,
     batch: int = 1,
 ) -> dict:
-    """Build a serialized engine from the ONNX file; `max_size` adds a dynamic-size profile
-    (min 64x64, opt `input_size`, max `max_size`). Writes `out` and `out.json`.
+    """Build a serialized engine from an ONNX file that passed `audit` (export_checkpoint
+    refuses one that does not); `max_size` adds a dynamic-size profile (min 64x64, opt
+    `input_size`, max `max_size`). Writes `out` and `out.json`.
 
     Precision: an INT8 file carries its Q/DQ nodes and an FP16 file its half-precision
     weights (precision.py); TensorRT 11 builds what the file says (strong typing is its only
     mode), TensorRT 10 also needs the builder flag that allows the precision."""
-    problems = audit(onnx_path)
-    if problems:
-        raise ValueError(f"{onnx_path}: TensorRT would reject it: " + "; ".join(problems))
     trt = _tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")  # RoiAlign is the ROIAlign_TRT plugin

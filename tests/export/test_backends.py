@@ -43,8 +43,7 @@ def copy_backend() -> tuple[Backend, list]:
 
 def test_a_backend_added_to_the_table_works_everywhere(checkpoints, tmp_path, monkeypatch):
     backend, opened = copy_backend()
-    monkeypatch.setitem(BACKENDS, "copy", backend)
-    monkeypatch.setitem(latency.RUNTIMES, "copyrt", backend)
+    monkeypatch.setitem(BACKENDS, "copy", backend)  # the one table, nothing else
     ckpt = checkpoints("retinanet", "baseline")
     out = tmp_path / "m.copy"
     report = export_checkpoint(ckpt, "copy", out, (128, 160), log=str)
@@ -62,4 +61,26 @@ def test_a_backend_added_to_the_table_works_everywhere(checkpoints, tmp_path, mo
     timed = latency.run_latency([ckpt], ["copyrt"], opts, log=str)
     (row,) = timed["results"]
     assert row["backend"] == "copyrt" and row["artefact"].endswith(".copy")
-    assert len(opened) >= 3  # export's check, open_detector, the latency run
+    cached = Path(row["artefact"])
+    assert cached.parent.parent == tmp_path / "cache" and cached.suffix == ".copy"
+    # export's check, open_detector, then the latency cache's export check and its timing
+    assert opened == [out, out, cached, cached]
+
+
+def test_an_audit_that_finds_problems_stops_the_build(checkpoints, tmp_path, monkeypatch):
+    """A backend's audit runs on the ONNX graph before its build: `check_only` reports it,
+    an export refuses to build and writes nothing."""
+    built = []
+    strict = replace(BACKENDS["onnx"], name="strict", suffix=".strict", precisions=("fp32",),
+                     audit=lambda path: ["Foo: not supported (x2)"],
+                     build=lambda *args: built.append(args) or {})  # fmt: skip
+    monkeypatch.setitem(BACKENDS, "strict", strict)
+    ckpt, graph = checkpoints("retinanet", "baseline"), tmp_path / "graph" / "m.onnx"
+    graph.parent.mkdir()
+    report = export_checkpoint(ckpt, "strict", None, (128, 160), check_only=True, log=str,
+                               onnx_path=graph)  # fmt: skip
+    assert report["audit"] == ["Foo: not supported (x2)"]
+    with pytest.raises(ValueError, match="strict would reject its ONNX graph: Foo"):
+        export_checkpoint(ckpt, "strict", tmp_path / "m.strict", (128, 160), log=str,
+                          onnx_path=graph)  # the graph exported once, reused  # fmt: skip
+    assert built == [] and not (tmp_path / "m.strict").exists()

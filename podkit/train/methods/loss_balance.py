@@ -1,5 +1,6 @@
 """Dynamic multi-scale loss balance: AVW and RLO (Luo et al., "Dynamic Multi-Scale Loss
-Optimization for Object Detection"). No public code exists; docs/methods.md gives podkit's choices.
+Optimization for Object Detection"). No public code exists; docs/methods.md gives podkit's
+choices.
 
 Every level i of a head has a loss L_i (classification + regression, from the detector's
 `TrainingStats.level_losses`); the head trains on sum_i w_i L_i through its `level_weights`.

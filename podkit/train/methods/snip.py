@@ -232,9 +232,7 @@ class SNIP(Hook):
             ]
             choices.append(self.rng.choice(valid or range(len(self.pyramid))))
         resolutions = [self.pyramid[k] for k in choices]
-        self._warn_if_upsampling(
-            batch, self.pyramid[max(choices, key=lambda k: self.pyramid[k].min_size)]
-        )
+        self._warn_if_upsampling(batch)
         resized, scales = resize_batch(batch, resolutions, self.size_divisible)
         resized.targets = [
             mark_invalid(t, s, res, self.exclude)
@@ -248,7 +246,9 @@ class SNIP(Hook):
         self._last = (choices, sum(len(t["boxes"]) for t in resized.targets))
         return resized
 
-    def _warn_if_upsampling(self, batch: Batch, res: Resolution) -> None:
+    def _warn_if_upsampling(self, batch: Batch) -> None:
+        """Once: the images are loaded smaller than the largest resolution needs."""
+        res = self.pyramid[self.largest]
         h, w = batch.images.sizes[0]
         oh, ow = batch.meta[0]["original_size"]
         wanted = resize_scale(oh, ow, res.min_size, res.max_size) * oh
