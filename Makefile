@@ -21,7 +21,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check podkit tests bench
 	$(BIN)/ruff format --check podkit tests bench
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=12
 
 # on a CUDA machine, with its own CUDA torch on PATH (not the CPU venv): bench/gpu_check.sh
 gpu-check:

@@ -48,12 +48,36 @@ LARGEST = ("data.min_size=[896]", "data.max_size=1504")  # SNIP resizes from the
 
 @dataclass(frozen=True)
 class Arm:
-    """One way of training a detector; `slug` names its run folder (shared across studies)."""
+    """One way of training a detector; `slug` names its run folder (shared across studies).
+    With `config` set, the arm is that recipe trained from scratch for its own max_iter (no
+    shared start)."""
 
     slug: str
     arch: str  # configs/scale/ARCH.yaml
     methods: list = field(default_factory=list)
     overrides: tuple[str, ...] = ()
+    config: str | None = None
+
+
+# the augmentation study: the tiny recipe before (configs/tiny) and after (the small-data
+# preset: augmentation and fitted anchors) on the synthetic set and on the sites set
+TINY, SMALL_DATA = "configs/tiny/faster_rcnn_fpn.yaml", "configs/small_data/tiny_scratch.yaml"
+
+
+def data_at(folder: str) -> tuple[str, ...]:
+    """Overrides pointing both splits at a built-in set written by `podkit data synth`."""
+    return tuple(
+        f"data.{split}.{key}={folder}/{path}"
+        for split in ("train", "val")
+        for key, path in (("ann", f"annotations/{split}.json"), ("images", split))
+    )
+
+
+SYNTH_AT_TINY = (*data_at("data/synth"), "model.num_classes=10", "data.min_size=[224, 256, 288]",
+                 "data.max_size=400", "data.test_min_size=256")  # fmt: skip
+SITES_AT_320 = (*data_at("data/sites"), "model.num_classes=1", "data.min_size=[288, 320, 352]",
+                "data.max_size=480", "data.test_min_size=320")  # fmt: skip
+TRAIN_IMAGES = 200  # the "train" test scores this many training images
 
 
 ARMS = {
@@ -74,6 +98,12 @@ ARMS = {
         [{"name": "snip", "pyramid": PYRAMID, "anchor_rule": "paper"}],
         LARGEST,
     ),
+    "tiny_synth": Arm("tiny_synth", "faster_rcnn_fpn", config=TINY),
+    "tiny_synth_aug": Arm(
+        "tiny_synth_aug", "faster_rcnn_fpn", overrides=SYNTH_AT_TINY, config=SMALL_DATA
+    ),
+    "tiny_sites": Arm("tiny_sites", "faster_rcnn_fpn", overrides=SITES_AT_320, config=TINY),
+    "tiny_sites_aug": Arm("tiny_sites_aug", "faster_rcnn_fpn", config=SMALL_DATA),
 }
 # study: (its arms, baseline first; the metrics the papers judge it on; its tests)
 STUDIES = {
@@ -85,8 +115,13 @@ STUDIES = {
         ("APs", "AP", "APl"),
         ("single", "pyramid"),
     ),
+    "augment": (
+        ("tiny_synth", "tiny_synth_aug", "tiny_sites", "tiny_sites_aug"),
+        ("AP", "AP50"),
+        ("single", "train"),
+    ),
 }
-EVAL_FILE = {"single": "eval.json", "pyramid": "eval_pyramid.json"}
+EVAL_FILE = {"single": "eval.json", "pyramid": "eval_pyramid.json", "train": "eval_train.json"}
 # arm: the arms it is paired with, its study's baseline first
 BASELINES = {
     "frcnn_ms": ("frcnn",),
@@ -97,14 +132,16 @@ BASELINES = {
     "retina_rlo": ("retina",),
     "frcnn_mst": ("frcnn",),
     "frcnn_snip": ("frcnn", "frcnn_mst"),  # the paper's question: SNIP vs multi-scale training
+    "tiny_synth_aug": ("tiny_synth",),
+    "tiny_sites_aug": ("tiny_sites",),
 }
 
 
 EXTRA: list[str] = []  # --set overrides, applied to every run
 
 
-def recipe(arch: str, overrides: list[str]):
-    return load_config(ROOT / f"configs/scale/{arch}.yaml", [*overrides, *EXTRA])
+def recipe(arch: str, overrides: list[str], config: str | None = None):
+    return load_config(ROOT / (config or f"configs/scale/{arch}.yaml"), [*overrides, *EXTRA])
 
 
 def train_start(arch: str, out: Path, iters: int) -> Path:
@@ -116,18 +153,14 @@ def train_start(arch: str, out: Path, iters: int) -> Path:
     return run / "last.pt"
 
 
-def train_arm(arm: Arm, seed: int, start: Path, out: Path, iters: int) -> Path:
+def train_arm(arm: Arm, seed: int, start: Path | None, out: Path, iters: int) -> Path:
     run = out / arm.slug / f"seed{seed}"
     if not (run / "eval.json").exists():
+        schedule = [f"model.init_from={start}", f"train.max_iter={iters}"] if start else []
         cfg = recipe(
             arm.arch,
-            [
-                f"model.init_from={start}",
-                f"train.max_iter={iters}",
-                f"train.seed={seed}",
-                f"methods={json.dumps(arm.methods)}",
-                *arm.overrides,
-            ],
+            [*schedule, f"train.seed={seed}", f"methods={json.dumps(arm.methods)}", *arm.overrides],
+            arm.config,
         )
         train(cfg, run, resume=(run / "last.pt").exists(), overwrite=True)
     return run
@@ -144,6 +177,20 @@ def test_on_pyramid(arm: Arm, run: Path) -> None:
     metrics = evaluate_path(run / "last.pt", [mode, f"eval.pyramid={PYRAMID}", *EXTRA])
     out.write_text(json.dumps(metrics, indent=2))
     print(f"{out}: AP {metrics['AP']:.1f}  APs {metrics['APs']:.1f}", flush=True)
+
+
+def test_on_training_images(run: Path) -> None:
+    """RUN/eval_train.json: the run scored on TRAIN_IMAGES of its own training images, so
+    the report shows how much of its validation AP it lost to the train/val gap."""
+    out = run / EVAL_FILE["train"]
+    if out.exists():
+        return
+    data = load_config(run / "config.yaml").data.train
+    overrides = [f"data.val.ann={data.ann}", f"data.val.images={data.images}",
+                 f"eval.max_images={TRAIN_IMAGES}"]  # fmt: skip
+    metrics = evaluate_path(run / "last.pt", [*overrides, *EXTRA])
+    out.write_text(json.dumps(metrics, indent=2))
+    print(f"{out}: AP {metrics['AP']:.1f}  AP50 {metrics['AP50']:.1f}", flush=True)
 
 
 def summarise(run: Path, test: str = "single") -> dict:
@@ -198,7 +245,8 @@ def report(studies: list[str], out: Path, seeds: list[int]) -> str:
         arms, judged, tests = STUDIES[study]
         results["studies"][study] = {}
         for test in tests:
-            title = "" if test == "single" else f", tested on the pyramid {PYRAMID}"
+            title = {"single": "", "pyramid": f", tested on the pyramid {PYRAMID}",
+                     "train": f", tested on {TRAIN_IMAGES} of its training images"}[test]  # fmt: skip
             lines += [f"### {study}{title} (seeds {seeds}; mean, then per-seed in brackets)", ""]
             lines += ["| arm | " + " | ".join(KEYS) + " | extra |", "|---" * (len(KEYS) + 2) + "|"]
             for name in (tested(a, test) for a in arms):
@@ -220,6 +268,20 @@ def report(studies: list[str], out: Path, seeds: list[int]) -> str:
                         label = name if k == 0 else f"{name} vs {base}"
                         results["studies"][study][label] = line[1]
                         lines.append(line[0])
+            lines.append("")
+        if "train" in tests:  # what the detector memorised: training AP minus validation AP
+            lines += ["Train - val gap (per seed; mean):", ""]
+            for arm in arms:
+                val, fit = done.get(arm, {}), done.get(tested(arm, "train"), {})
+                both = [s for s in val if s in fit]
+                for key in judged if both else ():
+                    gaps = [fit[s][key] - val[s][key] for s in both]
+                    results["studies"][study].setdefault(f"{arm} gap", {})[key] = gaps
+                if both:
+                    gap = results["studies"][study][f"{arm} gap"]
+                    lines.append(f"- {arm} (seeds {both}): " + "; ".join(
+                        f"{k} {statistics.mean(v):+.1f} ({', '.join(f'{g:+.1f}' for g in v)})"
+                        for k, v in gap.items()))  # fmt: skip
             lines.append("")
     text = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
@@ -290,11 +352,14 @@ def main() -> None:
         order = [a for s in args.studies for a in STUDIES[s][0] if not args.only or a in args.only]
         for name in dict.fromkeys(order):
             arm = ARMS[name]
-            start = train_start(arm.arch, args.out, args.start_iters)
+            start = None if arm.config else train_start(arm.arch, args.out, args.start_iters)
+            tests = {t for s in args.studies if name in STUDIES[s][0] for t in STUDIES[s][2]}
             for seed in args.seeds:
                 run = train_arm(arm, seed, start, args.out, args.iters)
-                if any("pyramid" in STUDIES[s][2] and name in STUDIES[s][0] for s in args.studies):
+                if "pyramid" in tests:
                     test_on_pyramid(arm, run)
+                if "train" in tests:
+                    test_on_training_images(run)
             print(report(args.studies, args.out, args.seeds), flush=True)
     print(report(args.studies, args.out, args.seeds))
 

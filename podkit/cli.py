@@ -65,7 +65,9 @@ def user_errors(fn):
     return wrapper
 
 
-data_app = typer.Typer(help="Data sets: generate the built-in one.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Data sets: generate the built-in ones, inspect one.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 
 
@@ -83,28 +85,112 @@ def data_synth(
     ),
     preset: str = typer.Option(
         "standard",
-        help="standard (256 px, objects 8 px to most of the image) or scale (the scale "
-        "benchmark: 384-512 px, objects from 4 px; use with --val 1000).",
+        help="standard (256 px, objects 8 px to most of the image), scale (the scale "
+        "benchmark: 384-512 px, objects from 4 px; use with --val 1000) or sites (one class of "
+        "dense 8-60 px vehicles in 320 px overhead tiles; training tiles from one site, "
+        "validation tiles from four others: a small real-like set with a domain shift).",
     ),
     seed: int = typer.Option(0, help="Seed: the same seed writes the same set."),
 ) -> None:
-    """Generate the built-in synthetic set (10 classes of textured shapes, COCO json)."""
+    """Generate a built-in synthetic set (COCO json)."""
     from rich.progress import Progress
 
+    from podkit.data.sites import write_sites_split
     from podkit.data.synthetic import dataset_statistics, preset_style, write_split
 
-    style = preset_style(preset, size)
+    if preset == "sites":
+        if size is not None:
+            raise ValueError("--size applies to the standard preset (sites: 320 px tiles)")
+
+        def write(split, count, advance):
+            return write_sites_split(
+                out, split, count, [0] if split == "train" else [1, 2, 3, 4], seed, advance
+            )
+    else:
+        style = preset_style(preset, size)
+
+        def write(split, count, advance):
+            return write_split(out, split, count, style, seed, advance)
+
     check_writable(out / "annotations" / "train.json")
     with Progress(console=console) as progress:
         for split, count in (("train", train), ("val", val)):
             task = progress.add_task(f"synth {split}", total=count)
-            path = write_split(out, split, count, style, seed, lambda t=task: progress.advance(t))
+            path = write(split, count, lambda t=task: progress.advance(t))
             stats = dataset_statistics(path)
             progress.console.print(
                 f"{path}: {count} images, {stats['instances_per_image']:.1f} objects/image, "
                 f"{100 * stats['instances_small']:.0f} % small; images with small/medium/large: "
                 f"{100 * stats['images_with_small']:.0f} / {100 * stats['images_with_medium']:.0f} / {100 * stats['images_with_large']:.0f} %"
             )
+
+
+@data_app.command("stats")
+@user_errors
+def data_stats(
+    target: Path = typer.Argument(
+        ..., help="A config (YAML: both of its splits, as its resize feeds them) or a COCO json."
+    ),
+    images: Path | None = typer.Option(None, help="The COCO json's image folder."),
+    config: Path | None = typer.Option(
+        None, help="With a COCO json: the config whose resize and anchors to assume."
+    ),
+    out: Path = typer.Option(Path("data_stats"), help="Folder for stats.json and stats.png."),
+) -> None:
+    """Images, objects, box sizes as fed, classes and anchor coverage per split, with warnings."""
+    import numpy as np
+    from rich.table import Table
+
+    from podkit.config import DatasetConfig, load_config
+    from podkit.data import load_dataset
+    from podkit.data.stats import dataset_stats, write_stats
+
+    if target.suffix in (".yaml", ".yml"):
+        cfg = load_config(target)
+        splits = {"train": cfg.data.train, "val": cfg.data.val}
+    elif target.suffix == ".json":
+        if images is None:
+            raise ValueError(f"{target}: a COCO json needs --images (its image folder)")
+        cfg = load_config(config)
+        splits = {target.stem: DatasetConfig(format="coco", ann=str(target), images=str(images))}
+    else:
+        raise ValueError(f"{target}: expected a config (.yaml) or COCO annotations (.json)")
+    loaded = {name: load_dataset(d) for name, d in splits.items() if d.ann}
+    stats = dataset_stats(cfg, loaded)
+    table = Table("", *[s.split for s in stats], title=f"{target} as fed")
+    rows = [
+        ("images", lambda s: str(s.images)),
+        ("width min/median/max", lambda s: "/".join(map(str, s.image_sizes["width"]))),
+        ("height min/median/max", lambda s: "/".join(map(str, s.image_sizes["height"]))),
+        ("resized to min_size", lambda s: str(s.fed_min_size)),
+        ("objects (ignore regions)", lambda s: f"{s.objects} ({s.ignore_regions})"),
+        (
+            "objects/image mean, max",
+            lambda s: f"{s.objects_per_image['mean']:.1f}, {s.objects_per_image['max']}",
+        ),
+        ("images without objects", lambda s: str(s.objects_per_image["without"])),
+        (
+            "box side median (px as fed)",
+            lambda s: f"{float(np.median(s.box_sizes)) if s.box_sizes else 0:.1f}",
+        ),
+        (
+            "small / medium / large %",
+            lambda s: " / ".join(f"{100 * v:.0f}" for v in s.shares.values()),
+        ),
+        ("boxes an anchor matches", lambda s: f"{100 * s.anchor_match:.0f} %"),
+        ("clipped / dropped boxes", lambda s: f"{s.clipped} / {s.dropped}"),
+    ]
+    for name, cell in rows:
+        table.add_row(name, *[cell(s) for s in stats])
+    console.print(table)
+    for s in stats:
+        counts = ", ".join(f"{k} {v}" for k, v in s.classes.items())
+        console.print(f"{s.split} classes: {counts}", highlight=False)
+    for s in stats:
+        for line in s.warnings:
+            console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+    for path in write_stats(stats, out):
+        console.print(f"wrote {path}", highlight=False)
 
 
 @app.command()

@@ -28,6 +28,7 @@ DEVICES = ("cpu", "cuda")
 FORMATS = ("coco", "voc")
 MERGES = ("soft_nms_linear", "soft_nms_gaussian", "nms")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
+ANCHOR_MODES = ("config", "auto", "fitted")
 
 
 class ConfigRangeError(ValueError):
@@ -203,12 +204,16 @@ class ModelConfig:
     init_from: str | None = None
     init_partial: bool = False  # init_from may leave whole blocks or heads at their initial values
     backbone_weights: str | None = None
+    # config: the sizes below; auto: fitted to the training boxes at start (the run's saved
+    # config then holds the fitted sizes, marked fitted)
+    anchors: str = "config"
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadConfig = field(default_factory=RoIHeadConfig)
     retinanet: RetinaNetConfig = field(default_factory=RetinaNetConfig)
 
     def __post_init__(self) -> None:
         require(self, "arch", self.arch in ARCHS, f"one of {', '.join(ARCHS)}")
+        require(self, "anchors", self.anchors in ANCHOR_MODES, f"one of {', '.join(ANCHOR_MODES)}")
         require(self, "depth", self.depth in RESNET_DEPTHS, f"one of {RESNET_DEPTHS}")
         require(self, "width", 0 < self.width <= 4, "in (0, 4]")
         require(self, "num_classes", self.num_classes >= 1, "an integer >= 1")
@@ -237,6 +242,50 @@ class DatasetConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-time augmentation (`data.augment`): each op with its probability (0: off, the
+    default) and strength. Applied in this order: mosaic, crop, scale jitter, flips and
+    rotations, colour (see podkit/data/augment.py)."""
+
+    color: float = 0.0  # probability of colour jitter (brightness, contrast, saturation, hue)
+    brightness: float = 0.3  # factor drawn from [1 - b, 1 + b]
+    contrast: float = 0.3
+    saturation: float = 0.3
+    hue: float = 0.03  # shift drawn from [-h, h] of the hue circle
+    grayscale: float = 0.0  # probability
+    blur: float = 0.0  # probability of a Gaussian blur
+    blur_sigma: float = 1.5  # largest sigma, pixels
+    scale: list[float] | None = None  # [lo, hi]: resize factor drawn log-uniformly
+    crop: float = 0.0  # probability of a random crop
+    crop_min: float = 0.5  # smallest crop side, a fraction of the image side
+    crop_keep: float = 0.5  # a cut box keeping less of its area becomes an ignore region
+    vflip: float = 0.0  # probability
+    rot90: float = 0.0  # probability of a rotation by 90, 180 or 270 degrees
+    mosaic: float = 0.0  # probability of a 2x2 mosaic of this image and three random others
+
+    def __post_init__(self) -> None:
+        for key in ("color", "grayscale", "blur", "crop", "vflip", "rot90", "mosaic"):
+            require(self, key, fraction(getattr(self, key)), "a probability in [0, 1]")
+        for key in ("brightness", "contrast", "saturation"):
+            require(self, key, 0 <= getattr(self, key) < 1, "in [0, 1)")
+        require(self, "hue", 0 <= self.hue <= 0.5, "in [0, 0.5]")
+        require(self, "blur_sigma", self.blur_sigma > 0, "a number > 0")
+        require(
+            self,
+            "scale",
+            self.scale is None or (len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1]),
+            "null or [lo, hi] with 0 < lo <= hi",
+        )
+        require(self, "crop_min", fraction(self.crop_min, low_open=True), "in (0, 1]")
+        require(self, "crop_keep", fraction(self.crop_keep, low_open=True), "in (0, 1]")
+
+    @property
+    def active(self) -> bool:
+        probabilities = (self.color, self.grayscale, self.blur, self.crop, self.vflip)
+        return any(probabilities) or bool(self.rot90 or self.mosaic or self.scale)
+
+
+@dataclass
 class DataConfig:
     train: DatasetConfig = field(default_factory=DatasetConfig)
     val: DatasetConfig = field(default_factory=DatasetConfig)
@@ -249,6 +298,7 @@ class DataConfig:
     size_divisible: int = 32
     aspect_grouping: bool = True
     max_image_pixels: int = 64_000_000  # larger images are refused (decompression bombs)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         require(

@@ -8,7 +8,7 @@ from pycocotools.coco import COCO
 
 from podkit.config import DatasetConfig
 from podkit.data.coco import load_coco
-from podkit.data.records import Record
+from podkit.data.records import BoxReport, Record
 from podkit.data.voc import load_voc
 
 
@@ -22,6 +22,7 @@ class LoadedDataset:
     coco: COCO | None  # the original annotations (COCO sets); None: built from records
     source: str
     notes: list[str]  # box-cleaning report, discovered classes: printed once at start
+    report: BoxReport  # what cleaning did to the boxes (clipped, dropped)
 
 
 def load_dataset(cfg: DatasetConfig) -> LoadedDataset:
@@ -42,4 +43,4 @@ def load_dataset(cfg: DatasetConfig) -> LoadedDataset:
     message = report.message(cfg.ann)
     if message:
         notes.append(message)
-    return LoadedDataset(records, classes, cat_ids, api, cfg.ann, notes)
+    return LoadedDataset(records, classes, cat_ids, api, cfg.ann, notes, report)

@@ -2,9 +2,10 @@
 
 The training stream is a pure function of (seed, batch position): each epoch is a seeded
 permutation, grouped by aspect ratio, cut into global batches; rank r of W takes the
-r-th slice of every global batch (the distributed sampler). Augmentation draws from a
-generator seeded by (seed, position, slot), so the data a run sees does not depend on the
-number of workers, and a resumed run sees exactly what an uninterrupted one would.
+r-th slice of every global batch (the distributed sampler). Each sample's augmentation draws
+from a generator seeded by (seed, position, slot in the global batch), so the data a run
+sees does not depend on the number of workers or processes, and a resumed run sees exactly
+what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -17,42 +18,60 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from podkit.config import AugmentConfig
+from podkit.data.augment import augment
 from podkit.data.records import Record, load_image
-from podkit.data.transforms import hflip, resize, to_tensor
+from podkit.data.transforms import Annotated, hflip, resize, to_tensor
 from podkit.ops.image_batch import ImageBatch
 
 
 @dataclass
 class Sample:
-    """What a batch stream asks the dataset for: which record, at which size, flipped or not."""
+    """What a batch stream asks the dataset for: which record, at which size, flipped or not,
+    and the seed of its augmentation (None: none, as in evaluation)."""
 
     index: int
     min_size: int
     flip: bool
+    seed: tuple[int, ...] | None = None
 
 
 class DetectionDataset(Dataset):
-    def __init__(self, records: list[Record], max_size: int) -> None:
+    """Records -> (image tensor, target in as-fed pixels, meta); `augment` applies to samples
+    that carry a seed."""
+
+    def __init__(
+        self, records: list[Record], max_size: int, augment: AugmentConfig | None = None
+    ) -> None:
         self.records = records
         self.max_size = max_size
+        self.augment = augment if augment is not None and augment.active else None
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def load(self, index: int) -> Annotated:
+        rec = self.records[index]
+        return Annotated(
+            load_image(rec.file), rec.boxes.copy(), rec.labels.copy(), rec.ignore.copy()
+        )
+
     def __getitem__(self, sample: Sample) -> tuple[torch.Tensor, dict, dict]:
-        rec = self.records[sample.index]
-        image = load_image(rec.file)
-        boxes, ignore = rec.boxes.copy(), rec.ignore.copy()
-        image, boxes, ignore = resize(image, boxes, ignore, sample.min_size, self.max_size)
-        if sample.flip:
-            image, boxes, ignore = hflip(image, boxes, ignore)
+        rec, a = self.records[sample.index], self.load(sample.index)
+        if self.augment is not None and sample.seed is not None:
+            rng = np.random.default_rng(sample.seed)
+            a = augment(a, self.augment, rng, sample.min_size, self.max_size, sample.flip,
+                        self.load, len(self.records))  # fmt: skip
+        else:
+            a = resize(a, sample.min_size, self.max_size)
+            a = hflip(a) if sample.flip else a
         target = {
-            "boxes": torch.from_numpy(boxes.astype(np.float32)).reshape(-1, 4),
-            "labels": torch.from_numpy(rec.labels).long(),
-            "ignore": torch.from_numpy(ignore.astype(np.float32)).reshape(-1, 4),
+            "boxes": torch.from_numpy(a.boxes.astype(np.float32)).reshape(-1, 4),
+            "labels": torch.from_numpy(a.labels).long(),
+            "ignore": torch.from_numpy(a.ignore.astype(np.float32)).reshape(-1, 4),
         }
         meta = {"image_id": rec.image_id, "original_size": (rec.height, rec.width)}
-        return to_tensor(image), target, meta
+        return to_tensor(a.image), target, meta
 
 
 class Batch:
@@ -107,7 +126,11 @@ def training_batches(
             batches = _epoch_batches(len(records), batch_size, seed, epoch, wide)
         ids = batches[position - first][rank * per_rank : (rank + 1) * per_rank]
         rng = np.random.default_rng([seed, position, rank])
-        yield [Sample(i, int(rng.choice(min_sizes)), bool(rng.random() < flip_prob)) for i in ids]
+        yield [
+            Sample(i, int(rng.choice(min_sizes)), bool(rng.random() < flip_prob),
+                   (seed, position, rank * per_rank + slot))
+            for slot, i in enumerate(ids)
+        ]  # fmt: skip
         position += 1
 
 

@@ -62,7 +62,7 @@ def preset_style(preset: str, size: int | None = None) -> SynthStyle:
         if size is not None:
             raise ValueError("--size applies to the standard preset (scale: 384-512 px)")
         return SynthStyle(384, 512, {**BUCKETS, "small": (0.5, 2, 6, 4, 30)})
-    raise ValueError(f"unknown synthetic preset {preset!r}; choose standard or scale")
+    raise ValueError(f"unknown synthetic preset {preset!r}; choose standard, scale or sites")
 
 
 def _polygon(shape: str, w: int, h: int) -> list[tuple[float, float]] | None:
@@ -229,13 +229,23 @@ def write_split(
 ) -> Path:
     """Writes OUT/split/*.png and OUT/annotations/split.json; returns the json path.
     `size`: a style, or the image size of the standard preset."""
+    names = [name for name, _, _ in CLASSES]
+    return write_coco_split(
+        out, split, count, seed, lambda i, rng: synth_image(size, rng), names, progress
+    )
+
+
+def write_coco_split(
+    out: Path, split: str, count: int, seed: int, draw, categories: list[str], progress=None
+) -> Path:
+    """Image i is `draw(i, rng)` -> (pixels, annotations) with rng seeded by (seed, split,
+    i); writes OUT/split/*.png and OUT/annotations/split.json and returns the json path."""
     (out / split).mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     split_key = {"train": 0, "val": 1}.get(split, 2)
     images, annotations = [], []
     for i in range(count):
-        rng = np.random.default_rng([seed, split_key, i])
-        pixels, anns = synth_image(size, rng)
+        pixels, anns = draw(i, np.random.default_rng([seed, split_key, i]))
         name = f"{i:06d}.png"
         Image.fromarray(pixels).save(out / split / name)
         images.append(
@@ -245,11 +255,9 @@ def write_split(
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, **a})
         if progress is not None:
             progress()
-    categories = [{"id": k + 1, "name": name} for k, (name, _, _) in enumerate(CLASSES)]
     path = out / "annotations" / f"{split}.json"
-    path.write_text(
-        json.dumps({"images": images, "annotations": annotations, "categories": categories})
-    )
+    cats = [{"id": k + 1, "name": name} for k, name in enumerate(categories)]
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": cats}))
     return path
 
 

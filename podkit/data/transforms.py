@@ -1,6 +1,14 @@
-"""Resize (shorter side to S, longer side capped) and horizontal flip, boxes alongside."""
+"""Geometric transforms of an annotated image: every op moves the boxes with the pixels.
+
+Boxes are x1 y1 x2 y2 in continuous pixel coordinates (a box over pixel columns 3..5 is
+x1 = 3, x2 = 6), so a flip of an image W wide maps x to W - x. The random choices live in
+podkit/data/augment.py; these functions take their parameters explicitly, which is what
+the box-geometry tests check against pixels drawn into the image.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -8,7 +16,22 @@ from PIL import Image
 from torch import Tensor
 
 
-def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float:
+@dataclass
+class Annotated:
+    """An image with its boxes, their labels, and ignore (crowd / cut) regions, in its pixels."""
+
+    image: Image.Image
+    boxes: np.ndarray  # (N, 4) float32
+    labels: np.ndarray  # (N,) int64
+    ignore: np.ndarray  # (M, 4) float32
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)."""
+        return self.image.size
+
+
+def resize_scale(height: int, width: int, min_size: float, max_size: float) -> float:
     """Scale that brings the shorter side to `min_size` unless the longer would pass `max_size`."""
     scale = min_size / min(height, width)
     if max(height, width) * scale > max_size:
@@ -16,23 +39,108 @@ def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float
     return scale
 
 
-def resize(image: Image.Image, boxes: np.ndarray, ignore: np.ndarray, min_size: int, max_size: int):
-    w, h = image.size
+def resize(a: Annotated, min_size: float, max_size: float) -> Annotated:
+    w, h = a.size
     scale = resize_scale(h, w, min_size, max_size)
     new_w, new_h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
-    image = image.resize((new_w, new_h), Image.BILINEAR)
-    sx, sy = new_w / w, new_h / h
-    factor = np.array([sx, sy, sx, sy], np.float32)
-    return image, boxes * factor, ignore * factor
+    return scale_to(a, new_w, new_h)
 
 
-def hflip(image: Image.Image, boxes: np.ndarray, ignore: np.ndarray):
-    w = image.size[0]
+def scale_to(a: Annotated, new_w: int, new_h: int) -> Annotated:
+    w, h = a.size
+    factor = np.array([new_w / w, new_h / h] * 2, np.float32)
+    image = a.image.resize((new_w, new_h), Image.BILINEAR)
+    return replace(a, image=image, boxes=a.boxes * factor, ignore=a.ignore * factor)
+
+
+def hflip(a: Annotated) -> Annotated:
+    w = a.size[0]
 
     def flip(b):
         return np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], axis=1) if len(b) else b
 
-    return image.transpose(Image.FLIP_LEFT_RIGHT), flip(boxes), flip(ignore)
+    image = a.image.transpose(Image.FLIP_LEFT_RIGHT)
+    return replace(a, image=image, boxes=flip(a.boxes), ignore=flip(a.ignore))
+
+
+def vflip(a: Annotated) -> Annotated:
+    h = a.size[1]
+
+    def flip(b):
+        return np.stack([b[:, 0], h - b[:, 3], b[:, 2], h - b[:, 1]], axis=1) if len(b) else b
+
+    image = a.image.transpose(Image.FLIP_TOP_BOTTOM)
+    return replace(a, image=image, boxes=flip(a.boxes), ignore=flip(a.ignore))
+
+
+def rot90(a: Annotated, k: int) -> Annotated:
+    """Rotate by k x 90 degrees counter-clockwise: (x, y) -> (y, W - x) per quarter turn."""
+    for _ in range(k % 4):
+        w = a.size[0]
+
+        def turn(b, w=w):
+            return np.stack([b[:, 1], w - b[:, 2], b[:, 3], w - b[:, 0]], axis=1) if len(b) else b
+
+        a = replace(a, image=a.image.transpose(Image.ROTATE_90), boxes=turn(a.boxes),
+                    ignore=turn(a.ignore))  # fmt: skip
+    return a
+
+
+def crop(a: Annotated, x0: int, y0: int, x1: int, y1: int, keep: float) -> Annotated:
+    """The window [x0, x1) x [y0, y1). A box keeps its label when at least `keep` of its area
+    stays inside; one cut more than that becomes an ignore region (neither object nor
+    background), and one wholly outside is dropped."""
+    offset = np.array([x0, y0, x0, y0], np.float32)
+
+    def clip(b):
+        out = b.reshape(-1, 4) - offset
+        out[:, 0::2] = out[:, 0::2].clip(0, x1 - x0)
+        out[:, 1::2] = out[:, 1::2].clip(0, y1 - y0)
+        return out
+
+    boxes, ignore = clip(a.boxes), clip(a.ignore)
+    inside = area(boxes) > 0
+    whole = area(a.boxes)
+    kept = inside & (area(boxes) >= keep * np.maximum(whole, 1e-6))
+    cut = inside & ~kept
+    ignore = np.concatenate([ignore[area(ignore) > 0], boxes[cut]]).astype(np.float32)
+    return Annotated(
+        a.image.crop((x0, y0, x1, y1)), boxes[kept], a.labels[kept], ignore.reshape(-1, 4)
+    )
+
+
+def mosaic(parts: list[Annotated], width: int, height: int, cx: int, cy: int) -> Annotated:
+    """Four images tiled around the centre (cx, cy) of a width x height canvas: each is
+    scaled (aspect kept) to fit its quadrant and placed against the centre; the rest of the
+    canvas is mid-grey."""
+    if len(parts) != 4:
+        raise ValueError(f"a mosaic takes 4 images, got {len(parts)}")
+    canvas = Image.new("RGB", (width, height), (124, 116, 104))
+    quadrants = [(0, 0, cx, cy), (cx, 0, width, cy), (0, cy, cx, height), (cx, cy, width, height)]
+    boxes, labels, ignore = [], [], []
+    for part, (qx0, qy0, qx1, qy1) in zip(parts, quadrants, strict=True):
+        w, h = part.size
+        scale = min((qx1 - qx0) / w, (qy1 - qy0) / h)
+        new_w, new_h = max(1, int(scale * w)), max(1, int(scale * h))
+        part = scale_to(part, new_w, new_h)
+        left = qx1 - new_w if qx0 == 0 else qx0  # against the centre
+        top = qy1 - new_h if qy0 == 0 else qy0
+        canvas.paste(part.image, (left, top))
+        shift = np.array([left, top, left, top], np.float32)
+        boxes.append(part.boxes.reshape(-1, 4) + shift)
+        labels.append(part.labels)
+        ignore.append(part.ignore.reshape(-1, 4) + shift)
+    return Annotated(
+        canvas,
+        np.concatenate(boxes).astype(np.float32),
+        np.concatenate(labels),
+        np.concatenate(ignore).astype(np.float32),
+    )
+
+
+def area(b: np.ndarray) -> np.ndarray:
+    b = b.reshape(-1, 4)
+    return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
 
 
 def to_tensor(image: Image.Image) -> Tensor:

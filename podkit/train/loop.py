@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from podkit.config import Config, TrainConfig, dump_config, to_dict
 from podkit.data import LoadedDataset, load_dataset
+from podkit.data.anchor_fit import fit_config_anchors
 from podkit.data.loader import Batch, DetectionDataset, make_loader, training_batches
 from podkit.data.verify import verify_images
 from podkit.models import build_detector
@@ -170,7 +171,7 @@ class DataStream:
         )  # fmt: skip
         self.loader = iter(
             make_loader(
-                DetectionDataset(run.train_set.records, cfg.data.max_size),
+                DetectionDataset(run.train_set.records, cfg.data.max_size, cfg.data.augment),
                 batches,
                 cfg.train.workers,
                 cfg.data.size_divisible,
@@ -262,6 +263,9 @@ def set_up(cfg: Config, out: Path, console: Console, hooks: list[Hook] | None, r
             f"train.warmup_iters {cfg.train.warmup_iters} clipped to "
             f"{warmup_length(cfg.train)}, a quarter of train.max_iter {cfg.train.max_iter}"
         )
+    if cfg.model.anchors == "auto":
+        cfg, line = fit_config_anchors(cfg, train_set.records)
+        notes.append(line)
     torch.manual_seed(cfg.train.seed)
     model, init_report = build_model_for(cfg, len(train_set.classes), load_init=not resume)
     notes += [init_report] if init_report else []

@@ -65,3 +65,19 @@ def test_snip_study_pairs_each_test_with_its_baselines(tmp_path):
     assert result["frcnn_snip@pyramid"]["AP"]["diffs"] == pytest.approx([2.0, 2.0])
     assert result["frcnn_snip@pyramid"]["AP"]["baseline_spread"] == pytest.approx(1.0)
     assert "| frcnn_ms@pyramid | -" in text and "frcnn_mst@pyramid vs frcnn@pyramid" in text
+
+
+def test_augment_study_reports_the_train_val_gap(tmp_path):
+    log = [{"iter": 10, "time": 0.5}]
+    for slug, val, fit in (("tiny_sites", 20, 60), ("tiny_sites_aug", 30, 45)):
+        for seed in (0, 1):
+            fake_run(tmp_path / slug / f"seed{seed}", val + seed, 10.0, log)
+            train_metrics = dict.fromkeys(study.KEYS, 50.0) | {"AP": fit + 2 * seed}
+            (tmp_path / slug / f"seed{seed}/eval_train.json").write_text(json.dumps(train_metrics))
+    text = study.report(["augment"], tmp_path, [0, 1])
+    result = json.loads((tmp_path / "results.json").read_text())["studies"]["augment"]
+    assert result["tiny_sites_aug"]["AP"]["diffs"] == pytest.approx([10.0, 10.0])
+    assert result["tiny_sites gap"]["AP"] == pytest.approx([40.0, 41.0])
+    assert result["tiny_sites_aug gap"]["AP"] == pytest.approx([15.0, 16.0])
+    assert "tested on 200 of its training images" in text and "| tiny_synth | -" in text
+    assert all(ARM.config for ARM in (study.ARMS["tiny_sites"], study.ARMS["tiny_synth_aug"]))

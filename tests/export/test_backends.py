@@ -80,7 +80,9 @@ def test_an_audit_that_finds_problems_stops_the_build(checkpoints, tmp_path, mon
     report = export_checkpoint(ckpt, "strict", None, (128, 160), check_only=True, log=str,
                                onnx_path=graph)  # fmt: skip
     assert report["audit"] == ["Foo: not supported (x2)"]
+    said = []
     with pytest.raises(ValueError, match="strict would reject its ONNX graph: Foo"):
-        export_checkpoint(ckpt, "strict", tmp_path / "m.strict", (128, 160), log=str,
+        export_checkpoint(ckpt, "strict", tmp_path / "m.strict", (128, 160), log=said.append,
                           onnx_path=graph)  # the graph exported once, reused  # fmt: skip
+    assert any("reusing" in line for line in said)
     assert built == [] and not (tmp_path / "m.strict").exists()

@@ -38,10 +38,22 @@ def losses_of(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("precision", [[], ["train.amp=true", "train.channels_last=true"]])
-def test_interrupted_and_resumed_run_logs_the_same_losses(synth_set, tmp_path, precision):
-    """Also under bf16 autocast with channels_last (the tiny recipes' CPU mode)."""
-    cfg = tiny_config(synth_set, "data.min_size=[96, 128]", "data.flip=0.5", *precision, max_iter=6)
+AUGMENTED = [
+    "data.augment.color=0.8", "data.augment.blur=0.3", "data.augment.scale=[0.8, 1.25]",
+    "data.augment.crop=0.5", "data.augment.rot90=0.5", "data.augment.mosaic=0.5",
+    "model.anchors=auto",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["train.amp=true", "train.channels_last=true"], AUGMENTED],
+    ids=["fp32", "bf16", "augmented"],
+)
+def test_interrupted_and_resumed_run_logs_the_same_losses(synth_set, tmp_path, extra):
+    """Also under bf16 autocast with channels_last (the tiny recipes' CPU mode), and with
+    every augmentation and fitted anchors (the resumed run must not refit them)."""
+    cfg = tiny_config(synth_set, "data.min_size=[96, 128]", "data.flip=0.5", *extra, max_iter=6)
     straight = train(cfg, tmp_path / "straight")
     assert straight.status == "finished" and straight.iteration == 6
     interrupted = train(cfg, tmp_path / "resumed", hooks=[CtrlCAt(3)])
@@ -54,6 +66,8 @@ def test_interrupted_and_resumed_run_logs_the_same_losses(synth_set, tmp_path, p
     for x, y in zip(a, b, strict=True):
         for key in ("loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box_reg", "lr"):
             assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-7), (x["iter"], key)
+    saved = load_checkpoint(tmp_path / "resumed/last.pt")["config"]["model"]
+    assert saved["anchors"] == ("fitted" if extra is AUGMENTED else "config")
     final_a = load_checkpoint(tmp_path / "straight/last.pt")["model"]
     final_b = load_checkpoint(tmp_path / "resumed/last.pt")["model"]
     for k in final_a:
