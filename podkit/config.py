@@ -279,11 +279,6 @@ class AugmentConfig:
         require(self, "crop_min", fraction(self.crop_min, low_open=True), "in (0, 1]")
         require(self, "crop_keep", fraction(self.crop_keep, low_open=True), "in (0, 1]")
 
-    @property
-    def active(self) -> bool:
-        probabilities = (self.color, self.grayscale, self.blur, self.crop, self.vflip)
-        return any(probabilities) or bool(self.rot90 or self.mosaic or self.scale)
-
 
 @dataclass
 class DataConfig:

@@ -105,10 +105,10 @@ def fit_anchors(images, layout: AnchorLayout) -> AnchorLayout:
     """Sizes and ratios fitted to the boxes as fed, on the grids (strides) of `layout`."""
     boxes = np.concatenate([b for _, b in images]).reshape(-1, 4)
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    boxes = boxes[(w > 0) & (h > 0)]
-    if len(boxes) < 2:
+    real = (w > 0) & (h > 0)
+    w, h = w[real], h[real]
+    if len(w) < 2:
         raise ValueError("model.anchors: auto needs training boxes to fit anchors to")
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     per_level = len(layout.sizes[0])
     centres = np.exp(kmeans_1d(np.log(np.sqrt(w * h)), len(layout.sizes) * per_level))
     sizes, smallest = [], 0.0
@@ -127,11 +127,10 @@ def fit_anchors(images, layout: AnchorLayout) -> AnchorLayout:
 def with_layout(model: ModelConfig, layout: AnchorLayout) -> ModelConfig:
     """The model config whose detector places `layout`'s anchors."""
     if model.arch == "retinanet":
-        scales = np.array(model.retinanet.anchor_scales)
         # each level's sizes are base x scales: the base that puts their geometric mean on
         # the fitted centre
-        centre = [float(np.exp(np.log(np.array(level)).mean())) for level in layout.sizes]
-        bases = tuple(round(c / float(np.exp(np.log(scales).mean())), 1) for c in centre)
+        middle = geometric_mean(model.retinanet.anchor_scales)
+        bases = tuple(round(geometric_mean(level) / middle, 1) for level in layout.sizes)
         retinanet = replace(
             model.retinanet, anchor_base_sizes=bases, aspect_ratios=layout.aspect_ratios
         )
@@ -143,30 +142,35 @@ def with_layout(model: ModelConfig, layout: AnchorLayout) -> ModelConfig:
     return replace(model, rpn=rpn)
 
 
+def train_min_size(cfg: Config) -> int:
+    """The training size that boxes are measured at: the middle of data.min_size."""
+    sizes = sorted(cfg.data.min_size)
+    return sizes[len(sizes) // 2]
+
+
 def fit_config_anchors(cfg: Config, records: list[Record]) -> tuple[Config, str]:
     """`model.anchors: auto`: the config with anchors fitted to the training boxes as fed
     (at the middle training size), if they cover more boxes; and the line that says so."""
-    sizes = sorted(cfg.data.min_size)
-    images = boxes_as_fed(records, sizes[len(sizes) // 2], cfg.data.max_size)
-    if cfg.model.arch == "retinanet":  # fit one centre per level; scales stay
-        current = anchor_layout(cfg.model)
-        layout = replace(
-            current, sizes=tuple((float(np.exp(np.log(level).mean())),) for level in current.sizes)
-        )
-        fitted = fit_anchors(images, layout)
-        fitted_model = with_layout(cfg.model, fitted)
-    else:
-        current = anchor_layout(cfg.model)
-        fitted_model = with_layout(cfg.model, fit_anchors(images, current))
+    images = boxes_as_fed(records, train_min_size(cfg), cfg.data.max_size)
+    current = anchor_layout(cfg.model)
+    target = current
+    if cfg.model.arch == "retinanet":  # a level's sizes are a base x fixed scales: one centre
+        target = replace(current, sizes=tuple((geometric_mean(s),) for s in current.sizes))
+    fitted_model = with_layout(cfg.model, fit_anchors(images, target))
+    fitted = anchor_layout(fitted_model)
     before = coverage(images, current, cfg.data.size_divisible)
-    after = coverage(images, anchor_layout(fitted_model), cfg.data.size_divisible)
-    new = anchor_layout(fitted_model)
+    after = coverage(images, fitted, cfg.data.size_divisible)
     line = (
         f"anchors fitted to {sum(len(b) for _, b in images)} training boxes: sizes "
-        f"{[[round(s, 1) for s in level] for level in new.sizes]}, ratios {list(new.aspect_ratios)}; boxes with "
-        f"an anchor at IoU >= {MATCH_IOU}: {100 * before:.0f} % -> {100 * after:.0f} %"
+        f"{[[round(s, 1) for s in level] for level in fitted.sizes]}, ratios "
+        f"{list(fitted.aspect_ratios)}; boxes with an anchor at IoU >= {MATCH_IOU}: "
+        f"{100 * before:.0f} % -> {100 * after:.0f} %"
     )
     if after <= before:
         line += " (not better: the config's anchors are kept)"
         fitted_model = cfg.model
     return replace(cfg, model=replace(fitted_model, anchors="fitted")), line
+
+
+def geometric_mean(values) -> float:
+    return float(np.exp(np.log(np.asarray(values, float)).mean()))

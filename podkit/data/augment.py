@@ -15,7 +15,16 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from podkit.config import AugmentConfig
-from podkit.data.transforms import Annotated, crop, hflip, mosaic, resize, rot90, vflip
+from podkit.data.transforms import (
+    Annotated,
+    crop,
+    hflip,
+    mosaic,
+    resize,
+    rot90,
+    vflip,
+    window_boxes,
+)
 
 CROP_TRIES = 10
 
@@ -23,15 +32,16 @@ CROP_TRIES = 10
 def augment(
     a: Annotated,
     cfg: AugmentConfig,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
     min_size: int,
     max_size: int,
     flip: bool,
     load_other: Callable[[int], Annotated],
     num_records: int,
 ) -> Annotated:
-    """The training pipeline of one sample: mosaic, crop, resize (with scale jitter), flips and
-    rotations, colour. `load_other(i)` loads record i for a mosaic."""
+    """The pipeline of one sample: mosaic, crop, resize (with scale jitter), flips and
+    rotations, colour. `load_other(i)` loads record i for a mosaic. With every op off (an
+    evaluation sample) it only resizes and flips, and needs no generator."""
     if draw(rng, cfg.mosaic):
         others = [load_other(int(i)) for i in rng.integers(num_records, size=3)]
         w, h = a.size
@@ -50,7 +60,7 @@ def augment(
     return Annotated(photometric(a.image, cfg, rng), a.boxes, a.labels, a.ignore)
 
 
-def draw(rng: np.random.Generator, probability: float) -> bool:
+def draw(rng: np.random.Generator | None, probability: float) -> bool:
     """A coin with this probability; no draw at all when it is 0, so a switched-off op leaves
     the stream of every other op as it was."""
     return probability > 0 and bool(rng.random() < probability)
@@ -63,9 +73,8 @@ def random_crop(a: Annotated, rng: np.random.Generator, min_side: float, keep: f
     for _ in range(CROP_TRIES):
         cw, ch = (max(1, int(round(s * rng.uniform(min_side, 1.0)))) for s in (w, h))
         x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        out = crop(a, x0, y0, x0 + cw, y0 + ch, keep)
-        if len(out.boxes) or not len(a.boxes):
-            return out
+        if not len(a.boxes) or window_boxes(a.boxes, x0, y0, x0 + cw, y0 + ch, keep)[1].any():
+            return crop(a, x0, y0, x0 + cw, y0 + ch, keep)
     return a
 
 

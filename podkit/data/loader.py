@@ -21,8 +21,10 @@ from torch.utils.data import DataLoader, Dataset
 from podkit.config import AugmentConfig
 from podkit.data.augment import augment
 from podkit.data.records import Record, load_image
-from podkit.data.transforms import Annotated, hflip, resize, to_tensor
+from podkit.data.transforms import Annotated, to_tensor
 from podkit.ops.image_batch import ImageBatch
+
+NO_AUGMENTATION = AugmentConfig()  # evaluation: resize only
 
 
 @dataclass
@@ -38,14 +40,14 @@ class Sample:
 
 class DetectionDataset(Dataset):
     """Records -> (image tensor, target in as-fed pixels, meta); `augment` applies to samples
-    that carry a seed."""
+    that carry a seed (training), the others are only resized (and flipped)."""
 
     def __init__(
         self, records: list[Record], max_size: int, augment: AugmentConfig | None = None
     ) -> None:
         self.records = records
         self.max_size = max_size
-        self.augment = augment if augment is not None and augment.active else None
+        self.augment = augment or AugmentConfig()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -57,14 +59,14 @@ class DetectionDataset(Dataset):
         )
 
     def __getitem__(self, sample: Sample) -> tuple[torch.Tensor, dict, dict]:
-        rec, a = self.records[sample.index], self.load(sample.index)
-        if self.augment is not None and sample.seed is not None:
-            rng = np.random.default_rng(sample.seed)
-            a = augment(a, self.augment, rng, sample.min_size, self.max_size, sample.flip,
-                        self.load, len(self.records))  # fmt: skip
-        else:
-            a = resize(a, sample.min_size, self.max_size)
-            a = hflip(a) if sample.flip else a
+        rec = self.records[sample.index]
+        seeded = sample.seed is not None
+        a = augment(
+            self.load(sample.index),
+            self.augment if seeded else NO_AUGMENTATION,
+            np.random.default_rng(sample.seed) if seeded else None,
+            sample.min_size, self.max_size, sample.flip, self.load, len(self.records),
+        )  # fmt: skip
         target = {
             "boxes": torch.from_numpy(a.boxes.astype(np.float32)).reshape(-1, 4),
             "labels": torch.from_numpy(a.labels).long(),

@@ -65,11 +65,18 @@ def ground(look: dict, rng: np.random.Generator) -> Image.Image:
         roof = tuple(int(c) for c in rng.uniform(60, 200, 3))
         draw.rectangle((x, y, x + bw, y + bh), fill=roof)
     for _ in range(look["trees"]):
-        x, y = rng.uniform(0, w, 2)
-        r = rng.uniform(5, 16)
-        green = (int(rng.uniform(20, 60)), int(rng.uniform(50, 100)), int(rng.uniform(20, 50)))
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=green)
+        tree(draw, rng, 16)
     return im
+
+
+def tree(draw: ImageDraw.ImageDraw, rng: np.random.Generator, largest: float) -> tuple:
+    """A tree crown seen from above, radius 5 to `largest` px; returns its bounding box."""
+    x, y = rng.uniform(0, TILE, 2)
+    r = rng.uniform(5, largest)
+    green = (int(rng.uniform(20, 60)), int(rng.uniform(50, 100)), int(rng.uniform(20, 50)))
+    extent = (x - r, y - r, x + r, y + r)
+    draw.ellipse(extent, fill=green)
+    return extent
 
 
 def vehicle(length: float, width: float, angle: float) -> np.ndarray:
@@ -105,11 +112,7 @@ def sites_image(look: dict, rng: np.random.Generator) -> tuple[np.ndarray, list[
         ImageDraw.Draw(mask).polygon(corners, fill=1)
         full.append(int(np.asarray(mask).sum()))
     for _ in range(int(rng.integers(0, look["trees"] // 3 + 1))):  # trees over vehicles
-        x, y = rng.uniform(0, TILE, 2)
-        r = rng.uniform(5, 14)
-        green = (int(rng.uniform(20, 60)), int(rng.uniform(50, 100)), int(rng.uniform(20, 50)))
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=green)
-        owner_draw.ellipse((x - r, y - r, x + r, y + r), fill=-1)
+        owner_draw.ellipse(tree(draw, rng, 14), fill=-1)
     pixels = np.asarray(im, float) * look["light"] * look["cast"]
     owners = np.asarray(owner)
     anns = []

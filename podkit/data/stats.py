@@ -16,7 +16,7 @@ import numpy as np
 
 from podkit.config import Config
 from podkit.data import LoadedDataset
-from podkit.data.anchor_fit import MATCH_IOU, anchor_layout, best_anchor_iou, boxes_as_fed
+from podkit.data.anchor_fit import MATCH_IOU, anchor_layout, boxes_as_fed, coverage, train_min_size
 
 SMALL, MEDIUM = 32, 96  # COCO's sqrt(area) limits of small and medium, pixels as fed
 TINY = 6  # objects smaller than this (as fed) leave a stride-4 feature map one cell or less
@@ -53,8 +53,6 @@ def split_stats(dataset: LoadedDataset, split: str, cfg: Config, min_size: int) 
     widths = np.array([r.width for r in records])
     heights = np.array([r.height for r in records])
     labels = np.concatenate([r.labels for r in records]) if records else np.zeros(0, int)
-    best = best_anchor_iou(fed, anchor_layout(cfg.model), cfg.data.size_divisible)
-    match = float((best >= MATCH_IOU).mean()) if len(best) else 1.0
     n = max(len(sizes), 1)
     stats = SplitStats(
         split=split,
@@ -82,14 +80,14 @@ def split_stats(dataset: LoadedDataset, split: str, cfg: Config, min_size: int) 
         classes={name: int((labels == k).sum()) for k, name in enumerate(dataset.classes)},
         clipped=dataset.report.clipped,
         dropped=dataset.report.dropped,
-        anchor_match=match,
+        anchor_match=coverage(fed, anchor_layout(cfg.model), cfg.data.size_divisible),
         warnings=[],
     )
-    stats.warnings = warnings(stats, cfg)
+    stats.warnings = split_warnings(stats)
     return stats
 
 
-def warnings(s: SplitStats, cfg: Config) -> list[str]:
+def split_warnings(s: SplitStats) -> list[str]:
     out = []
     if s.objects and 1 - s.anchor_match > WARN_UNMATCHED:
         out.append(
@@ -116,10 +114,10 @@ def warnings(s: SplitStats, cfg: Config) -> list[str]:
 
 def dataset_stats(cfg: Config, splits: dict[str, LoadedDataset]) -> list[SplitStats]:
     """Per split, as fed by `cfg` (training: the middle data.min_size; else test_min_size)."""
-    sizes = sorted(cfg.data.min_size)
-    fed = {"train": sizes[len(sizes) // 2]}
     return [
-        split_stats(dataset, split, cfg, fed.get(split, cfg.data.test_min_size))
+        split_stats(
+            dataset, split, cfg, train_min_size(cfg) if split == "train" else cfg.data.test_min_size
+        )
         for split, dataset in splits.items()
     ]
 

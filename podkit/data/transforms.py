@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from podkit.ops import crop_boxes
+
 
 @dataclass
 class Annotated:
@@ -54,59 +56,52 @@ def scale_to(a: Annotated, new_w: int, new_h: int) -> Annotated:
 
 
 def hflip(a: Annotated) -> Annotated:
+    """Mirror left-right: x -> W - x."""
     w = a.size[0]
-
-    def flip(b):
-        return np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], axis=1) if len(b) else b
-
-    image = a.image.transpose(Image.FLIP_LEFT_RIGHT)
-    return replace(a, image=image, boxes=flip(a.boxes), ignore=flip(a.ignore))
+    return transposed(a, Image.FLIP_LEFT_RIGHT, lambda x1, y1, x2, y2: (w - x2, y1, w - x1, y2))
 
 
 def vflip(a: Annotated) -> Annotated:
+    """Mirror top-bottom: y -> H - y."""
     h = a.size[1]
-
-    def flip(b):
-        return np.stack([b[:, 0], h - b[:, 3], b[:, 2], h - b[:, 1]], axis=1) if len(b) else b
-
-    image = a.image.transpose(Image.FLIP_TOP_BOTTOM)
-    return replace(a, image=image, boxes=flip(a.boxes), ignore=flip(a.ignore))
+    return transposed(a, Image.FLIP_TOP_BOTTOM, lambda x1, y1, x2, y2: (x1, h - y2, x2, h - y1))
 
 
 def rot90(a: Annotated, k: int) -> Annotated:
-    """Rotate by k x 90 degrees counter-clockwise: (x, y) -> (y, W - x) per quarter turn."""
+    """Rotate by k x 90 degrees counter-clockwise; each quarter turn maps (x, y) to (y, W - x)."""
     for _ in range(k % 4):
         w = a.size[0]
-
-        def turn(b, w=w):
-            return np.stack([b[:, 1], w - b[:, 2], b[:, 3], w - b[:, 0]], axis=1) if len(b) else b
-
-        a = replace(a, image=a.image.transpose(Image.ROTATE_90), boxes=turn(a.boxes),
-                    ignore=turn(a.ignore))  # fmt: skip
+        a = transposed(a, Image.ROTATE_90, lambda x1, y1, x2, y2, w=w: (y1, w - x2, y2, w - x1))
     return a
+
+
+def transposed(a: Annotated, method: Image.Transpose, corners) -> Annotated:
+    """The image transposed by `method`, every box through `corners(x1, y1, x2, y2)`."""
+
+    def move(b: np.ndarray) -> np.ndarray:
+        return np.stack(corners(*b.T), axis=1).astype(np.float32) if len(b) else b
+
+    return replace(a, image=a.image.transpose(method), boxes=move(a.boxes), ignore=move(a.ignore))
 
 
 def crop(a: Annotated, x0: int, y0: int, x1: int, y1: int, keep: float) -> Annotated:
     """The window [x0, x1) x [y0, y1). A box keeps its label when at least `keep` of its area
-    stays inside; one cut more than that becomes an ignore region (neither object nor
-    background), and one wholly outside is dropped."""
-    offset = np.array([x0, y0, x0, y0], np.float32)
-
-    def clip(b):
-        out = b.reshape(-1, 4) - offset
-        out[:, 0::2] = out[:, 0::2].clip(0, x1 - x0)
-        out[:, 1::2] = out[:, 1::2].clip(0, y1 - y0)
-        return out
-
-    boxes, ignore = clip(a.boxes), clip(a.ignore)
-    inside = area(boxes) > 0
-    whole = area(a.boxes)
-    kept = inside & (area(boxes) >= keep * np.maximum(whole, 1e-6))
-    cut = inside & ~kept
-    ignore = np.concatenate([ignore[area(ignore) > 0], boxes[cut]]).astype(np.float32)
+    stays inside; one cut more than that becomes an ignore region (ops.crop_boxes), and one
+    wholly outside is dropped."""
+    boxes, kept, cut = window_boxes(a.boxes, x0, y0, x1, y1, keep)
+    ignore, inside, _ = window_boxes(a.ignore, x0, y0, x1, y1, 0)
     return Annotated(
-        a.image.crop((x0, y0, x1, y1)), boxes[kept], a.labels[kept], ignore.reshape(-1, 4)
+        a.image.crop((x0, y0, x1, y1)),
+        boxes[kept],
+        a.labels[kept],
+        np.concatenate([ignore[inside], boxes[cut]]).astype(np.float32).reshape(-1, 4),
     )
+
+
+def window_boxes(boxes: np.ndarray, x0: int, y0: int, x1: int, y1: int, keep: float):
+    """ops.crop_boxes on numpy boxes: (clipped, kept, cut)."""
+    out = crop_boxes(torch.from_numpy(boxes.reshape(-1, 4)), x0, y0, (y1 - y0, x1 - x0), keep)
+    return tuple(t.numpy() for t in out)
 
 
 def mosaic(parts: list[Annotated], width: int, height: int, cx: int, cy: int) -> Annotated:
@@ -136,11 +131,6 @@ def mosaic(parts: list[Annotated], width: int, height: int, cx: int, cy: int) ->
         np.concatenate(labels),
         np.concatenate(ignore).astype(np.float32),
     )
-
-
-def area(b: np.ndarray) -> np.ndarray:
-    b = b.reshape(-1, 4)
-    return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
 
 
 def to_tensor(image: Image.Image) -> Tensor:

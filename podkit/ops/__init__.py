@@ -2,7 +2,14 @@
 
 from podkit.ops.anchors import AnchorGenerator
 from podkit.ops.box_coder import BoxCoder
-from podkit.ops.boxes import box_area, box_iou, clip_boxes_to_image, remove_small_boxes, size_bucket
+from podkit.ops.boxes import (
+    box_area,
+    box_iou,
+    clip_boxes_to_image,
+    crop_boxes,
+    remove_small_boxes,
+    size_bucket,
+)
 from podkit.ops.losses import sigmoid_focal_loss, smooth_l1_loss
 from podkit.ops.matcher import BalancedSampler, Matcher, ignore_near, ignore_regions
 from podkit.ops.nms import batched_nms, batched_soft_nms, nms, soft_nms
@@ -19,6 +26,7 @@ __all__ = [
     "box_area",
     "box_iou",
     "clip_boxes_to_image",
+    "crop_boxes",
     "ignore_near",
     "ignore_regions",
     "nms",

@@ -1,4 +1,5 @@
-"""Box geometry on (x1, y1, x2, y2) tensors: area, pairwise IoU, clipping, small-box removal."""
+"""Box geometry on (x1, y1, x2, y2) tensors: area, pairwise IoU, clipping, cropping,
+small-box removal."""
 
 from __future__ import annotations
 
@@ -29,6 +30,19 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     x = boxes[..., 0::2].clamp(min=0, max=width)
     y = boxes[..., 1::2].clamp(min=0, max=height)
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
+
+
+def crop_boxes(
+    boxes: Tensor, x0: float, y0: float, size: tuple[int, int], keep: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Boxes moved into the window at (x0, y0) of `size` (height, width) and clipped to it,
+    with which are kept (at least `keep` of their area inside) and which are cut (partly
+    inside, less than that): the one rule of every crop (augmentation, SNIP's chips); a cut
+    box becomes an ignore region, neither object nor background."""
+    clipped = clip_boxes_to_image(boxes - boxes.new_tensor([x0, y0, x0, y0]), size)
+    inside = box_area(clipped)
+    kept = (inside > 0) & (inside >= keep * box_area(boxes))
+    return clipped, kept, (inside > 0) & ~kept
 
 
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:

@@ -103,10 +103,9 @@ def test_auto_anchors_reach_the_built_detector(arch):
     fitted, line = fit_config_anchors(cfg, records)
     assert fitted.model.anchors == "fitted" and "->" in line and "kept" not in line
     layout = anchor_layout(fitted.model)
-    generator = build_detector(fitted.model)
-    generator = (
-        generator.anchor_generator if arch == "retinanet" else generator.rpn.anchor_generator
-    )
+    model = build_detector(fitted.model)
+    assert list(layout.strides) == list(model.backbone.strides)  # the grids the model places
+    generator = model.anchor_generator if arch == "retinanet" else model.rpn.anchor_generator
     assert [float(s) for level in generator.sizes for s in level] == pytest.approx(
         [s for level in layout.sizes for s in level]
     )

@@ -126,3 +126,34 @@ def test_eval_batches_cover_every_image_once():
     batches = eval_batches(7, 3, 128)
     assert [[s.index for s in b] for b in batches] == [[0, 1, 2], [3, 4, 5], [6]]
     assert all(s == Sample(s.index, 128, False) for b in batches for s in b)
+
+
+def test_sites_preset_is_deterministic_with_a_site_shift(tmp_path):
+    from podkit.data.sites import write_sites_split
+
+    a = write_sites_split(tmp_path / "a", "train", 6, [0], seed=0)
+    b = write_sites_split(tmp_path / "b", "train", 6, [0], seed=0)
+    assert a.read_text() == b.read_text()
+    assert (tmp_path / "a/train/000003.png").read_bytes() == (
+        tmp_path / "b/train/000003.png"
+    ).read_bytes()
+    other = write_sites_split(tmp_path / "a", "val", 6, [1, 2], seed=0)
+    data = json.loads(a.read_text())
+    assert [c["name"] for c in data["categories"]] == ["vehicle"]
+    boxes = [x["bbox"] for x in data["annotations"] if not x["iscrowd"]]
+    assert len(boxes) >= 6 * 8 * 0.7  # dense: 8-40 vehicles a tile, a few hidden
+    sides = [(w * h) ** 0.5 for _, _, w, h in boxes]
+    assert min(sides) > 4 and max(sides) < 70
+    assert all(x >= 0 and y >= 0 and x + w <= 320 and y + h <= 320 for x, y, w, h in boxes)
+
+    def ground(path, folder):  # the median colour of a tile: mostly ground
+        from PIL import Image
+
+        names = [im["file_name"] for im in json.loads(path.read_text())["images"]]
+        return np.median(
+            [np.median(np.asarray(Image.open(folder / n)), axis=(0, 1)) for n in names], axis=0
+        )
+
+    train_ground = ground(a, tmp_path / "a/train")
+    val_grounds = [ground(other, tmp_path / "a/val")]
+    assert np.abs(train_ground - val_grounds[0]).max() > 10  # another site, another ground

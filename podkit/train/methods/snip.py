@@ -44,7 +44,7 @@ from torch.nn import functional as F
 from podkit.data.loader import Batch
 from podkit.data.transforms import resize_scale
 from podkit.models.pyramid import Resolution, get_pyramid, in_range
-from podkit.ops import box_area, clip_boxes_to_image
+from podkit.ops import crop_boxes
 from podkit.ops.image_batch import ImageBatch
 from podkit.train.hooks import Hook, TrainState, rng_state, set_rng_state
 
@@ -174,22 +174,19 @@ def crop_to_chips(
 
 
 def _crop_target(target: dict[str, Tensor], x0: int, y0: int, size: tuple[int, int]) -> dict:
-    """A target moved into the chip at (x0, y0) of `size`: every box kind clipped to it."""
-    shift = target["boxes"].new_tensor([x0, y0, x0, y0])
+    """A target moved into the chip at (x0, y0) of `size`: every box kind clipped to it; a
+    box keeping less than half its area becomes an ignore region (ops.crop_boxes)."""
     out = dict(target)
     for prefix in ("", "rpn_") if "rpn_boxes" in target else ("",):
-        boxes = clip_boxes_to_image(target[f"{prefix}boxes"] - shift, size)
-        kept = box_area(boxes) > 0.5 * box_area(target[f"{prefix}boxes"])
-        ignore = clip_boxes_to_image(target[f"{prefix}ignore"] - shift, size)
-        out[f"{prefix}ignore"] = torch.cat(
-            [ignore[box_area(ignore) > 0], boxes[~kept & (box_area(boxes) > 0)]]
-        )
+        boxes, kept, cut = crop_boxes(target[f"{prefix}boxes"], x0, y0, size, keep=0.5)
+        ignore, inside, _ = crop_boxes(target[f"{prefix}ignore"], x0, y0, size, keep=0)
+        out[f"{prefix}ignore"] = torch.cat([ignore[inside], boxes[cut]])
         out[f"{prefix}boxes"] = boxes[kept]
         if prefix == "":
             out["labels"] = target["labels"][kept]
         if f"{prefix}exclude" in target:
-            exclude = clip_boxes_to_image(target[f"{prefix}exclude"] - shift, size)
-            out[f"{prefix}exclude"] = exclude[box_area(exclude) > 0]
+            exclude, inside, _ = crop_boxes(target[f"{prefix}exclude"], x0, y0, size, keep=0)
+            out[f"{prefix}exclude"] = exclude[inside]
     return out
 
 
