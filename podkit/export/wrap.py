@@ -1,22 +1,16 @@
 """Deployable form of a podkit detector: one image tensor in, flat tensors out.
 
-All the special cases of tracing live here, none in the models:
+The wrapper runs the detector's own inference (`detect`: the same code as eager evaluation,
+written in a traceable form in the models) and adds only what is about export:
 
-- NMS and RoIAlign are `torch.library` custom ops (`podkit::nms`, `podkit::roi_align`) whose
-  eager implementation is podkit's own op and whose ONNX translation is the standard
-  `NonMaxSuppression` / `RoiAlign` (half_pixel) node (`ONNX_TRANSLATIONS`), so every backend
-  that reads ONNX runs them natively.
-- Data-dependent filtering becomes masking: a box that the eager code would drop (too small,
-  under the score threshold) gets a score the NMS node's `score_threshold` rejects, so the
-  graph keeps static shapes up to the NMS outputs and computes the same detections.
-- Multi-level RoIAlign pools every RoI from every level and selects its level with `where`
-  (a handful of small RoiAligns instead of a data-dependent split).
+- NMS and RoIAlign are `torch.library` custom ops of podkit.ops (`podkit::nms`,
+  `podkit::roi_align`); here is their ONNX translation, the standard `NonMaxSuppression` /
+  `RoiAlign` (half_pixel) node (`ONNX_TRANSLATIONS`), so every backend that reads ONNX runs
+  them natively.
 - GSL convs run through `grid_sample_conv`, the direct definition: one fixed graph for any
   learned scale, where the fast blend picks its convs by the value of the scales.
-- A batch of N images (N fixed at export): the backbone runs on the batch, the
-  post-processing on each image in turn (unrolled in the graph; NMS never mixes images).
-  The images are RGB in [0, 1], (N, 3, H, W), H and W multiples of 32; boxes come back in
-  their pixels.
+- Flat outputs: a batch of N images (N fixed at export), RGB in [0, 1], (N, 3, H, W), H and W
+  multiples of 32; boxes come back in their pixels.
 
 With `nms=True` the outputs are `boxes` (N, D, 4), `scores` (N, D), `labels` (N, D), each
 image's rows padded with zeros to D = `max_detections`, and `num_detections` (N,), each
@@ -32,54 +26,27 @@ import copy
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from podkit.models.faster_rcnn import FasterRCNN
 from podkit.models.gsl import GlobalScaleConv, grid_sample_conv
 from podkit.models.retinanet import RetinaNet
-from podkit.models.rpn import flatten_level
-from podkit.ops import clip_boxes_to_image
-from podkit.ops.nms import nms as greedy_nms
-from podkit.ops.roi_align import roi_align as podkit_roi_align
+from podkit.ops.nms import detection_nms
+from podkit.ops.roi_align import roi_align_op
 
 SIZE_MULTIPLE = 32
 
 
-@torch.library.custom_op("podkit::nms", mutates_args=())
-def nms_op(
-    boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float, max_output: int
-) -> Tensor:
-    """Greedy NMS over the boxes scoring above `score_threshold`: kept indices by decreasing
-    score, at most `max_output` (ONNX NonMaxSuppression with one batch and one class)."""
-    candidates = torch.where(scores > score_threshold)[0]
-    keep = greedy_nms(boxes[candidates], scores[candidates], iou_threshold)
-    return candidates[keep[:max_output]]
-
-
-@nms_op.register_fake
-def _nms_fake(boxes, scores, iou_threshold, score_threshold, max_output):
-    count = torch.library.get_ctx().new_dynamic_size(max=max_output)
-    return boxes.new_empty((count,), dtype=torch.int64)
-
-
-@torch.library.custom_op("podkit::roi_align", mutates_args=())
-def roi_align_op(
-    features: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int
-) -> Tensor:
-    """RoIAlign with aligned=True (ONNX RoiAlign, coordinate_transformation_mode half_pixel)."""
-    return podkit_roi_align(features, rois, output_size, spatial_scale, sampling_ratio)
-
-
-@roi_align_op.register_fake
-def _roi_align_fake(features, rois, output_size, spatial_scale, sampling_ratio):
-    return features.new_empty((rois.shape[0], features.shape[1], output_size, output_size))
-
-
-def _onnx_nms(boxes, scores, iou_threshold: float, score_threshold: float, max_output: int):
+def _onnx_nms(boxes, scores, groups, iou_threshold: float, score_threshold: float, max_output: int):
     from onnxscript import opset18 as op
 
+    # groups apart: each box shifted by group * (coordinate span + 1), so NMS acts per group
+    span = op.Add(
+        op.Sub(op.ReduceMax(boxes, keepdims=0), op.ReduceMin(boxes, keepdims=0)),
+        op.Constant(value_float=1.0),
+    )
+    shift = op.Mul(op.Cast(groups, to=1), span)  # float32
     selected = op.NonMaxSuppression(
-        op.Unsqueeze(boxes, [0]),
+        op.Unsqueeze(op.Add(boxes, op.Unsqueeze(shift, [1])), [0]),
         op.Unsqueeze(scores, [0, 1]),
         op.Constant(value_ints=[max_output]),
         op.Constant(value_floats=[iou_threshold]),
@@ -105,7 +72,10 @@ def _onnx_roi_align(features, rois, output_size: int, spatial_scale: float, samp
     )
 
 
-ONNX_TRANSLATIONS = {nms_op._opoverload: _onnx_nms, roi_align_op._opoverload: _onnx_roi_align}
+ONNX_TRANSLATIONS = {
+    detection_nms._opoverload: _onnx_nms,
+    roi_align_op._opoverload: _onnx_roi_align,
+}
 
 
 class GridSampleScaleConv(nn.Module):
@@ -130,12 +100,6 @@ def _swap_gsl(model: nn.Module) -> nn.Module:
             if isinstance(child, GlobalScaleConv):
                 setattr(module, name, GridSampleScaleConv(child))
     return model
-
-
-def _batched(boxes: Tensor, groups: Tensor) -> Tensor:
-    """Shift each group's boxes apart so one NMS acts per group (classes, levels)."""
-    span = boxes.max() - boxes.min() + 1
-    return boxes + (groups.to(boxes) * span)[:, None]
 
 
 def _pad(x: Tensor, rows: int) -> Tensor:
@@ -164,134 +128,36 @@ class ExportWrapper(nn.Module):
         return ["class_logits", "box_deltas", "proposals"]
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        size = (images.shape[-2], images.shape[-1])
         model = self.model
         features = model.backbone(images)
-        # the heads' convs run on the whole batch; only the post-processing is per image
-        if isinstance(model, RetinaNet):
-            post, head, generator = self._retinanet, model.head, model.anchor_generator
-        else:
-            post, head, generator = self._faster_rcnn, model.rpn.head, model.rpn.anchor_generator
-        logits, deltas = head(features)
-        anchors = self._anchors(generator, features, model.backbone.strides)
-
-        def image(i: int) -> tuple[Tensor, ...]:
-            one = ([x[i : i + 1] for x in xs] for xs in (features, logits, deltas))
-            return post(*one, anchors, size)
-
+        sizes = [(images.shape[-2], images.shape[-1])] * images.shape[0]
         if not self.nms:
             if images.shape[0] != 1:
                 raise ValueError("raw outputs (nms=False) are exported for batch 1 only")
-            return image(0)
-        # each image's detections, then (N, D, ...) and the counts (N,)
-        per_image = zip(*(image(i) for i in range(images.shape[0])), strict=True)
-        return tuple(torch.stack(x) if k < 3 else torch.cat(x) for k, x in enumerate(per_image))
-
-    def _anchors(self, generator, features: list[Tensor], strides: list[int]) -> list[Tensor]:
-        return [
-            generator.compute(level, f.shape[-2:], stride, f.device)
-            for level, (f, stride) in enumerate(zip(features, strides, strict=True))
-        ]
-
-    def _detections(self, boxes: Tensor, scores: Tensor, labels: Tensor, cfg) -> tuple:
-        keep = nms_op(
-            _batched(boxes, labels),
-            scores,
-            cfg.nms_threshold,
-            cfg.score_threshold,
-            min(cfg.detections_per_image, self.max_detections),
-        )
+            return self._raw_outputs(features, sizes)
+        detections = model.detect(features, sizes)
+        d = self.max_detections
         return (
-            _pad(boxes[keep], self.max_detections),
-            _pad(scores[keep], self.max_detections),
-            _pad(labels[keep], self.max_detections),
-            (keep >= 0).sum().reshape(1),  # the count, from data rather than from a shape
+            torch.stack([_pad(x["boxes"], d) for x in detections]),
+            torch.stack([_pad(x["scores"], d) for x in detections]),
+            torch.stack([_pad(x["labels"], d) for x in detections]),
+            # each count from data rather than from a shape (TVM's importer needs it)
+            torch.cat([(x["labels"][:d] >= 0).sum().reshape(1) for x in detections]),
         )
 
-    def _retinanet(self, features, logits, deltas, anchors, size) -> tuple[Tensor, ...]:
-        """One image's detections from its head outputs (its features are not needed)."""
+    def _raw_outputs(self, features: list[Tensor], sizes: list[tuple[int, int]]) -> tuple:
         model = self.model
-        cfg = model.config
-        if not self.nms:
-            return torch.cat(logits, 1)[0], torch.cat(deltas, 1)[0], torch.cat(anchors)
-        boxes_l, scores_l, labels_l = [], [], []
-        c = model.num_classes
-        for a, lg, d in zip(anchors, logits, deltas, strict=True):
-            scores = torch.sigmoid(lg[0]).reshape(-1)
-            # the top candidates; those under the score threshold fall at the NMS node
-            top, idx = scores.topk(torch.sym_min(cfg.topk_candidates, scores.shape[0]))
-            # indices are >= 0, so truncation is floor division; `//` would export a sign fix-up
-            # (Equal on booleans) that TVM's LLVM codegen rejects
-            anchor_idx = torch.div(idx, c, rounding_mode="trunc")
-            boxes_l.append(model.box_coder.decode(d[0, anchor_idx], a[anchor_idx]))
-            scores_l.append(top)
-            labels_l.append(idx - anchor_idx * c)
-        boxes = clip_boxes_to_image(torch.cat(boxes_l), size)
-        return self._detections(boxes, torch.cat(scores_l), torch.cat(labels_l), cfg)
-
-    def _faster_rcnn(self, features, logits, deltas, anchors, size) -> tuple[Tensor, ...]:
-        """One image's detections from its features and RPN head outputs."""
-        model = self.model
-        strides = model.backbone.strides
-        proposals = self._proposals(logits, deltas, anchors, size)
-        heads = model.roi_heads
-        features, strides = features[: heads.pool_levels], strides[: heads.pool_levels]
-        rois = torch.cat([proposals.new_zeros((proposals.shape[0], 1)), proposals], dim=1)
-        pooler = heads.pooler
-        levels = pooler.levels(proposals, strides)
-        pooled = None
-        for level, (feature, stride) in enumerate(zip(features, strides, strict=True)):
-            x = roi_align_op(feature, rois, pooler.output_size, 1.0 / stride, pooler.sampling_ratio)
-            pooled = (
-                x
-                if pooled is None
-                else torch.where((levels == level)[:, None, None, None], x, pooled)
+        if isinstance(model, RetinaNet):
+            logits, deltas = model.head(features)
+            return (
+                torch.cat(logits, 1)[0],
+                torch.cat(deltas, 1)[0],
+                torch.cat(model.anchors(features)),
             )
-        class_logits, box_deltas = heads.predictor(heads.box_head(pooled))
-        if not self.nms:
-            return class_logits, box_deltas, proposals
-        cfg = heads.config
-        c = heads.num_classes
-        scores = F.softmax(class_logits, dim=-1)[:, :c].reshape(-1)
-        boxes = clip_boxes_to_image(
-            heads.box_coder.decode(box_deltas, proposals).reshape(-1, 4), size
-        )
-        # class of each (proposal, class) pair, by broadcasting (a `repeat` by the proposal
-        # count would be shape arithmetic on a data-dependent size)
-        labels = (
-            torch.zeros_like(class_logits[:, :c], dtype=torch.int64) + torch.arange(c)
-        ).reshape(-1)
-        wide = ((boxes[:, 2] - boxes[:, 0]) >= 1e-2) & ((boxes[:, 3] - boxes[:, 1]) >= 1e-2)
-        scores = torch.where(wide, scores, torch.zeros_like(scores))  # <= threshold: dropped
-        return self._detections(boxes, scores, labels, cfg)
-
-    def _proposals(self, logits, deltas, anchors, size) -> Tensor:
-        """The RPN's `propose` for one image, with its filtering as masking."""
-        rpn = self.model.rpn
-        cfg = rpn.config
-        boxes_l, scores_l, levels_l = [], [], []
-        for level, (a, lg, d) in enumerate(zip(anchors, logits, deltas, strict=True)):
-            s = flatten_level(lg, 1)[0, :, 0]
-            top, idx = s.topk(torch.sym_min(cfg.pre_nms_top_n_test, s.shape[0]))
-            d = flatten_level(d, 4)[0]
-            boxes_l.append(rpn.box_coder.decode(d[idx], a[idx]))
-            scores_l.append(top)
-            levels_l.append(torch.full_like(idx, level))
-        boxes = clip_boxes_to_image(torch.cat(boxes_l), size)
-        scores, levels = torch.cat(scores_l), torch.cat(levels_l)
-        wide = ((boxes[:, 2] - boxes[:, 0]) >= cfg.min_size) & (
-            (boxes[:, 3] - boxes[:, 1]) >= cfg.min_size
-        )
-        # objectness logits -> softplus: positive and in the same order (TVM's NMS mishandles
-        # scores <= 0), so the boxes the eager code drops can sit at -1 under a threshold of 0
-        scores = torch.where(wide, F.softplus(scores), torch.full_like(scores, -1.0))
-        keep = nms_op(
-            _batched(boxes, levels), scores, rpn.nms_threshold, 0.0, cfg.post_nms_top_n_test
-        )
-        # anchors centred in the image survive clipping, so there is always a proposal; saying
-        # so lets the exporter trace the C4 head's convs over a data-dependent RoI count
-        torch._check(keep.shape[0] > 0)
-        return boxes[keep]
+        strides = model.backbone.strides
+        proposals, _, _ = model.rpn(features, strides, sizes)
+        class_logits, box_deltas = model.roi_heads.predict(features, strides, proposals)
+        return class_logits, box_deltas, proposals[0]
 
 
 def check_input_size(height: int, width: int) -> None:

@@ -29,13 +29,22 @@ class FasterRCNN(nn.Module):
             raise ValueError("FasterRCNN in training mode needs targets")
         with image_extent(self.backbone, images.sizes, tuple(images.tensor.shape[-2:])):
             features = self.backbone(images.tensor)
+        if not self.training:
+            return DetectorOutput(
+                {}, rescale_detections(self.detect(features, images.sizes), images)
+            )
         strides = self.backbone.strides
         proposals, rpn_losses, rpn_levels = self.rpn(features, strides, images.sizes, targets)
-        detections, roi_losses, stats = self.roi_heads(
-            features, strides, proposals, images.sizes, targets
-        )
-        if self.training:
-            stats.level_losses = {**rpn_levels, **stats.level_losses}
-            stats.num_images = len(images.sizes)
-            return DetectorOutput({**rpn_losses, **roi_losses}, [], stats)
-        return DetectorOutput({}, rescale_detections(detections, images))
+        _, roi_losses, stats = self.roi_heads(features, strides, proposals, images.sizes, targets)
+        stats.level_losses = {**rpn_levels, **stats.level_losses}
+        stats.num_images = len(images.sizes)
+        return DetectorOutput({**rpn_losses, **roi_losses}, [], stats)
+
+    def detect(
+        self, features: list[Tensor], sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """Each image's detections in as-fed pixels, from the backbone's features: the
+        inference that `forward` and the exported graph (podkit.export.wrap) both run."""
+        strides = self.backbone.strides
+        proposals, _, _ = self.rpn(features, strides, sizes)
+        return self.roi_heads(features, strides, proposals, sizes)[0]

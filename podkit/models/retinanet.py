@@ -22,9 +22,9 @@ from podkit.ops import (
     AnchorGenerator,
     BoxCoder,
     Matcher,
-    batched_nms,
     box_iou,
     clip_boxes_to_image,
+    detection_nms,
     sigmoid_focal_loss,
     size_bucket,
     smooth_l1_loss,
@@ -102,15 +102,30 @@ class RetinaNet(nn.Module):
             raise ValueError("RetinaNet in training mode needs targets")
         with image_extent(self.backbone, images.sizes, tuple(images.tensor.shape[-2:])):
             features = self.backbone(images.tensor)
+        if not self.training:
+            return DetectorOutput(
+                {}, rescale_detections(self.detect(features, images.sizes), images)
+            )
         logits, deltas = self.head(features)
-        anchors = self.anchor_generator(
-            [f.shape[-2:] for f in features], self.backbone.strides, features[0].device
-        )
-        if self.training:
-            losses, stats = self.loss(anchors, logits, deltas, targets)
-            return DetectorOutput(losses, [], stats)
-        detections = self.postprocess(anchors, logits, deltas, images.sizes)
-        return DetectorOutput({}, rescale_detections(detections, images))
+        losses, stats = self.loss(self.anchors(features), logits, deltas, targets)
+        return DetectorOutput(losses, [], stats)
+
+    def anchors(self, features: list[Tensor]) -> list[Tensor]:
+        """Each level's anchors (H W A, 4), in the layout of the head's outputs."""
+        sizes = [f.shape[-2:] for f in features]
+        return self.anchor_generator(sizes, self.backbone.strides, features[0].device)
+
+    def detect(
+        self, features: list[Tensor], sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """Each image's detections in as-fed pixels, from the backbone's features: the
+        inference that `forward` and the exported graph (podkit.export.wrap) both run."""
+        logits, deltas = self.head(features)
+        anchors = self.anchors(features)
+        return [
+            self.postprocess_image(anchors, [x[i] for x in logits], [x[i] for x in deltas], size)
+            for i, size in enumerate(sizes)
+        ]
 
     def loss(
         self,
@@ -172,29 +187,36 @@ class RetinaNet(nn.Module):
         )
         return losses, stats
 
-    def postprocess(
+    def postprocess_image(
         self,
         anchors: list[Tensor],
         logits: list[Tensor],
         deltas: list[Tensor],
-        sizes: list[tuple[int, int]],
-    ) -> list[dict[str, Tensor]]:
-        """Per level: score threshold and top-k candidates; then class-wise NMS per image."""
+        size: tuple[int, int],
+    ) -> dict[str, Tensor]:
+        """One image: the top-k (anchor, class) pairs per level, decoded and clipped; then
+        the score threshold and class-wise NMS (one op: the threshold is the NMS's, so no
+        data-dependent filter precedes the top-k, eager or exported)."""
         cfg = self.config
-        results = []
-        for img, size in enumerate(sizes):
-            boxes_l, scores_l, labels_l = [], [], []
-            for a, lg, d in zip(anchors, logits, deltas, strict=True):
-                scores = torch.sigmoid(lg[img]).reshape(-1)
-                keep = torch.where(scores > cfg.score_threshold)[0]
-                if keep.numel() > cfg.topk_candidates:
-                    keep = keep[scores[keep].topk(cfg.topk_candidates).indices]
-                anchor_idx = keep // self.num_classes
-                boxes_l.append(self.box_coder.decode(d[img, anchor_idx], a[anchor_idx]))
-                scores_l.append(scores[keep])
-                labels_l.append(keep % self.num_classes)
-            boxes = clip_boxes_to_image(torch.cat(boxes_l), size)
-            scores, labels = torch.cat(scores_l), torch.cat(labels_l)
-            keep = batched_nms(boxes, scores, labels, cfg.nms_threshold)[: cfg.detections_per_image]
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
-        return results
+        c = self.num_classes
+        boxes_l, scores_l, labels_l = [], [], []
+        for a, lg, d in zip(anchors, logits, deltas, strict=True):
+            scores = torch.sigmoid(lg).reshape(-1)
+            top, idx = scores.topk(torch.sym_min(cfg.topk_candidates, scores.shape[0]))
+            # indices are >= 0, so truncation is floor division; `//` would export a sign
+            # fix-up (Equal on booleans) that TVM's LLVM codegen rejects
+            anchor_idx = torch.div(idx, c, rounding_mode="trunc")
+            boxes_l.append(self.box_coder.decode(d[anchor_idx], a[anchor_idx]))
+            scores_l.append(top)
+            labels_l.append(idx - anchor_idx * c)
+        boxes = clip_boxes_to_image(torch.cat(boxes_l), size)
+        scores, labels = torch.cat(scores_l), torch.cat(labels_l)
+        keep = detection_nms(
+            boxes,
+            scores,
+            labels,
+            cfg.nms_threshold,
+            cfg.score_threshold,
+            cfg.detections_per_image,
+        )
+        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}

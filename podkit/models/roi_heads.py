@@ -17,13 +17,13 @@ from podkit.ops import (
     BoxCoder,
     Matcher,
     MultiScaleRoIAlign,
-    batched_nms,
     box_area,
     box_iou,
     clip_boxes_to_image,
-    remove_small_boxes,
+    detection_nms,
     size_bucket,
     smooth_l1_loss,
+    wide_enough,
 )
 from podkit.ops.matcher import ignore_regions
 
@@ -102,23 +102,34 @@ class RoIHeads(nn.Module):
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor], TrainingStats]:
         """Returns (detections per image in as-fed pixels, losses, stats): detections in
         eval, losses and stats in training."""
-        features, strides = features[: self.pool_levels], strides[: self.pool_levels]
-        if self.training:
-            proposals, labels, reg_targets, gt_sizes, ious, pos = self.sample(proposals, targets)
-        rois = torch.cat(
-            [torch.cat([p.new_full((len(p), 1), i), p], dim=1) for i, p in enumerate(proposals)]
-        )
-        x = self.box_head(self.pooler(features, rois, strides))
-        class_logits, box_deltas = self.predictor(x)
         if not self.training:
-            detections = self.postprocess(class_logits, box_deltas, proposals, sizes)
+            # image by image: each image's RoIs come in a data-dependent number once
+            # exported, and splitting one batch of them by such sizes would not import in TVM
+            detections = []
+            for i, (props, size) in enumerate(zip(proposals, sizes, strict=True)):
+                logits, deltas = self.predict([f[i : i + 1] for f in features], strides, [props])
+                detections.append(self.postprocess_image(logits, deltas, props, size))
             return detections, {}, TrainingStats()
-        levels = self.pooler.levels(rois[:, 1:], strides)
+        proposals, labels, reg_targets, gt_sizes, ious, pos = self.sample(proposals, targets)
+        class_logits, box_deltas = self.predict(features, strides, proposals)
+        strides = strides[: self.pool_levels]
+        levels = self.pooler.levels(torch.cat(proposals), strides)
         losses, stats = self.loss(
             class_logits, box_deltas, labels, reg_targets, gt_sizes, levels, len(strides)
         )
         stats.proposal_ious, stats.pos_reg_targets = ious, pos
         return [], losses, stats
+
+    def predict(
+        self, features: list[Tensor], strides: list[int], proposals: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Pool every image's proposals and classify them: (class logits (P, C + 1), box
+        deltas (P, 4 C)), the proposals of all images in order."""
+        features, strides = features[: self.pool_levels], strides[: self.pool_levels]
+        rois = torch.cat(
+            [torch.cat([p.new_full((len(p), 1), i), p], dim=1) for i, p in enumerate(proposals)]
+        )
+        return self.predictor(self.box_head(self.pooler(features, rois, strides)))
 
     def sample(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]):
         """Add GTs to the proposals, match at `iou_threshold`, sample positives and negatives."""
@@ -190,29 +201,25 @@ class RoIHeads(nn.Module):
         )
         return losses, stats
 
-    def postprocess(
-        self,
-        class_logits: Tensor,
-        box_deltas: Tensor,
-        proposals: list[Tensor],
-        sizes: list[tuple[int, int]],
-    ) -> list[dict[str, Tensor]]:
-        """Per class: score threshold, NMS, then the top detections per image."""
+    def postprocess_image(
+        self, class_logits: Tensor, box_deltas: Tensor, proposals: Tensor, size: tuple[int, int]
+    ) -> dict[str, Tensor]:
+        """One image: per class, score threshold, NMS, then the top detections. Every
+        (proposal, class) pair is a candidate; a box under 0.01 px scores 0, under the
+        threshold (masking, eager and exported alike)."""
         cfg = self.config
         c = self.num_classes
-        scores_all = F.softmax(class_logits, dim=-1)[:, :c]
-        boxes_all = self.box_coder.decode(box_deltas, torch.cat(proposals))
-        results = []
-        start = 0
-        for props, size in zip(proposals, sizes, strict=True):
-            n = len(props)
-            scores = scores_all[start : start + n].reshape(-1)
-            boxes = clip_boxes_to_image(boxes_all[start : start + n].reshape(-1, 4), size)
-            labels = torch.arange(c, device=scores.device).repeat(n)
-            start += n
-            keep = torch.where(scores > cfg.score_threshold)[0]
-            keep = keep[remove_small_boxes(boxes[keep], 1e-2)]
-            keep = keep[batched_nms(boxes[keep], scores[keep], labels[keep], cfg.nms_threshold)]
-            keep = keep[: cfg.detections_per_image]
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
-        return results
+        scores = F.softmax(class_logits, dim=-1)[:, :c]
+        boxes = clip_boxes_to_image(
+            self.box_coder.decode(box_deltas, proposals).reshape(-1, 4), size
+        )
+        # each pair's class by broadcasting (a `repeat` by the proposal count would be shape
+        # arithmetic on a data-dependent size, which TVM's importer cannot follow)
+        classes = torch.arange(c, device=scores.device)
+        labels = (torch.zeros_like(scores, dtype=torch.int64) + classes).reshape(-1)
+        scores = scores.reshape(-1)
+        scores = torch.where(wide_enough(boxes, 1e-2), scores, torch.zeros_like(scores))
+        keep = detection_nms(
+            boxes, scores, labels, cfg.nms_threshold, cfg.score_threshold, cfg.detections_per_image
+        )
+        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}

@@ -13,11 +13,11 @@ from podkit.ops import (
     BalancedSampler,
     BoxCoder,
     Matcher,
-    batched_nms,
     box_iou,
     clip_boxes_to_image,
-    remove_small_boxes,
+    detection_nms,
     smooth_l1_loss,
+    wide_enough,
 )
 from podkit.ops.matcher import ignore_regions
 
@@ -106,33 +106,46 @@ class RPN(nn.Module):
         deltas: list[Tensor],
         sizes: list[tuple[int, int]],
     ) -> list[Tensor]:
-        """Top-k per level, decode, clip, drop tiny boxes, NMS per level, top-k per image."""
+        """Each image's proposals (`propose_image`), at the train or test top-k."""
         cfg = self.config
         pre_n = cfg.pre_nms_top_n_train if self.training else cfg.pre_nms_top_n_test
         post_n = cfg.post_nms_top_n_train if self.training else cfg.post_nms_top_n_test
-        boxes_l, scores_l, level_l = [], [], []
-        for level, (a, s, d) in enumerate(zip(anchors, logits, deltas, strict=True)):
-            k = min(pre_n, s.shape[1])
-            top_s, top_i = s.topk(k, dim=1)
-            top_d = torch.gather(d, 1, top_i[..., None].expand(-1, -1, 4))
-            boxes = self.box_coder.decode(top_d.reshape(-1, 4), a[top_i.reshape(-1)]).view(
-                s.shape[0], k, 4
+        return [
+            self.propose_image(
+                anchors, [x[i] for x in logits], [x[i] for x in deltas], size, pre_n, post_n
             )
-            boxes_l.append(boxes)
-            scores_l.append(top_s)
-            level_l.append(torch.full((k,), level, dtype=torch.int64, device=s.device))
-        all_boxes = torch.cat(boxes_l, dim=1)
-        all_scores = torch.cat(scores_l, dim=1)
-        all_levels = torch.cat(level_l)
-        proposals = []
-        for boxes, scores, size in zip(all_boxes, all_scores, sizes, strict=True):
-            boxes = clip_boxes_to_image(boxes, size)
-            keep = remove_small_boxes(boxes, cfg.min_size)
-            keep = keep[
-                batched_nms(boxes[keep], scores[keep], all_levels[keep], self.nms_threshold)
-            ]
-            proposals.append(boxes[keep[:post_n]])
-        return proposals
+            for i, size in enumerate(sizes)
+        ]
+
+    def propose_image(
+        self,
+        anchors: list[Tensor],
+        logits: list[Tensor],
+        deltas: list[Tensor],
+        size: tuple[int, int],
+        pre_n: int,
+        post_n: int,
+    ) -> Tensor:
+        """One image: top-k per level, decode, clip, drop boxes under `min_size`, NMS per
+        level, the best `post_n` overall. Dropping is masking (eager and exported alike):
+        objectness goes through softplus (positive, same order: TVM's NMS mishandles scores
+        <= 0) and a dropped box scores -1, under the NMS's threshold of 0."""
+        boxes_l, scores_l, levels_l = [], [], []
+        for level, (a, s, d) in enumerate(zip(anchors, logits, deltas, strict=True)):
+            top, idx = s.topk(torch.sym_min(pre_n, s.shape[0]))
+            boxes_l.append(self.box_coder.decode(d[idx], a[idx]))
+            scores_l.append(top)
+            levels_l.append(torch.full_like(idx, level))
+        boxes = clip_boxes_to_image(torch.cat(boxes_l), size)
+        scores = torch.cat(scores_l)
+        wide = wide_enough(boxes, self.config.min_size)
+        scores = torch.where(wide, F.softplus(scores), torch.full_like(scores, -1.0))
+        keep = detection_nms(boxes, scores, torch.cat(levels_l), self.nms_threshold, 0.0, post_n)
+        if torch.compiler.is_compiling():
+            # anchors centred in the image survive clipping, so there is a proposal; saying so
+            # lets the exporter trace the C4 head's convs over a data-dependent RoI count
+            torch._check(keep.shape[0] > 0)
+        return boxes[keep]
 
     def loss(
         self,

@@ -9,10 +9,11 @@ from podkit.ops.boxes import (
     crop_boxes,
     remove_small_boxes,
     size_bucket,
+    wide_enough,
 )
 from podkit.ops.losses import sigmoid_focal_loss, smooth_l1_loss
 from podkit.ops.matcher import BalancedSampler, Matcher, ignore_near, ignore_regions
-from podkit.ops.nms import batched_nms, batched_soft_nms, nms, soft_nms
+from podkit.ops.nms import batched_nms, batched_soft_nms, detection_nms, nms, soft_nms
 from podkit.ops.roi_align import MultiScaleRoIAlign, roi_align
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "box_iou",
     "clip_boxes_to_image",
     "crop_boxes",
+    "detection_nms",
     "ignore_near",
     "ignore_regions",
     "nms",
@@ -36,4 +38,5 @@ __all__ = [
     "size_bucket",
     "smooth_l1_loss",
     "soft_nms",
+    "wide_enough",
 ]

@@ -41,13 +41,15 @@ class AnchorGenerator(nn.Module):
 
     def grid_anchors(self, level: int, size: tuple[int, int], stride: int, device) -> Tensor:
         """(H * W * A, 4) anchors, location-major then anchor, as the heads lay them out."""
+        if torch.compiler.is_compiling():  # symbolic sizes (export): no cache
+            return self.compute(level, size, stride, device)
         key = (level, size, stride, str(device))
         if key not in self._cache:
             self._cache[key] = self.compute(level, size, stride, device)
         return self._cache[key]
 
     def compute(self, level: int, size: tuple[int, int], stride: int, device) -> Tensor:
-        """`grid_anchors` without the cache (export traces it with symbolic sizes)."""
+        """`grid_anchors` without the cache."""
         h, w = size
         shift_x = torch.arange(w, dtype=torch.float32, device=device) * stride
         shift_y = torch.arange(h, dtype=torch.float32, device=device) * stride

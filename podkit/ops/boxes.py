@@ -45,11 +45,14 @@ def crop_boxes(
     return clipped, kept, (inside > 0) & ~kept
 
 
+def wide_enough(boxes: Tensor, min_size: float) -> Tensor:
+    """Mask of the boxes whose both sides are at least `min_size`."""
+    return ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
+
+
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     """Indices of the boxes whose both sides are at least `min_size`."""
-    ws = boxes[:, 2] - boxes[:, 0]
-    hs = boxes[:, 3] - boxes[:, 1]
-    return torch.where((ws >= min_size) & (hs >= min_size))[0]
+    return torch.where(wide_enough(boxes, min_size))[0]
 
 
 def size_bucket(boxes: Tensor) -> Tensor:

@@ -71,6 +71,31 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     return kept[torch.argsort(scores[kept], descending=True, stable=True)]
 
 
+@torch.library.custom_op("podkit::nms", mutates_args=())
+def detection_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    groups: Tensor,
+    iou_threshold: float,
+    score_threshold: float,
+    max_output: int,
+) -> Tensor:
+    """NMS per group over the boxes scoring above `score_threshold`: kept indices by decreasing
+    score, at most `max_output`. The detectors' one NMS step, eager and exported alike: a
+    custom op, so an export keeps it as one node (ONNX NonMaxSuppression, podkit.export.wrap)
+    and the boxes the eager code would drop become scores under the threshold, not a
+    data-dependent filter."""
+    candidates = torch.where(scores > score_threshold)[0]
+    keep = batched_nms(boxes[candidates], scores[candidates], groups[candidates], iou_threshold)
+    return candidates[keep[:max_output]]
+
+
+@detection_nms.register_fake
+def _detection_nms_fake(boxes, scores, groups, iou_threshold, score_threshold, max_output):
+    count = torch.library.get_ctx().new_dynamic_size(max=max_output)
+    return boxes.new_empty((count,), dtype=torch.int64)
+
+
 def soft_nms(
     boxes: Tensor,
     scores: Tensor,

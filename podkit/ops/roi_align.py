@@ -111,8 +111,23 @@ def roi_align(
     return pooled.reshape(k, ph, pw, c).permute(0, 3, 1, 2)
 
 
+@torch.library.custom_op("podkit::roi_align", mutates_args=())
+def roi_align_op(
+    features: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int
+) -> Tensor:
+    """`roi_align` (aligned=True) as one opaque op, so a traced graph keeps it as one node
+    (ONNX RoiAlign, half_pixel: podkit.export.wrap). It has no autograd: training calls
+    `roi_align` itself."""
+    return roi_align(features, rois, output_size, spatial_scale, sampling_ratio)
+
+
+@roi_align_op.register_fake
+def _roi_align_fake(features, rois, output_size, spatial_scale, sampling_ratio):
+    return features.new_empty((rois.shape[0], features.shape[1], output_size, output_size))
+
+
 class MultiScaleRoIAlign(nn.Module):
-    """RoIAlign over FPN levels: each RoI is pooled from the level that fits its size.
+    """RoIAlign over FPN levels: each RoI is pooled once, from the level that fits its size.
 
     Level = floor(canonical_level + log2(sqrt(area) / canonical_size)), clamped to the
     available levels (FPN paper, eq. 1: 224 px maps to level 4).
@@ -140,18 +155,18 @@ class MultiScaleRoIAlign(nn.Module):
         return (target.clamp(min=k_min, max=k_max) - k_min).long()
 
     def forward(self, features: list[Tensor], rois: Tensor, strides: list[int]) -> Tensor:
-        levels = self.levels(rois[:, 1:], strides)
+        # traced (export, torch.compile): the opaque op; eager: the function, with autograd
+        pool = roi_align_op if torch.compiler.is_compiling() else roi_align
+        size, ratio = self.output_size, self.sampling_ratio
         if len(features) == 1:
-            return roi_align(
-                features[0], rois, self.output_size, 1.0 / strides[0], self.sampling_ratio
+            return pool(features[0], rois, size, 1.0 / strides[0], ratio)
+        levels = self.levels(rois[:, 1:], strides)
+        pooled = features[0].new_zeros((rois.shape[0], features[0].shape[1], size, size))
+        for level, (feature, stride) in enumerate(zip(features, strides, strict=True)):
+            # a data-dependent selection (NonZero, ScatterND once exported), not a mask: every
+            # RoI is pooled from its own level only
+            index = torch.where(levels == level)[0]
+            pooled = pooled.index_put(
+                (index,), pool(feature, rois[index], size, 1.0 / stride, ratio)
             )
-        order = torch.argsort(levels, stable=True)
-        counts = torch.bincount(levels, minlength=len(features)).tolist()
-        pooled = [
-            roi_align(feature, level_rois, self.output_size, 1.0 / stride, self.sampling_ratio)
-            for feature, stride, level_rois in zip(
-                features, strides, rois[order].split(counts), strict=True
-            )
-        ]
-        # back from level order to the order of `rois`
-        return torch.cat(pooled)[torch.argsort(order)]
+        return pooled

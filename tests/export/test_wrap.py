@@ -6,9 +6,8 @@ import torch
 
 from podkit.export import sample_image, torch_runner
 from podkit.export.common import compare_outputs
-from podkit.export.wrap import ExportWrapper, check_input_size, nms_op
+from podkit.export.wrap import ExportWrapper, check_input_size
 from podkit.models.checkpoint import load_detector
-from podkit.ops.nms import nms
 
 
 @pytest.mark.parametrize("arch", ["faster_rcnn_fpn", "faster_rcnn_c4", "retinanet"])
@@ -30,17 +29,6 @@ def test_wrapper_detections_equal_model(checkpoints, arch, variant):
         np.testing.assert_allclose(scores[k, :n], ref["scores"].numpy(), atol=1e-5)
         assert not boxes[k, n:].any() and not scores[k, n:].any()  # padding is zeros
     assert not np.array_equal(boxes[0], boxes[1])  # two images, two sets of detections
-
-
-def test_nms_op_is_thresholded_greedy_nms():
-    g = torch.Generator().manual_seed(0)
-    xy = torch.rand(200, 2, generator=g) * 100
-    boxes = torch.cat([xy, xy + 5 + torch.rand(200, 2, generator=g) * 30], dim=1)
-    scores = torch.rand(200, generator=g)
-    keep = nms_op(boxes, scores, 0.5, 0.3, 20)
-    above = torch.where(scores > 0.3)[0]
-    expected = above[nms(boxes[above], scores[above], 0.5)][:20]
-    assert torch.equal(keep, expected)
 
 
 def test_input_size_rules():

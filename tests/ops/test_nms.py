@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from podkit.ops import batched_nms, batched_soft_nms, box_iou, nms, soft_nms
+from podkit.ops import batched_nms, batched_soft_nms, box_iou, detection_nms, nms, soft_nms
 
 nms_module = importlib.import_module("podkit.ops.nms")
 
@@ -17,6 +17,17 @@ def brute_force_nms(boxes, scores, threshold):
         if all(box_iou(boxes[i : i + 1], boxes[j : j + 1]).item() <= threshold for j in keep):
             keep.append(i)
     return keep
+
+
+def nms_per_group(boxes, scores, groups, threshold):
+    """Indices kept by the brute force on each group alone, merged by decreasing score."""
+    kept = []
+    for g in groups.unique().tolist():
+        members = torch.where(groups == g)[0]
+        kept += [
+            int(members[i]) for i in brute_force_nms(boxes[members], scores[members], threshold)
+        ]
+    return sorted(kept, key=lambda i: (-float(scores[i]), i))
 
 
 def clustered_boxes(n, seed):
@@ -56,12 +67,19 @@ def test_batched_nms_is_nms_per_group(monkeypatch, dense_limit):
     monkeypatch.setattr(nms_module, "_BATCHED_NMS_DENSE_LIMIT", dense_limit)
     boxes, scores = clustered_boxes(200, 3)
     idxs = torch.randint(0, 4, (200,), generator=torch.Generator().manual_seed(5))
-    expected = []
-    for g in range(4):
-        members = torch.where(idxs == g)[0]
-        expected += [int(members[i]) for i in brute_force_nms(boxes[members], scores[members], 0.5)]
-    expected.sort(key=lambda i: (-float(scores[i]), i))
-    assert batched_nms(boxes, scores, idxs, 0.5).tolist() == expected
+    assert batched_nms(boxes, scores, idxs, 0.5).tolist() == nms_per_group(boxes, scores, idxs, 0.5)
+
+
+def test_detection_nms_thresholds_then_nms_per_group_then_caps():
+    """The detectors' NMS step: only boxes above the score threshold, per group, by score,
+    at most `max_output` (the reference: brute force on the survivors of each group)."""
+    boxes, scores = clustered_boxes(300, 4)
+    groups = torch.randint(0, 3, (300,), generator=torch.Generator().manual_seed(6))
+    above = torch.where(scores > 0.3)[0]
+    expected = above[nms_per_group(boxes[above], scores[above], groups[above], 0.5)].tolist()
+    assert detection_nms(boxes, scores, groups, 0.5, 0.3, 1000).tolist() == expected
+    assert detection_nms(boxes, scores, groups, 0.5, 0.3, 7).tolist() == expected[:7]
+    assert detection_nms(boxes, scores, groups, 0.5, 2.0, 10).numel() == 0
 
 
 def direct_soft_nms(boxes, scores, iou_threshold, sigma, score_threshold, method):

@@ -1,9 +1,12 @@
+import importlib
 import math
 
 import pytest
 import torch
 
 from podkit.ops import MultiScaleRoIAlign, roi_align
+
+roi_align_module = importlib.import_module("podkit.ops.roi_align")
 
 
 def bilinear(f, y, x):
@@ -114,3 +117,32 @@ def test_multiscale_level_mapping_and_pooling():
     for k, level in enumerate(pooler.levels(boxes, strides).tolist()):
         expected = roi_align(feats[level], rois[k : k + 1], 2, 1.0 / strides[level], 2)
         assert torch.allclose(out[k : k + 1], expected)
+
+
+def test_multiscale_traced_form_pools_each_roi_once(monkeypatch):
+    """Exported (torch.export: the opaque op, a data-dependent split by level), the pooler
+    computes the eager result and pools each RoI once, from its own level only."""
+    pooler = MultiScaleRoIAlign(output_size=3, sampling_ratio=2)
+    strides = [4, 8, 16, 32]
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(40, 2, generator=g) * 300
+    boxes = torch.cat([xy, xy + 4 + torch.rand(40, 2, generator=g) * 300], 1)
+    rois = torch.cat([torch.zeros(40, 1), boxes], 1)
+    feats = [torch.randn(1, 4, 512 // s, 512 // s, generator=g) for s in strides]
+
+    class Pool(torch.nn.Module):
+        def forward(self, rois, *feats):
+            return pooler(list(feats), rois, strides)
+
+    program = torch.export.export(Pool(), (rois, *feats)).module()
+    pooled_rows = []
+    eager_roi_align = roi_align_module.roi_align
+
+    def counting(features, rois, *args):
+        pooled_rows.append(rois.shape[0])
+        return eager_roi_align(features, rois, *args)
+
+    monkeypatch.setattr(roi_align_module, "roi_align", counting)
+    out = program(rois, *feats)
+    assert sum(pooled_rows) == 40 and len(pooled_rows) == 4
+    assert torch.allclose(out, pooler(feats, rois, strides), atol=1e-6)
