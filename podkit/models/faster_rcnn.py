@@ -9,6 +9,7 @@ from podkit.models.output import DetectorOutput, rescale_detections
 from podkit.models.roi_heads import RoIHeads
 from podkit.models.rpn import RPN
 from podkit.ops.image_batch import ImageBatch
+from podkit.ops.target import Target
 
 
 class FasterRCNN(nn.Module):
@@ -21,7 +22,7 @@ class FasterRCNN(nn.Module):
         self.roi_heads = roi_heads
 
     def forward(
-        self, images: ImageBatch | list[Tensor], targets: list[dict[str, Tensor]] | None = None
+        self, images: ImageBatch | list[Tensor], targets: list[Target] | None = None
     ) -> DetectorOutput:
         if not isinstance(images, ImageBatch):
             images = ImageBatch.from_tensors(images)

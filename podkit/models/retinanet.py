@@ -31,6 +31,7 @@ from podkit.ops import (
 )
 from podkit.ops.image_batch import ImageBatch
 from podkit.ops.matcher import ignore_regions
+from podkit.ops.target import Target
 
 
 def conv_tower(channels: int, num_convs: int, norm: str | None = None) -> nn.Sequential:
@@ -94,7 +95,7 @@ class RetinaNet(nn.Module):
         self.level_weights: Tensor | None = None
 
     def forward(
-        self, images: ImageBatch | list[Tensor], targets: list[dict[str, Tensor]] | None = None
+        self, images: ImageBatch | list[Tensor], targets: list[Target] | None = None
     ) -> DetectorOutput:
         if not isinstance(images, ImageBatch):
             images = ImageBatch.from_tensors(images)
@@ -132,7 +133,7 @@ class RetinaNet(nn.Module):
         anchors: list[Tensor],
         logits: list[Tensor],
         deltas: list[Tensor],
-        targets: list[dict[str, Tensor]],
+        targets: list[Target],
     ) -> tuple[dict[str, Tensor], TrainingStats]:
         cfg = self.config
         all_anchors = torch.cat(anchors)

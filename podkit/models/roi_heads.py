@@ -26,6 +26,7 @@ from podkit.ops import (
     wide_enough,
 )
 from podkit.ops.matcher import ignore_regions
+from podkit.ops.target import Target
 
 
 class TwoMLPHead(nn.Module):
@@ -98,7 +99,7 @@ class RoIHeads(nn.Module):
         strides: list[int],
         proposals: list[Tensor],
         sizes: list[tuple[int, int]],
-        targets: list[dict[str, Tensor]] | None = None,
+        targets: list[Target] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor], TrainingStats]:
         """Returns (detections per image in as-fed pixels, losses, stats): detections in
         eval, losses and stats in training."""
@@ -141,9 +142,9 @@ class RoIHeads(nn.Module):
             ignore_threshold = self.iou_threshold
         for props, target in zip(proposals, targets, strict=True):
             gt, gt_labels = target["boxes"], target["labels"]
-            if "valid_range" in target:  # SNIP: out-of-range proposals are not trained on
+            if "proposal_range" in target:  # proposals out of it are not trained on
                 side = box_area(props).sqrt()
-                lo, hi = target["valid_range"]
+                lo, hi = target["proposal_range"]
                 props = props[(side >= lo) & (side <= hi)]
             props = torch.cat([props, gt])
             if gt.numel():

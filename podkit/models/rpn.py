@@ -20,14 +20,7 @@ from podkit.ops import (
     wide_enough,
 )
 from podkit.ops.matcher import ignore_regions
-
-
-def rpn_target(target: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The GTs the RPN trains on: SNIP may give it its own valid range (`rpn_boxes`,
-    `rpn_ignore`, `rpn_exclude`); otherwise the target's own."""
-    if "rpn_boxes" not in target:
-        return target
-    return {k.removeprefix("rpn_"): v for k, v in target.items() if k.startswith("rpn_")}
+from podkit.ops.target import Target
 
 
 class RPNHead(nn.Module):
@@ -82,7 +75,7 @@ class RPN(nn.Module):
         features: list[Tensor],
         strides: list[int],
         sizes: list[tuple[int, int]],
-        targets: list[dict[str, Tensor]] | None = None,
+        targets: list[Target] | None = None,
     ) -> tuple[list[Tensor], dict[str, Tensor], dict[str, Tensor]]:
         """Returns (proposals per image, losses, per-level losses); losses in training."""
         logits, deltas = self.head(features)
@@ -152,7 +145,7 @@ class RPN(nn.Module):
         anchors: list[Tensor],
         logits: list[Tensor],
         deltas: list[Tensor],
-        targets: list[dict[str, Tensor]],
+        targets: list[Target],
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """(losses, {"rpn": per-level loss (L,), detached})."""
         cfg = self.config
@@ -168,7 +161,7 @@ class RPN(nn.Module):
         weights = element_weights(levels, self.level_weights)
         cls_terms, box_terms, level_terms, sampled = [], [], [], 0
         for img, target in enumerate(targets):
-            target = rpn_target(target)
+            target = target.get("rpn", target)  # the RPN's own GTs, if any
             gt = target["boxes"]
             matched = self.matcher(box_iou(gt, all_anchors))
             matched = ignore_regions(all_anchors, matched, target, cfg.ignore_iou_threshold)

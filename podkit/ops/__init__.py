@@ -15,6 +15,7 @@ from podkit.ops.losses import sigmoid_focal_loss, smooth_l1_loss
 from podkit.ops.matcher import BalancedSampler, Matcher, ignore_near, ignore_regions
 from podkit.ops.nms import batched_nms, batched_soft_nms, detection_nms, nms, soft_nms
 from podkit.ops.roi_align import MultiScaleRoIAlign, roi_align
+from podkit.ops.target import Target
 
 __all__ = [
     "AnchorGenerator",
@@ -22,6 +23,7 @@ __all__ = [
     "BoxCoder",
     "Matcher",
     "MultiScaleRoIAlign",
+    "Target",
     "batched_nms",
     "batched_soft_nms",
     "box_area",

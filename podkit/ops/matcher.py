@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from podkit.ops.boxes import box_iou
+from podkit.ops.target import Target
 
 BELOW_LOW_THRESHOLD = -1  # negative
 BETWEEN_THRESHOLDS = -2  # ignored
@@ -64,7 +65,7 @@ def ignore_near(
     return torch.where(near, torch.full_like(matched, BETWEEN_THRESHOLDS), matched)
 
 
-def ignore_regions(boxes: Tensor, matched: Tensor, target: dict, iou_threshold: float) -> Tensor:
+def ignore_regions(boxes: Tensor, matched: Tensor, target: Target, iou_threshold: float) -> Tensor:
     """A target's ignore regions applied to matches: `ignore` turns near negatives into
     ignored, `exclude` (SNIP, paper rule) every near anchor, positives included."""
     matched = ignore_near(boxes, matched, target.get("ignore"), iou_threshold)

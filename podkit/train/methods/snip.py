@@ -10,10 +10,11 @@ are resized from how they were loaded: load them at the largest resolution
 anchors with IoU > 0.3 to them are neither positive nor negative (RPN and RetinaNet,
 `ignore_iou_threshold`); with `anchor_rule: paper` they go to `exclude` instead, which also
 removes positives of a valid GT that overlap an invalid one by IoU > 0.3, as the paper
-states. The target's `valid_range` (in as-fed pixels) makes the R-CNN stage drop
+states. The target's `proposal_range` (in as-fed pixels) makes the R-CNN stage drop
 out-of-range proposals before sampling; there an invalid GT is ignored from the head's own
 IoU threshold (which Dynamic R-CNN moves). A resolution may give the RPN its own range
-(`rpn_range`; the paper trains the RPN at 800 px on [0, 160] while the R-CNN uses [40, 160]).
+(`rpn_range`, the target's `rpn`; the paper trains the RPN at 800 px on [0, 160] while the
+R-CNN uses [40, 160]). The target keys are ops/target.Target's.
 
 Multi-scale inference (`eval.multiscale`, `eval.snip`) runs every resolution, keeps each
 one's detections inside its test range (SNIP) and merges them with soft-NMS or NMS: it lives
@@ -88,8 +89,8 @@ def mark_invalid(
     target: dict[str, Tensor], scale: float, res: Resolution, exclude: bool = False
 ) -> dict:
     """Out-of-range GTs become ignore boxes (`exclude` boxes under the paper's anchor rule);
-    `valid_range` (as-fed pixels) goes along for the R-CNN stage's proposal filter, and a
-    resolution with its own RPN range gives the RPN its own GTs (`rpn_*`)."""
+    `proposal_range` (as-fed pixels) goes along for the R-CNN stage's proposal filter, and a
+    resolution with its own RPN range gives the RPN its own GTs (`rpn`)."""
     boxes = target["boxes"]
     crowd = target.get("ignore", boxes.new_zeros((0, 4)))
 
@@ -101,11 +102,11 @@ def mark_invalid(
 
     keep, main = split(res.train_range)
     out = {**target, **main, "labels": target["labels"][keep]}
-    out["valid_range"] = boxes.new_tensor(
+    out["proposal_range"] = boxes.new_tensor(
         [res.train_range[0] * scale, min(res.train_range[1] * scale, 1e8)]
     )
     if res.rpn_range is not None:
-        out.update({f"rpn_{k}": v for k, v in split(res.rpn_range)[1].items()})
+        out["rpn"] = split(res.rpn_range)[1]
     return out
 
 
@@ -177,16 +178,17 @@ def _crop_target(target: dict[str, Tensor], x0: int, y0: int, size: tuple[int, i
     """A target moved into the chip at (x0, y0) of `size`: every box kind clipped to it; a
     box keeping less than half its area becomes an ignore region (ops.crop_boxes)."""
     out = dict(target)
-    for prefix in ("", "rpn_") if "rpn_boxes" in target else ("",):
-        boxes, kept, cut = crop_boxes(target[f"{prefix}boxes"], x0, y0, size, keep=0.5)
-        ignore, inside, _ = crop_boxes(target[f"{prefix}ignore"], x0, y0, size, keep=0)
-        out[f"{prefix}ignore"] = torch.cat([ignore[inside], boxes[cut]])
-        out[f"{prefix}boxes"] = boxes[kept]
-        if prefix == "":
-            out["labels"] = target["labels"][kept]
-        if f"{prefix}exclude" in target:
-            exclude, inside, _ = crop_boxes(target[f"{prefix}exclude"], x0, y0, size, keep=0)
-            out[f"{prefix}exclude"] = exclude[inside]
+    boxes, kept, cut = crop_boxes(target["boxes"], x0, y0, size, keep=0.5)
+    ignore, inside, _ = crop_boxes(target["ignore"], x0, y0, size, keep=0)
+    out["ignore"] = torch.cat([ignore[inside], boxes[cut]])
+    out["boxes"] = boxes[kept]
+    if "labels" in target:
+        out["labels"] = target["labels"][kept]
+    if "exclude" in target:
+        exclude, inside, _ = crop_boxes(target["exclude"], x0, y0, size, keep=0)
+        out["exclude"] = exclude[inside]
+    if "rpn" in target:
+        out["rpn"] = _crop_target(target["rpn"], x0, y0, size)
     return out
 
 

@@ -65,7 +65,7 @@ def test_valid_range_marking_in_original_pixels():
     assert sides_now == pytest.approx([48, 72]) and target["labels"].tolist() == [1, 2]
     ignored = (target["ignore"][:, 2] - target["ignore"][:, 0]).tolist()
     assert sorted(ignored) == pytest.approx([16, 120])
-    assert target["valid_range"].tolist() == pytest.approx([40, 80])  # 10..20 x 4
+    assert target["proposal_range"].tolist() == pytest.approx([40, 80])  # 10..20 x 4
     # boxes stayed on their objects: centres scale with the image
     assert target["boxes"][0, :2].tolist() == pytest.approx([100 - 24, 100 - 24])
 
@@ -99,7 +99,7 @@ def test_rpn_range_gives_the_rpn_its_own_valid_gts():
         {"boxes": torch.tensor([tiny_box, mid]), "labels": torch.tensor([0, 1])}, 1.0, res
     )
     assert target["boxes"].tolist() == [mid] and target["ignore"].tolist() == [tiny_box]
-    assert target["rpn_boxes"].tolist() == [tiny_box, mid] and len(target["rpn_ignore"]) == 0
+    assert target["rpn"]["boxes"].tolist() == [tiny_box, mid] and len(target["rpn"]["ignore"]) == 0
     model = build_detector(tiny_model_config("faster_rcnn_fpn", 3)).train()
     features = model.backbone(torch.rand(1, 3, 128, 128))
     anchors = torch.cat(
@@ -110,7 +110,7 @@ def test_rpn_range_gives_the_rpn_its_own_valid_gts():
     best = box_iou(torch.tensor([tiny_box]), anchors)[0].argmax()
     for t, positive in (
         (target, True),
-        ({k: v for k, v in target.items() if not k.startswith("rpn_")}, False),
+        ({k: v for k, v in target.items() if k != "rpn"}, False),
     ):
         seen = []
         sampler = model.rpn.sampler
@@ -269,7 +269,7 @@ def test_rcnn_drops_out_of_range_proposals_before_sampling():
         "boxes": gt,
         "labels": torch.tensor([2]),
         "ignore": torch.zeros(0, 4),
-        "valid_range": torch.tensor([16.0, 50.0]),
+        "proposal_range": torch.tensor([16.0, 50.0]),
     }
     props, labels, *_ = model.roi_heads.sample([proposals], [target])
     sides = sorted((props[0][:, 2] - props[0][:, 0]).tolist())
