@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from podkit.models.gsl import image_extent
-from podkit.models.output import DetectorOutput, rescale_detections
+from podkit.models.output import DetectorOutput, backbone_features, rescale_detections
 from podkit.models.roi_heads import RoIHeads
 from podkit.models.rpn import RPN
 from podkit.ops.image_batch import ImageBatch
@@ -24,12 +23,7 @@ class FasterRCNN(nn.Module):
     def forward(
         self, images: ImageBatch | list[Tensor], targets: list[Target] | None = None
     ) -> DetectorOutput:
-        if not isinstance(images, ImageBatch):
-            images = ImageBatch.from_tensors(images)
-        if self.training and targets is None:
-            raise ValueError("FasterRCNN in training mode needs targets")
-        with image_extent(self.backbone, images.sizes, tuple(images.tensor.shape[-2:])):
-            features = self.backbone(images.tensor)
+        images, features = backbone_features(self, images, targets)
         if not self.training:
             return DetectorOutput(
                 {}, rescale_detections(self.detect(features, images.sizes), images)

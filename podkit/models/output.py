@@ -6,9 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from podkit.models.gsl import image_extent
 from podkit.ops.image_batch import ImageBatch
+from podkit.ops.target import Target
 
 
 @dataclass
@@ -41,6 +43,34 @@ class DetectorOutput:
 
 # A checkpoint's model or an exported artefact (podkit.export.detector): images -> detections.
 Detector = Callable[[ImageBatch], DetectorOutput]
+
+
+def backbone_features(
+    detector: nn.Module, images: ImageBatch | list[Tensor], targets: list[Target] | None
+) -> tuple[ImageBatch, list[Tensor]]:
+    """What every detector's `forward` starts with: the images as a padded batch and the
+    backbone's features (GSL convs pool over each image's own region of the batch)."""
+    if not isinstance(images, ImageBatch):
+        images = ImageBatch.from_tensors(images)
+    if detector.training and targets is None:
+        raise ValueError(f"{type(detector).__name__} in training mode needs targets")
+    backbone = detector.backbone
+    with image_extent(backbone, images.sizes, tuple(images.tensor.shape[-2:])):
+        return images, backbone(images.tensor)
+
+
+def concat_levels(
+    anchors: list[Tensor], logits: list[Tensor], deltas: list[Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Every level's anchors (A, 4) and head outputs (B, A, .) as one list of rows, with each
+    row's level index (A,): the form a dense head's loss matches targets in."""
+    levels = torch.cat(
+        [
+            torch.full((len(a),), i, dtype=torch.int64, device=a.device)
+            for i, a in enumerate(anchors)
+        ]
+    )
+    return torch.cat(anchors), levels, torch.cat(logits, dim=1), torch.cat(deltas, dim=1)
 
 
 def rescale_detections(

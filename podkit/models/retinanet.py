@@ -8,10 +8,11 @@ import torch
 from torch import Tensor, nn
 
 from podkit.config import RetinaNetConfig
-from podkit.models.gsl import image_extent
 from podkit.models.output import (
     DetectorOutput,
     TrainingStats,
+    backbone_features,
+    concat_levels,
     element_weights,
     per_level_sum,
     rescale_detections,
@@ -97,12 +98,7 @@ class RetinaNet(nn.Module):
     def forward(
         self, images: ImageBatch | list[Tensor], targets: list[Target] | None = None
     ) -> DetectorOutput:
-        if not isinstance(images, ImageBatch):
-            images = ImageBatch.from_tensors(images)
-        if self.training and targets is None:
-            raise ValueError("RetinaNet in training mode needs targets")
-        with image_extent(self.backbone, images.sizes, tuple(images.tensor.shape[-2:])):
-            features = self.backbone(images.tensor)
+        images, features = backbone_features(self, images, targets)
         if not self.training:
             return DetectorOutput(
                 {}, rescale_detections(self.detect(features, images.sizes), images)
@@ -136,15 +132,7 @@ class RetinaNet(nn.Module):
         targets: list[Target],
     ) -> tuple[dict[str, Tensor], TrainingStats]:
         cfg = self.config
-        all_anchors = torch.cat(anchors)
-        levels = torch.cat(
-            [
-                torch.full((len(a),), i, dtype=torch.int64, device=a.device)
-                for i, a in enumerate(anchors)
-            ]
-        )
-        logits = torch.cat(logits, dim=1)
-        deltas = torch.cat(deltas, dim=1)
+        all_anchors, levels, logits, deltas = concat_levels(anchors, logits, deltas)
         weights = element_weights(levels, self.level_weights)
         cls_terms, box_terms, level_terms, num_fg = [], [], [], 0
         reg_by_size = logits.new_zeros(3)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from podkit.config import RPNConfig
-from podkit.models.output import element_weights, per_level_sum
+from podkit.models.output import concat_levels, element_weights, per_level_sum
 from podkit.ops import (
     AnchorGenerator,
     BalancedSampler,
@@ -149,15 +149,7 @@ class RPN(nn.Module):
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """(losses, {"rpn": per-level loss (L,), detached})."""
         cfg = self.config
-        all_anchors = torch.cat(anchors)
-        levels = torch.cat(
-            [
-                torch.full((len(a),), i, dtype=torch.int64, device=a.device)
-                for i, a in enumerate(anchors)
-            ]
-        )
-        logits = torch.cat(logits, dim=1)
-        deltas = torch.cat(deltas, dim=1)
+        all_anchors, levels, logits, deltas = concat_levels(anchors, logits, deltas)
         weights = element_weights(levels, self.level_weights)
         cls_terms, box_terms, level_terms, sampled = [], [], [], 0
         for img, target in enumerate(targets):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from podkit.models import build_detector, retinanet, tiny_model_config
+from podkit.models import build_detector, output, tiny_model_config
 from podkit.models.gsl import (
     GlobalScaleConv,
     blend_conv,
@@ -170,7 +170,7 @@ def test_gsl_detector_scales_of_an_image_barely_move_in_a_padded_batch(monkeypat
 
     alone, batched = scales([small]), scales([small, large])
     # the old pooling, over the whole padded map
-    monkeypatch.setattr(retinanet, "image_extent", lambda *args: contextlib.nullcontext())
+    monkeypatch.setattr(output, "image_extent", lambda *args: contextlib.nullcontext())
     unmasked = scales([small, large])
     moved, moved_unmasked = (batched - alone).abs().max(), (unmasked - alone).abs().max()
     assert moved < 0.1 * moved_unmasked, (moved, moved_unmasked)
