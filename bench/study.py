@@ -34,6 +34,8 @@ from pathlib import Path
 
 from podkit.bench.accuracy import evaluate_path
 from podkit.config import load_config
+from podkit.pod.decompose import checkpoint_plan, plan_checkpoint
+from podkit.pod.scales import mean_scales, plot_scales, scales_from_checkpoint
 from podkit.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +49,19 @@ LARGEST = ("data.min_size=[896]", "data.max_size=1504")  # SNIP resizes from the
 
 
 @dataclass(frozen=True)
+class Decompose:
+    """How an FD arm starts (POD): the plan of GSL_ARM's run of the same seed (its learned
+    scales over SCALE_IMAGES training images), with `channel_multiple` (1: the exact split).
+    transfer=False, "FD": the plan on the shared start's weights, full schedule; True,
+    "FD-WT": the GSL run's own weights transferred, then finetuned for a third of the
+    schedule at a tenth of the lr."""
+
+    gsl_arm: str
+    channel_multiple: int
+    transfer: bool
+
+
+@dataclass(frozen=True)
 class Arm:
     """One way of training a detector; `slug` names its run folder (shared across studies).
     With `config` set, the arm is that recipe trained from scratch for its own max_iter (no
@@ -57,6 +72,7 @@ class Arm:
     methods: list = field(default_factory=list)
     overrides: tuple[str, ...] = ()
     config: str | None = None
+    decompose: Decompose | None = None
 
 
 # the augmentation study: the tiny recipe before (configs/tiny) and after (the small-data
@@ -78,6 +94,7 @@ SYNTH_AT_TINY = (*data_at("data/synth"), "model.num_classes=10", "data.min_size=
 SITES_AT_320 = (*data_at("data/sites"), "model.num_classes=1", "data.min_size=[288, 320, 352]",
                 "data.max_size=480", "data.test_min_size=320")  # fmt: skip
 TRAIN_IMAGES = 200  # the "train" test scores this many training images
+SCALE_IMAGES = 200  # a GSL run's learned scales are averaged over this many training images
 
 
 ARMS = {
@@ -104,6 +121,13 @@ ARMS = {
     ),
     "tiny_sites": Arm("tiny_sites", "faster_rcnn_fpn", overrides=SITES_AT_320, config=TINY),
     "tiny_sites_aug": Arm("tiny_sites_aug", "faster_rcnn_fpn", config=SMALL_DATA),
+    # POD's Table 5 on its detector, Faster R-CNN C4: baseline, GSL, FD, FD-WT
+    "c4": Arm("c4_baseline", "faster_rcnn_c4"),
+    "c4_gsl": Arm("c4_gsl", "faster_rcnn_c4", overrides=("model.gsl=true",)),
+    "c4_fd": Arm("c4_fd", "faster_rcnn_c4", decompose=Decompose("c4_gsl", 16, False)),
+    "c4_fd_exact": Arm("c4_fd_exact", "faster_rcnn_c4", decompose=Decompose("c4_gsl", 1, False)),
+    "c4_fdwt": Arm("c4_fdwt", "faster_rcnn_c4", decompose=Decompose("c4_gsl", 16, True)),
+    "c4_fdwt_exact": Arm("c4_fdwt_exact", "faster_rcnn_c4", decompose=Decompose("c4_gsl", 1, True)),
 }
 # study: (its arms, baseline first; the metrics the papers judge it on; its tests)
 STUDIES = {
@@ -120,6 +144,11 @@ STUDIES = {
         ("AP", "AP50"),
         ("single", "train"),
     ),
+    "pod": (
+        ("c4", "c4_gsl", "c4_fd", "c4_fd_exact", "c4_fdwt", "c4_fdwt_exact"),
+        ("AP", "APs", "APl"),
+        ("single",),
+    ),
 }
 EVAL_FILE = {"single": "eval.json", "pyramid": "eval_pyramid.json", "train": "eval_train.json"}
 # arm: the arms it is paired with, its study's baseline first
@@ -134,6 +163,11 @@ BASELINES = {
     "frcnn_snip": ("frcnn", "frcnn_mst"),  # the paper's question: SNIP vs multi-scale training
     "tiny_synth_aug": ("tiny_synth",),
     "tiny_sites_aug": ("tiny_sites",),
+    "c4_gsl": ("c4",),
+    "c4_fd": ("c4", "c4_gsl"),
+    "c4_fd_exact": ("c4", "c4_fd"),
+    "c4_fdwt": ("c4", "c4_gsl"),  # the paper: GSL ~ FD-WT > FD > baseline
+    "c4_fdwt_exact": ("c4", "c4_fdwt"),
 }
 
 
@@ -157,13 +191,42 @@ def train_arm(arm: Arm, seed: int, start: Path | None, out: Path, iters: int) ->
     run = out / arm.slug / f"seed{seed}"
     if not (run / "eval.json").exists():
         schedule = [f"model.init_from={start}", f"train.max_iter={iters}"] if start else []
+        if arm.decompose:
+            init, plan = fd_start(arm.decompose, seed, start, out, run)
+            finetune = iters // 3 if arm.decompose.transfer else iters
+            schedule = [f"model.init_from={init}", f"model.fd_plan={plan}",
+                        f"train.max_iter={finetune}"]  # fmt: skip
         cfg = recipe(
             arm.arch,
             [*schedule, f"train.seed={seed}", f"methods={json.dumps(arm.methods)}", *arm.overrides],
             arm.config,
         )
+        if arm.decompose and arm.decompose.transfer:
+            cfg.train.lr /= 10
         train(cfg, run, resume=(run / "last.pt").exists(), overwrite=True)
     return run
+
+
+def fd_start(d: Decompose, seed: int, start: Path, out: Path, run: Path) -> tuple[Path, Path]:
+    """RUN/fd_init.pt and RUN/plan.json of an FD arm (see Decompose), made once."""
+    init, plan_path = run / "fd_init.pt", run / "plan.json"
+    if not init.exists():
+        gsl = out / ARMS[d.gsl_arm].slug / f"seed{seed}" / "last.pt"
+        plan = checkpoint_plan(gsl, learned_scales(gsl.parent), d.channel_multiple)
+        run.mkdir(parents=True, exist_ok=True)
+        plan_path.write_text(json.dumps(plan, indent=2))
+        plan_checkpoint(gsl if d.transfer else start, plan, init)
+    return init, plan_path
+
+
+def learned_scales(run: Path) -> dict:
+    """A GSL run's learned scales (RUN/scales.json and the plot RUN/scales.png), made once."""
+    path = run / "scales.json"
+    if not path.exists():
+        scales = scales_from_checkpoint(run / "last.pt", SCALE_IMAGES)
+        path.write_text(json.dumps(scales, indent=2))
+        plot_scales(scales, run / "scales.png")
+    return json.loads(path.read_text())
 
 
 def test_on_pyramid(arm: Arm, run: Path) -> None:
@@ -212,7 +275,18 @@ def summarise(run: Path, test: str = "single") -> dict:
     if any("iou_threshold" in r for r in log):
         out["final_iou_threshold"] = log[-1]["iou_threshold"]
         out["final_beta"] = log[-1]["beta"]
+    if (run / "scales.json").exists():
+        out["learned_scale"] = summarise_scales(run)
     return out
+
+
+def summarise_scales(run: Path) -> dict[str, float]:
+    """A GSL run's mean learned dilation per ResNet stage (res5: the C4 box head's layer4)."""
+    by_stage: dict[str, list[float]] = {}
+    for name, (dh, dw) in mean_scales(json.loads((run / "scales.json").read_text())).items():
+        stage = next((s for s in ("layer2", "layer3", "layer4", "res5") if s in name), name)
+        by_stage.setdefault(stage, []).append((dh + dw) / 2)
+    return {k: round(statistics.mean(v), 2) for k, v in by_stage.items()}
 
 
 def paired(arm: list[dict], base: list[dict], key: str, base_all: list[dict]) -> dict:
@@ -327,8 +401,8 @@ def _extra(runs: list[dict]) -> str:
         for k in keys
         if k in runs[0]
     ]
-    parts += [f"{k} {[r[k] for r in runs]}" for k in ("rlo_action_counts", "rlo_final_probs")
-              if k in runs[0]]  # fmt: skip
+    parts += [f"{k} {[r[k] for r in runs]}" for k in ("rlo_action_counts", "rlo_final_probs",
+              "learned_scale") if k in runs[0]]  # fmt: skip
     parts.append(f"s/iter {statistics.mean(r['seconds_per_iter'] for r in runs):.2f}")
     return ", ".join(parts)
 

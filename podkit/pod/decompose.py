@@ -114,10 +114,26 @@ def decompose_checkpoint(
     The FD checkpoint's config carries the plan inline (model.fd_plan) with model.gsl off, so
     it evaluates, exports and finetunes (model.init_from) like any podkit checkpoint.
     """
-    model, cfg, ckpt, _ = load_detector(path)
+    plan = checkpoint_plan(path, scales, channel_multiple, tolerance)
+    plan_checkpoint(path, plan, out, zero_dilation_init)
+    return plan
+
+
+def checkpoint_plan(
+    path, scales: dict[str, Any], channel_multiple: int = 16, tolerance: float = 0.05
+) -> list[dict[str, Any]]:
+    """The plan of a GSL checkpoint's convs from its learned scales (`podkit scales`)."""
+    model, cfg, _, _ = load_detector(path)
     if not cfg.model.gsl:
         raise ValueError(f"{path}: not a GSL checkpoint (model.gsl is false)")
-    plan = make_plan(model, mean_scales(scales), channel_multiple, tolerance)
+    return make_plan(model, mean_scales(scales), channel_multiple, tolerance)
+
+
+def plan_checkpoint(path, plan: list[dict[str, Any]], out, zero_dilation_init: str = "sum") -> None:
+    """A checkpoint with `plan` applied. From a GSL checkpoint: weight transfer (FD-WT). From a
+    plain one: each planned conv's filters go to its parts, as ImageNet weights do when a model
+    is built with `model.fd_plan` (POD's "FD": GSL's architecture without its weights)."""
+    model, cfg, ckpt, _ = load_detector(path)
     apply_plan(model, plan, zero_dilation_init)
     cfg.model.gsl = False
     cfg.model.fd_plan = plan
@@ -131,4 +147,3 @@ def decompose_checkpoint(
         },
         out,
     )
-    return plan

@@ -5,8 +5,12 @@ import json
 import sys
 
 import pytest
+import torch
 
-from tests.conftest import ROOT
+from podkit.config import to_dict
+from podkit.models import build_detector
+from podkit.models.checkpoint import load_detector, save_checkpoint
+from tests.conftest import ROOT, tiny_config
 
 spec = importlib.util.spec_from_file_location("study", ROOT / "bench/study.py")
 study = importlib.util.module_from_spec(spec)
@@ -81,3 +85,29 @@ def test_augment_study_reports_the_train_val_gap(tmp_path):
     assert result["tiny_sites_aug gap"]["AP"] == pytest.approx([15.0, 16.0])
     assert "tested on 200 of its training images" in text and "| tiny_synth | -" in text
     assert all(ARM.config for ARM in (study.ARMS["tiny_sites"], study.ARMS["tiny_synth_aug"]))
+
+
+def test_pod_fd_arms_start_from_the_gsl_plan(tmp_path, synth_set, monkeypatch):
+    """FD: the GSL run's plan on the shared start's weights; FD-WT: on the GSL run's own.
+    Both plans come from the GSL run's learned scales (saved with their plot)."""
+    monkeypatch.setattr(study, "SCALE_IMAGES", 2)
+    torch.manual_seed(0)
+    runs = {}
+    for name, extra in (("start", ()), ("c4_gsl/seed0", ("model.gsl=true",))):
+        cfg = tiny_config(synth_set, "model.arch=faster_rcnn_c4", *extra)
+        model = build_detector(cfg.model)
+        runs[name] = tmp_path / name / "last.pt"
+        save_checkpoint({"model": model.state_dict(), "config": to_dict(cfg)}, runs[name])
+    sources = {}
+    for transfer in (False, True):
+        run = tmp_path / f"fd_{transfer}" / "seed0"
+        decompose = study.Decompose("c4_gsl", 1, transfer)
+        init, plan_path = study.fd_start(decompose, 0, runs["start"], tmp_path, run)
+        plan = json.loads(plan_path.read_text())
+        assert load_detector(init)[1].model.fd_plan == plan
+        sources[transfer] = torch.load(init, weights_only=True)["source"]
+    assert sources == {False: str(runs["start"]), True: str(runs["c4_gsl/seed0"])}
+    assert (tmp_path / "c4_gsl/seed0/scales.json").exists()
+    assert (tmp_path / "c4_gsl/seed0/scales.png").exists()
+    summary = study.summarise_scales(tmp_path / "c4_gsl/seed0")
+    assert set(summary) == {"layer2", "layer3", "res5"}  # layer4 is the C4 box head's res5

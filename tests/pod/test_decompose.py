@@ -5,10 +5,12 @@ import pytest
 import torch
 from torch import nn
 
+from podkit.config import to_dict
 from podkit.models import build_detector, tiny_model_config
+from podkit.models.checkpoint import load_detector, save_checkpoint
 from podkit.models.gsl import GlobalScaleConv, gsl_convs
 from podkit.models.split_conv import apply_plan, decompose_conv
-from podkit.pod.decompose import make_plan, plan_layer
+from podkit.pod.decompose import make_plan, plan_checkpoint, plan_layer
 from podkit.pod.density import (
     fd_density_1d,
     fd_density_2d,
@@ -17,6 +19,7 @@ from podkit.pod.density import (
     marginal,
 )
 from podkit.pod.scales import draw_records
+from tests.conftest import tiny_config
 
 
 def parts(layer):
@@ -123,6 +126,36 @@ def test_integer_scales_fd_equals_gsl_whole_detector(arch):
         assert torch.equal(a["labels"], b["labels"])
         assert torch.allclose(a["boxes"], b["boxes"], atol=1e-4)
         assert torch.allclose(a["scores"], b["scores"], atol=1e-5)
+
+
+def test_plan_on_a_plain_checkpoint_splits_each_conv_s_own_filters(tmp_path):
+    """POD's FD: the GSL network's plan on a plain network's weights. Each planned conv's
+    filters go to its parts (first filters low dilation, last high), everything else as
+    it was, and the checkpoint builds, loads and runs as an FD detector."""
+    torch.manual_seed(0)
+    cfg = tiny_config(tmp_path, "model.arch=faster_rcnn_c4")
+    plain = build_detector(cfg.model)
+    save_checkpoint({"model": plain.state_dict(), "config": to_dict(cfg)}, tmp_path / "p.pt")
+    gsl_cfg = tiny_config(tmp_path, "model.arch=faster_rcnn_c4", "model.gsl=true")
+    names = [n for n, _ in gsl_convs(build_detector(gsl_cfg.model))]
+    plan = make_plan(
+        build_detector(gsl_cfg.model), {n: (1.5, 2.5) for n in names}, channel_multiple=1
+    )
+    plan_checkpoint(tmp_path / "p.pt", plan, tmp_path / "fd.pt")
+    fd, fd_cfg, _, _ = load_detector(tmp_path / "fd.pt")
+    assert fd_cfg.model.fd_plan == plan and not fd_cfg.model.gsl
+    modules, plain_modules = dict(fd.named_modules()), dict(plain.named_modules())
+    for layer in plan:
+        low, high = modules[layer["name"]].parts
+        weight = plain_modules[layer["name"]].weight
+        assert (low.dilation, high.dilation) == ((1, 2), (2, 3))
+        torch.testing.assert_close(low.weight, weight[: low.out_channels])
+        torch.testing.assert_close(high.weight, weight[low.out_channels :])
+    unplanned = "rpn.head.conv.weight"
+    torch.testing.assert_close(fd.state_dict()[unplanned], plain.state_dict()[unplanned])
+    fd.eval()
+    with torch.no_grad():
+        assert len(fd([torch.rand(3, 96, 128)]).detections) == 1
 
 
 def test_density_1d_is_exact():
