@@ -377,7 +377,9 @@ def pair_line(done: dict, name: str, base: str, judged: tuple) -> tuple[str, dic
     if not common:
         return None
     arm_runs, base_runs = [done[name][s] for s in common], [done[base][s] for s in common]
-    diff = {k: paired(arm_runs, base_runs, k, list(done[base].values())) for k in KEYS}
+    # a metric the data cannot give (APl of a set without large objects) is left out
+    scored = [k for k in KEYS if all(r[k] is not None for r in arm_runs + base_runs)]
+    diff = {k: paired(arm_runs, base_runs, k, list(done[base].values())) for k in scored}
     cells = [
         f"{k} {d['mean']:+.1f} ({', '.join(f'{x:+.1f}' for x in d['diffs'])}; spread "
         + ("n/a" if d["baseline_spread"] is None else f"{d['baseline_spread']:.1f}")
