@@ -34,7 +34,7 @@ from pathlib import Path
 
 from podkit.bench.accuracy import evaluate_path
 from podkit.config import load_config
-from podkit.pod.decompose import checkpoint_plan, plan_checkpoint
+from podkit.pod.decompose import checkpoint_plan, decompose_checkpoint, plan_checkpoint
 from podkit.pod.scales import mean_scales, plot_scales, scales_from_checkpoint
 from podkit.train.loop import train
 
@@ -210,12 +210,15 @@ def train_arm(arm: Arm, seed: int, start: Path | None, out: Path, iters: int) ->
 def fd_start(d: Decompose, seed: int, start: Path, out: Path, run: Path) -> tuple[Path, Path]:
     """RUN/fd_init.pt and RUN/plan.json of an FD arm (see Decompose), made once."""
     init, plan_path = run / "fd_init.pt", run / "plan.json"
-    if not init.exists():
+    if not plan_path.exists():  # written last: an interrupted start is made again
         gsl = out / ARMS[d.gsl_arm].slug / f"seed{seed}" / "last.pt"
-        plan = checkpoint_plan(gsl, learned_scales(gsl.parent), d.channel_multiple)
-        run.mkdir(parents=True, exist_ok=True)
+        scales = learned_scales(gsl.parent)
+        if d.transfer:  # GSL's weights, transferred
+            plan = decompose_checkpoint(gsl, scales, init, d.channel_multiple)
+        else:  # GSL's plan on the shared start's weights
+            plan = checkpoint_plan(gsl, scales, d.channel_multiple)
+            plan_checkpoint(start, plan, init)
         plan_path.write_text(json.dumps(plan, indent=2))
-        plan_checkpoint(gsl if d.transfer else start, plan, init)
     return init, plan_path
 
 

@@ -132,7 +132,7 @@ class RoIHeads(nn.Module):
         )
         return self.predictor(self.box_head(self.pooler(features, rois, strides)))
 
-    def sample(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]):
+    def sample(self, proposals: list[Tensor], targets: list[Target]):
         """Add GTs to the proposals, match at `iou_threshold`, sample positives and negatives."""
         out_props, out_labels, out_regs, out_sizes, ious = [], [], [], [], []
         pos_targets = []

@@ -114,8 +114,9 @@ def decompose_checkpoint(
     The FD checkpoint's config carries the plan inline (model.fd_plan) with model.gsl off, so
     it evaluates, exports and finetunes (model.init_from) like any podkit checkpoint.
     """
-    plan = checkpoint_plan(path, scales, channel_multiple, tolerance)
-    plan_checkpoint(path, plan, out, zero_dilation_init)
+    model, cfg, ckpt = _load_gsl(path)
+    plan = make_plan(model, mean_scales(scales), channel_multiple, tolerance)
+    _save_planned(model, cfg, ckpt, plan, path, out, zero_dilation_init)
     return plan
 
 
@@ -123,17 +124,26 @@ def checkpoint_plan(
     path, scales: dict[str, Any], channel_multiple: int = 16, tolerance: float = 0.05
 ) -> list[dict[str, Any]]:
     """The plan of a GSL checkpoint's convs from its learned scales (`podkit scales`)."""
-    model, cfg, _, _ = load_detector(path)
-    if not cfg.model.gsl:
-        raise ValueError(f"{path}: not a GSL checkpoint (model.gsl is false)")
+    model, _, _ = _load_gsl(path)
     return make_plan(model, mean_scales(scales), channel_multiple, tolerance)
 
 
 def plan_checkpoint(path, plan: list[dict[str, Any]], out, zero_dilation_init: str = "sum") -> None:
-    """A checkpoint with `plan` applied. From a GSL checkpoint: weight transfer (FD-WT). From a
-    plain one: each planned conv's filters go to its parts, as ImageNet weights do when a model
-    is built with `model.fd_plan` (POD's "FD": GSL's architecture without its weights)."""
+    """A plain checkpoint with `plan` applied: each planned conv's filters go to its parts, as
+    ImageNet weights do when a model is built with `model.fd_plan` (POD's "FD": the GSL
+    network's architecture without its weights)."""
     model, cfg, ckpt, _ = load_detector(path)
+    _save_planned(model, cfg, ckpt, plan, path, out, zero_dilation_init)
+
+
+def _load_gsl(path):
+    model, cfg, ckpt, _ = load_detector(path)
+    if not cfg.model.gsl:
+        raise ValueError(f"{path}: not a GSL checkpoint (model.gsl is false)")
+    return model, cfg, ckpt
+
+
+def _save_planned(model, cfg, ckpt, plan, source, out, zero_dilation_init: str) -> None:
     apply_plan(model, plan, zero_dilation_init)
     cfg.model.gsl = False
     cfg.model.fd_plan = plan
@@ -143,7 +153,7 @@ def plan_checkpoint(path, plan: list[dict[str, Any]], out, zero_dilation_init: s
             "config": to_dict(cfg),
             "classes": ckpt.get("classes", []),
             "iteration": 0,
-            "source": str(path),
+            "source": str(source),
         },
         out,
     )
