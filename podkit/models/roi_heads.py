@@ -127,8 +127,10 @@ class RoIHeads(nn.Module):
         """Pool every image's proposals and classify them: (class logits (P, C + 1), box
         deltas (P, 4 C)), the proposals of all images in order."""
         features, strides = features[: self.pool_levels], strides[: self.pool_levels]
+        # full_like, not new_full((len(p), 1)): a traced graph cannot read a data-dependent
+        # length (torch.export would fail and the ONNX exporter retry with another strategy)
         rois = torch.cat(
-            [torch.cat([p.new_full((len(p), 1), i), p], dim=1) for i, p in enumerate(proposals)]
+            [torch.cat([torch.full_like(p[:, :1], i), p], dim=1) for i, p in enumerate(proposals)]
         )
         return self.predictor(self.box_head(self.pooler(features, rois, strides)))
 

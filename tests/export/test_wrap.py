@@ -71,3 +71,13 @@ def test_torch_compile_runner_matches_eager(checkpoints):
     compiled = torch_runner(wrapper, compile=True)(image)
     report = compare_outputs(wrapper.output_names, eager, compiled)
     assert report["ok"] and report["detections"] > 0, report
+
+
+@pytest.mark.parametrize("arch", ["faster_rcnn_fpn", "faster_rcnn_c4", "retinanet"])
+def test_wrapper_exports_on_the_first_strategy(checkpoints, arch):
+    """torch.export (non-strict, the ONNX exporter's first strategy) takes the wrapper as it
+    is: a data-dependent length read in the model makes it fail, and the exporter then dumps
+    the partial graph on stderr and retraces with another strategy (twice the time)."""
+    model, _, _, _ = load_detector(checkpoints(arch, "gsl"))
+    program = torch.export.export(ExportWrapper(model), (torch.rand(2, 3, 128, 160),), strict=False)
+    assert "podkit.nms" in str(program.graph)
