@@ -32,7 +32,16 @@ import numpy as np
 
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
 # what a layer's output feeds inside the network; anything else is post-processing
-NETWORK_OPS = {*QUANTIZED_OPS, "Relu", "Add", "MaxPool", "Resize", "RoiAlign", "Flatten"}
+NETWORK_OPS = {
+    *QUANTIZED_OPS,
+    "Relu",
+    "Add",
+    "MaxPool",
+    "Resize",
+    "RoiAlign",
+    "Flatten",
+    "BatchNormalization",
+}
 FP16_KEEP_FLOAT = ["NonMaxSuppression", "RoiAlign", "TopK", "Resize", "GridSample"]
 
 
@@ -66,18 +75,30 @@ def calibration_images(
 
 
 def head_outputs(model) -> list[str]:
-    """Names of the Conv/Gemm/MatMul nodes whose outputs feed only the post-processing."""
-    consumers: dict[str, set[str]] = {}
+    """Names of the Conv/Gemm/MatMul nodes whose outputs feed only the post-processing.
+
+    A Concat passes its inputs on: the FD network's split convs meet in a Concat that feeds
+    the next layer, so they are network layers (read through, not as post-processing: they
+    were once kept float, and INT8 FD ran 1.13x slower than INT8 baseline)."""
+    consumers: dict[str, list] = {}
     for node in model.graph.node:
         for name in node.input:
-            consumers.setdefault(name, set()).add(node.op_type)
+            consumers.setdefault(name, []).append(node)
     graph_outputs = {o.name for o in model.graph.output}
+
+    def feeds_network(tensor: str) -> bool:
+        return any(
+            node.op_type in NETWORK_OPS
+            or (node.op_type == "Concat" and feeds_network(node.output[0]))
+            for node in consumers.get(tensor, [])
+        )
+
     return [
         node.name
         for node in model.graph.node
         if node.op_type in QUANTIZED_OPS
         and node.output[0] not in graph_outputs
-        and not consumers.get(node.output[0], set()) & NETWORK_OPS
+        and not feeds_network(node.output[0])
     ]
 
 

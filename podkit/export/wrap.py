@@ -9,6 +9,9 @@ written in a traceable form in the models) and adds only what is about export:
   them natively.
 - GSL convs run through `grid_sample_conv`, the direct definition: one fixed graph for any
   learned scale, where the fast blend picks its convs by the value of the scales.
+- The norm after an FD split conv is folded into its parts: onnxruntime folds a
+  BatchNormalization into the Conv before it, but not through the parts' Concat, where it
+  stays one more pass over the activations (and a float island in an INT8 graph).
 - Flat outputs: a batch of N images (N fixed at export), RGB in [0, 1], (N, 3, H, W), H and W
   multiples of 32; boxes come back in their pixels.
 
@@ -29,7 +32,9 @@ from torch import Tensor, nn
 
 from podkit.models.faster_rcnn import FasterRCNN
 from podkit.models.gsl import GlobalScaleConv, grid_sample_conv
+from podkit.models.resnet import FrozenBatchNorm2d
 from podkit.models.retinanet import RetinaNet
+from podkit.models.split_conv import SplitConv
 from podkit.ops.nms import detection_nms
 from podkit.ops.roi_align import roi_align_op
 
@@ -108,6 +113,42 @@ def _pad(x: Tensor, rows: int) -> Tensor:
     return torch.cat([x, x.new_zeros((rows, *x.shape[1:]))])[:rows]
 
 
+def _norm_after(module: nn.Module, name: str, child: nn.Module) -> nn.Module | None:
+    """The frozen/eval norm `bnK` that follows `child` = `convK` if that is a SplitConv (the
+    ResNet blocks' naming), else None."""
+    if not (isinstance(child, SplitConv) and name.startswith("conv")):
+        return None
+    norm = getattr(module, "bn" + name[4:], None)
+    return norm if isinstance(norm, (FrozenBatchNorm2d, nn.BatchNorm2d)) else None
+
+
+def _fold_split_conv_norms(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose split convs carry their norms in their parts' weights and
+    biases (the original is untouched)."""
+    if not any(_norm_after(m, n, c) for m in model.modules() for n, c in m.named_children()):
+        return model
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        for name, split in list(module.named_children()):
+            norm = _norm_after(module, name, split)
+            if norm is None:
+                continue
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            shift = norm.bias - norm.running_mean * scale
+            start = 0
+            with torch.no_grad():
+                for part in split.parts:
+                    rows = slice(start, start + part.out_channels)
+                    bias = (
+                        shift[rows] if part.bias is None else shift[rows] + part.bias * scale[rows]
+                    )
+                    part.weight.mul_(scale[rows, None, None, None])
+                    part.bias = nn.Parameter(bias.clone())
+                    start += part.out_channels
+            setattr(module, "bn" + name[4:], nn.Identity())
+    return model
+
+
 class ExportWrapper(nn.Module):
     """A batch of images (N, 3, H, W) -> flat tensors (see the module docstring)."""
 
@@ -115,7 +156,7 @@ class ExportWrapper(nn.Module):
         super().__init__()
         if not isinstance(model, (FasterRCNN, RetinaNet)):
             raise TypeError(f"cannot export a {type(model).__name__}: not a podkit detector")
-        self.model = _swap_gsl(model).eval()
+        self.model = _fold_split_conv_norms(_swap_gsl(model)).eval()
         self.nms = nms
         self.max_detections = max_detections
 

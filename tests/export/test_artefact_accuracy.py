@@ -25,6 +25,7 @@ from podkit.export.precision import (
     NETWORK_OPS,
     calibration_images,
     convert_fp16,
+    head_outputs,
     quantize_int8,
 )
 from podkit.export.wrap import ExportWrapper
@@ -186,6 +187,29 @@ def test_batch_two_artefact_equals_two_batch_one_runs(checkpoints, artefact):
         assert int(single[3][0]) > 0
         for name, a, b in zip(read_metadata(artefact)["outputs"], pair, single, strict=True):
             np.testing.assert_allclose(a[k], b[0], atol=1e-4, err_msg=name)
+
+
+def test_int8_keeps_float_only_the_layers_that_feed_post_processing():
+    """FD's split convs meet in a Concat that feeds the network: they are quantised; a head's
+    predictor whose output is concatenated with other levels' for decoding stays float."""
+    from onnx import TensorProto, helper
+
+    conv = lambda name, x: helper.make_node("Conv", [x, f"w_{name}"], [name], name=name)  # noqa: E731
+    nodes = [
+        conv("part_a", "image"), conv("part_b", "image"),
+        helper.make_node("Concat", ["part_a", "part_b"], ["split"], axis=1),
+        helper.make_node("BatchNormalization", ["split", "g", "b", "m", "v"], ["normed"]),
+        conv("after_norm", "normed"),
+        helper.make_node("Relu", ["after_norm"], ["act"]),
+        conv("predictor_p3", "act"), conv("predictor_p4", "act"),
+        helper.make_node("Concat", ["predictor_p3", "predictor_p4"], ["levels"], axis=1),
+        helper.make_node("Reshape", ["levels", "shape"], ["logits"]),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    assert head_outputs(helper.make_model(graph)) == ["predictor_p3", "predictor_p4"]
 
 
 def test_int8_artefact_is_quantised_per_channel_and_keeps_its_ap(

@@ -8,10 +8,11 @@ from podkit.export import sample_image, torch_runner
 from podkit.export.common import compare_outputs
 from podkit.export.wrap import ExportWrapper, check_input_size
 from podkit.models.checkpoint import load_detector
+from podkit.models.split_conv import SplitConv
 
 
 @pytest.mark.parametrize("arch", ["faster_rcnn_fpn", "faster_rcnn_c4", "retinanet"])
-@pytest.mark.parametrize("variant", ["baseline", "gsl"])
+@pytest.mark.parametrize("variant", ["baseline", "gsl", "fd"])
 def test_wrapper_detections_equal_model(checkpoints, arch, variant):
     """A batch of two different images: each image's rows are the model's detections on it."""
     model, _, _, _ = load_detector(checkpoints(arch, variant))
@@ -81,3 +82,24 @@ def test_wrapper_exports_on_the_first_strategy(checkpoints, arch):
     model, _, _, _ = load_detector(checkpoints(arch, "gsl"))
     program = torch.export.export(ExportWrapper(model), (torch.rand(2, 3, 128, 160),), strict=False)
     assert "podkit.nms" in str(program.graph)
+
+
+def test_split_conv_norms_are_folded_into_the_parts(checkpoints):
+    """onnxruntime cannot fold a norm through the parts' Concat: the wrapper does (the
+    detections stay the model's: test_wrapper_detections_equal_model[fd])."""
+    model, _, _, _ = load_detector(checkpoints("faster_rcnn_fpn", "fd"))
+    wrapper = ExportWrapper(model.eval())
+
+    def norms_after_splits(module):
+        return [
+            type(getattr(block, "bn" + name[4:])).__name__
+            for block in module.modules()
+            for name, child in block.named_children()
+            if isinstance(child, SplitConv)
+        ]
+
+    before, after = norms_after_splits(model), norms_after_splits(wrapper)
+    assert len(before) == len(after) > 0 and "Identity" not in before  # the model untouched
+    assert set(after) == {"Identity"}
+    parts = [p for m in wrapper.modules() if isinstance(m, SplitConv) for p in m.parts]
+    assert all(p.bias is not None for p in parts)
