@@ -1,8 +1,9 @@
 """`podkit bench latency`: checkpoints x backends, timed side by side in one run.
 
 Each (model, backend) pair gets a runner with the same interface (export.load / torch_runner);
-artefacts are cached under `cache_dir` by checkpoint hash and export options, so a second run
-times without re-exporting or re-tuning. Timing interleaves the pairs (round-robin, one call
+artefacts are cached under `cache_dir` by checkpoint hash, the hash of the code that writes
+them (`export_code_hash`: a podkit that exports another graph does not reuse an old file) and
+export options, so a second run times without re-exporting or re-tuning. Timing interleaves the pairs (round-robin, one call
 each per round) so that drift of a noisy machine hits every pair alike, and synchronises the
 GPU after each call when timing on one.
 """
@@ -71,6 +72,17 @@ def checkpoint_hash(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def export_code_hash(root: Path = Path(__file__).resolve().parent.parent) -> str:
+    """Fingerprint of the code under `root` (podkit) that decides an artefact's graph:
+    models, ops and export."""
+    digest = hashlib.sha256()
+    for path in sorted(
+        p for part in ("models", "ops", "export") for p in (root / part).rglob("*.py")
+    ):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:8]
 
 
 def model_label(path: Path) -> str:
@@ -201,12 +213,14 @@ def run_latency(
     from podkit.models.checkpoint import load_detector
 
     pairs, unavailable, models = [], [], {}
+    code = export_code_hash()
     for ckpt, label in zip(checkpoints, labels, strict=True):
         model, _, _, _ = load_detector(ckpt)
         wrapper = ExportWrapper(model.cpu())
         h, w = opts.input_size
         batch = "" if opts.batch == 1 else f"_b{opts.batch}"
-        cache = opts.cache_dir / f"{checkpoint_hash(Path(ckpt))}_{h}x{w}{batch}_{opts.device}"
+        key = f"{checkpoint_hash(Path(ckpt))}_{code}_{h}x{w}{batch}_{opts.device}"
+        cache = opts.cache_dir / key
         models[label] = {
             "checkpoint": str(ckpt),
             "gflops": count_flops(wrapper, image[:1]) / 1e9,  # per image

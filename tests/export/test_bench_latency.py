@@ -88,3 +88,17 @@ def test_bench_latency_rejects_unknown_backend(checkpoints, tmp_path):
         "bench", "latency", checkpoints(), "--backend", "openvino", "--out", tmp_path / "r.json"
     )
     assert code == 2 and "unknown backend 'openvino'" in out
+
+
+def test_export_cache_key_follows_the_code_that_writes_the_graph(tmp_path):
+    """A podkit that exports another graph must not time an old cached export."""
+    from podkit.bench.latency import export_code_hash
+
+    for part in ("models", "ops", "export", "train"):
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "a.py").write_text("x = 1\n")
+    first = export_code_hash(tmp_path)
+    (tmp_path / "train" / "a.py").write_text("x = 2\n")  # training code: same graph
+    assert export_code_hash(tmp_path) == first
+    (tmp_path / "ops" / "a.py").write_text("x = 2\n")
+    assert export_code_hash(tmp_path) != first
