@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pod_speed import build_three  # noqa: E402
 
 from podkit.bench.latency import LatencyOptions, plot, run_latency, to_markdown  # noqa: E402
-from podkit.config import Config, DatasetConfig, to_dict  # noqa: E402
+from podkit.config import Config, DatasetConfig, parse_size, to_dict  # noqa: E402
 from podkit.models import ModelConfig, tiny_model_config  # noqa: E402
 from podkit.models.checkpoint import save_checkpoint  # noqa: E402
 
@@ -38,8 +38,7 @@ def main() -> None:
     parser.add_argument("--arch", default="faster_rcnn_fpn")
     parser.add_argument("--depth", type=int, default=50)
     parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--size", type=int, default=512, help="square input side")
-    parser.add_argument("--input-size", help="HxW (e.g. 800x1216); overrides --size")
+    parser.add_argument("--size", type=parse_size, default="512", help="512 or HxW: 800x1216")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--backend", default="torch,onnxruntime,tvm")
     parser.add_argument("--tune-trials", type=int, default=16)
@@ -52,11 +51,6 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=64)
     parser.add_argument("--calib-data", type=Path, help="COCO folder (annotations/train.json)")
     args = parser.parse_args()
-    size = (
-        tuple(int(v) for v in args.input_size.split("x"))
-        if args.input_size
-        else (args.size, args.size)
-    )
     model_cfg = (
         tiny_model_config(args.arch, 10)
         if args.tiny
@@ -75,7 +69,7 @@ def main() -> None:
                 ann=str(args.calib_data / "annotations" / "train.json"),
                 images=str(args.calib_data / "train"),
             )
-            cfg.data.test_min_size, cfg.data.max_size = min(size), max(size)
+            cfg.data.test_min_size, cfg.data.max_size = min(args.size), max(args.size)
         cfg.model.gsl = name == "GSL"
         cfg.model.fd_plan = plan if name == "FD" else None
         path = args.out / f"{name.lower()}.pt"
@@ -84,7 +78,7 @@ def main() -> None:
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     opts = LatencyOptions(
-        input_size=size,
+        input_size=args.size,
         iters=args.iters,
         threads=args.threads if args.device == "cpu" else None,
         tune_trials=args.tune_trials,

@@ -12,6 +12,11 @@ profiler adds its own overhead: read the shares, not the milliseconds). GFLOPs a
 count (convs and matmuls). The ratio the issue asks for is the detector's GFLOP/s over the
 backbone's, both from the unprofiled medians of the same run. Writes `profile.json` and a
 markdown table `profile.md` under `--out`.
+
+It calls only podkit APIs that older checkouts have too (build, export, FLOP count), and
+times its onnxruntime sessions itself, so it also profiles another checkout:
+`PYTHONPATH=/path/to/checkout .venv/bin/python bench/ort_profile.py ...` (the "before"
+column of docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -416,19 +416,6 @@ def decompose(
     console.print(f"wrote {out}")
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'512x640' -> (512, 640); '512' -> (512, 512)."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise ValueError(f"--input-size {text!r}: expected HxW, e.g. 512x512")
-    return parts[0], parts[1]
-
-
 @app.command()
 @user_errors
 def export(
@@ -461,6 +448,7 @@ def export(
     ),
 ) -> None:
     """Export a checkpoint to ONNX, TVM or TensorRT and check it against PyTorch."""
+    from podkit.config import parse_size
     from podkit.export import export_checkpoint
 
     check_writable(out)
@@ -574,6 +562,7 @@ def bench_latency(
 
     from podkit.bench.latency import LatencyOptions, accuracy_failures, run_latency, to_markdown
     from podkit.bench.latency import plot as plot_latency
+    from podkit.config import parse_size
 
     check_writable(out, md, plot)
     opts = LatencyOptions(

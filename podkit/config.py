@@ -539,3 +539,16 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def dump_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'512x640' -> (512, 640); '512' -> (512, 512)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise ValueError(f"--input-size {text!r}: expected HxW, e.g. 512x512")
+    return parts[0], parts[1]

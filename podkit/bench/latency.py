@@ -3,9 +3,9 @@
 Each (model, backend) pair gets a runner with the same interface (export.load / torch_runner);
 artefacts are cached under `cache_dir` by checkpoint hash, the hash of the code that writes
 them (`export_code_hash`: a podkit that exports another graph does not reuse an old file) and
-export options, so a second run times without re-exporting or re-tuning. Timing interleaves the pairs (round-robin, one call
-each per round) so that drift of a noisy machine hits every pair alike, and synchronises the
-GPU after each call when timing on one.
+export options, so a second run times without re-exporting or re-tuning. Timing interleaves
+the pairs (round-robin, one call each per round) so that drift of a noisy machine hits every
+pair alike, and synchronises the GPU after each call when timing on one.
 """
 
 from __future__ import annotations

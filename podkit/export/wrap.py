@@ -34,7 +34,7 @@ from podkit.models.faster_rcnn import FasterRCNN
 from podkit.models.gsl import GlobalScaleConv, grid_sample_conv
 from podkit.models.resnet import FrozenBatchNorm2d
 from podkit.models.retinanet import RetinaNet
-from podkit.models.split_conv import SplitConv
+from podkit.models.split_conv import SplitConv, fold_norm
 from podkit.ops.nms import detection_nms
 from podkit.ops.roi_align import roi_align_op
 
@@ -123,29 +123,17 @@ def _norm_after(module: nn.Module, name: str, child: nn.Module) -> nn.Module | N
 
 
 def _fold_split_conv_norms(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose split convs carry their norms in their parts' weights and
-    biases (the original is untouched)."""
+    """A copy of `model` whose split convs carry their norms (`fold_norm`; the original is
+    untouched)."""
     if not any(_norm_after(m, n, c) for m in model.modules() for n, c in m.named_children()):
         return model
     model = copy.deepcopy(model)
     for module in list(model.modules()):
-        for name, split in list(module.named_children()):
-            norm = _norm_after(module, name, split)
-            if norm is None:
-                continue
-            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-            shift = norm.bias - norm.running_mean * scale
-            start = 0
-            with torch.no_grad():
-                for part in split.parts:
-                    rows = slice(start, start + part.out_channels)
-                    bias = (
-                        shift[rows] if part.bias is None else shift[rows] + part.bias * scale[rows]
-                    )
-                    part.weight.mul_(scale[rows, None, None, None])
-                    part.bias = nn.Parameter(bias.clone())
-                    start += part.out_channels
-            setattr(module, "bn" + name[4:], nn.Identity())
+        for name, child in list(module.named_children()):
+            norm = _norm_after(module, name, child)
+            if norm is not None:
+                fold_norm(child, norm)
+                setattr(module, "bn" + name[4:], nn.Identity())
     return model
 
 

@@ -29,6 +29,23 @@ class SplitConv(nn.Module):
         return torch.cat([part(x) for part in self.parts], dim=1)
 
 
+def fold_norm(split: SplitConv, norm: nn.Module) -> None:
+    """Make `split` compute `norm(split(x))` for an inference-time norm (running statistics):
+    each part takes its channels' scale into its weights and their shift into its bias. In
+    place; the export folds a copy (backends fold a norm into the conv before it, not through
+    the parts' concat)."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    shift = norm.bias - norm.running_mean * scale
+    start = 0
+    with torch.no_grad():
+        for part in split.parts:
+            rows = slice(start, start + part.out_channels)
+            bias = shift[rows] if part.bias is None else shift[rows] + part.bias * scale[rows]
+            part.weight.mul_(scale[rows, None, None, None])
+            part.bias = nn.Parameter(bias.clone())
+            start += part.out_channels
+
+
 def build_part(
     spec: dict[str, Any], in_channels: int, stride: tuple[int, int], bias: bool
 ) -> nn.Conv2d:

@@ -9,7 +9,8 @@ from podkit.config import to_dict
 from podkit.models import build_detector, tiny_model_config
 from podkit.models.checkpoint import load_detector, save_checkpoint
 from podkit.models.gsl import GlobalScaleConv, gsl_convs
-from podkit.models.split_conv import apply_plan, decompose_conv
+from podkit.models.resnet import FrozenBatchNorm2d
+from podkit.models.split_conv import SplitConv, apply_plan, decompose_conv, fold_norm
 from podkit.pod.decompose import make_plan, plan_checkpoint, plan_layer
 from podkit.pod.density import (
     fd_density_1d,
@@ -186,3 +187,21 @@ def test_scales_draw_their_images_at_random_seeded():
     assert len(set(first)) == 10 and first != records[:10]
     assert draw_records(records, 10, seed=1) != first
     assert draw_records(records, 80, seed=0) == records
+
+
+def test_fold_norm_equals_the_norm_after_the_split():
+    """Folding a norm into the parts (what the export does) computes norm(split(x))."""
+    torch.manual_seed(0)
+    parts = [
+        nn.Conv2d(8, 5, 3, padding=1, bias=False),
+        nn.Conv2d(8, 7, (1, 3), padding=(0, 2), dilation=2),
+    ]
+    split, norm = SplitConv(parts), FrozenBatchNorm2d(12)
+    for buffer in (norm.weight, norm.bias, norm.running_mean):
+        buffer.normal_()
+    norm.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 8, 9, 11)
+    with torch.no_grad():
+        reference = norm(split(x))
+        fold_norm(split, norm)
+        torch.testing.assert_close(split(x), reference, rtol=1e-5, atol=1e-5)
