@@ -28,10 +28,12 @@ from podkit.errors import BackendUnavailable
 from podkit.export.backend import BuildOptions
 from podkit.export.common import MISSING_TVM, Runner
 from podkit.export.metadata import SIDECAR
+from podkit.export.tvm_schedule import cpu_default_schedule
 
-# Tuning covers the convolutions and matmuls (where the time goes). A detector has ~170
-# tasks, most of them small element-wise and post-processing kernels; some of those (RoIAlign
-# fused with its level selection) make MetaSchedule's search space fail to build.
+# Tuning covers the convolutions and matmuls (where the time goes). A detector has ~185
+# tasks, most of them small element-wise and post-processing kernels that
+# `tvm_schedule.cpu_default_schedule` schedules without tuning, as it does the box head's
+# matmuls, whose row count (the RoIs NMS kept) is symbolic.
 TUNED_OPS = ("conv2d", "matmul", "dense")
 
 
@@ -199,6 +201,14 @@ def in_process_builder():
     return InProcessBuilder()
 
 
+def _has_symbolic_shape(func) -> bool:
+    """Whether a PrimFunc's buffers have a symbolic extent (MetaSchedule cannot measure it)."""
+    from tvm import tirx
+
+    shapes = [param.ty.shape for param in func.params if hasattr(param.ty, "shape")]
+    return any(not isinstance(dim, tirx.IntImm) for shape in shapes for dim in shape)
+
+
 def tune(mod, target, trials_per_task: int, database_dir: str | Path, log=print) -> dict:
     """Tune the module's conv/matmul tasks missing from the database, `trials_per_task` each.
 
@@ -215,12 +225,16 @@ def tune(mod, target, trials_per_task: int, database_dir: str | Path, log=print)
     database_dir.mkdir(parents=True, exist_ok=True)
     database = ms.database.JSONDatabase(work_dir=str(database_dir))
     tasks = [t for t in extract_tasks(mod, target) if any(k in t.task_name for k in TUNED_OPS)]
+    dynamic = [t for t in tasks if _has_symbolic_shape(t.dispatched[0]["main"])]
+    tasks = [t for t in tasks if t not in dynamic]
     todo = [t for t in tasks if not database.has_workload(t.dispatched[0])]
     summary = {"tasks": len(tasks), "tuned": len(todo), "reused": len(tasks) - len(todo)}
+    summary["dynamic"] = [t.task_name for t in dynamic]
     summary["trials"] = trials_per_task * len(todo)
     log(
         f"TVM tuning: {len(tasks)} tasks, {summary['reused']} found in {database_dir}, "
-        f"tuning {len(todo)} x {trials_per_task} trials"
+        f"tuning {len(todo)} x {trials_per_task} trials; {len(dynamic)} with a symbolic shape "
+        "(the box head after NMS) keep podkit's default CPU schedule"
     )
     summary["failed"] = []
     if todo and trials_per_task > 0:
@@ -256,32 +270,39 @@ def export(
     tune_trials: int = 0,
     tune_db: str | Path | None = None,
     log: Callable[[str], None] = print,
+    cpu_schedule: bool = True,
 ) -> dict:
     """Compile the ONNX export into `out` (a shared library) plus `out.json` (its interface);
-    TVM's native build warnings go to `out.build.log`."""
+    TVM's native build warnings go to `out.build.log`. `tune_trials` > 0 tunes the missing
+    tasks into `tune_db` (default: beside `out`); an existing `tune_db` is applied either way.
+    `cpu_schedule=False` leaves the untuned CPU kernels single-threaded (for comparison)."""
     _tvm()  # a missing TVM fails here, with the install line, before any file is written
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _native_stderr_to(Path(str(out) + ".build.log")):
-        info = _build(onnx_path, out, input_size, device, tune_trials, tune_db, log)
+        info = _build(onnx_path, out, input_size, device, tune_trials, tune_db, log, cpu_schedule)
     return info
 
 
-def _build(onnx_path, out: Path, input_size, device, tune_trials, tune_db, log) -> dict:
+def _build(onnx_path, out: Path, input_size, device, tune_trials, tune_db, log, cpu_schedule):
     import onnx
 
     tvm, relax = _tvm()
     target = host_target(device)
     mod = _lower(import_onnx(onnx_path, input_size), target)
     info: dict = {"input_size": list(input_size), "device": device, "target": str(target)}
+    db = Path(tune_db) if tune_db else None
     if tune_trials > 0:
-        db = Path(tune_db or Path(out).parent / "tvm_tuning_db")
+        db = db or Path(out).parent / "tvm_tuning_db"
         info["tuning"] = tune(mod, target, tune_trials, db, log)
+    if db is not None and db.is_dir():
         with target, tvm.transform.PassContext(opt_level=3):
             mod = relax.transform.MetaScheduleApplyDatabase(str(db))(mod)
-    elif device == "cuda":
-        with target:  # untuned GPU kernels still need thread bindings
+    with target:
+        if device == "cuda":  # untuned GPU kernels still need thread bindings
             mod = tvm.s_tir.dlight.ApplyDefaultSchedule(tvm.s_tir.dlight.gpu.Fallback())(mod)
+        elif cpu_schedule:
+            mod = cpu_default_schedule()(mod)
     executable = tvm.compile(mod, target=target)
     executable.export_library(str(out))
     info["outputs"] = [
