@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from podkit.config import parse_size
+from podkit.export import onnx as onnx_backend
 from podkit.export import tvm as tvm_backend
 
 KINDS = (
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/profile/tvm"))
     args = parser.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM's pool starts
     args.out.mkdir(parents=True, exist_ok=True)
     library = args.out / "model.so"
     start = time.perf_counter()
@@ -108,12 +110,9 @@ def main() -> None:
     )
     compile_s = time.perf_counter() - start
     image = np.random.default_rng(0).uniform(0, 255, (1, 3, *args.size)).astype(np.float32)
-    runner = tvm_backend.load(library)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    sess = ort.InferenceSession(str(args.onnx), options, providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: image}
-    medians = interleaved(lambda: runner(image), lambda: sess.run(None, feed), args.runs)
+    tvm_runner = tvm_backend.load(library)
+    ort_runner = onnx_backend.load(args.onnx, threads=args.threads)
+    medians = interleaved(lambda: tvm_runner(image), lambda: ort_runner(image), args.runs)
     per_kind, per_kernel = profile_tvm(library, image, args.runs)
     total = sum(per_kind.values())
     result = {
