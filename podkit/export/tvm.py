@@ -209,8 +209,17 @@ def _has_symbolic_shape(func) -> bool:
     return any(not isinstance(dim, tirx.IntImm) for shape in shapes for dim in shape)
 
 
+def _measured(database, task, cap: int) -> int:
+    """How many measured candidates (up to `cap`) the database holds for a task."""
+    mod = task.dispatched[0]
+    if not database.has_workload(mod):
+        return 0
+    return len(database.get_top_k(database.commit_workload(mod), cap))
+
+
 def tune(mod, target, trials_per_task: int, database_dir: str | Path, log=print) -> dict:
-    """Tune the module's conv/matmul tasks missing from the database, `trials_per_task` each.
+    """Tune the module's static conv/matmul tasks to `trials_per_task` measured candidates
+    each (counting those already in the database).
 
     Returns {"tasks", "tuned", "reused", "trials"}.
     """
@@ -227,14 +236,20 @@ def tune(mod, target, trials_per_task: int, database_dir: str | Path, log=print)
     tasks = [t for t in extract_tasks(mod, target) if any(k in t.task_name for k in TUNED_OPS)]
     dynamic = [t for t in tasks if _has_symbolic_shape(t.dispatched[0]["main"])]
     tasks = [t for t in tasks if t not in dynamic]
-    todo = [t for t in tasks if not database.has_workload(t.dispatched[0])]
+    # a task is tuned up to `trials_per_task` measured candidates: a database from a smaller
+    # budget is topped up (the search starts from its best records), not tuned again
+    missing = {
+        t.task_name: trials_per_task - _measured(database, t, trials_per_task) for t in tasks
+    }
+    todo = [t for t in tasks if missing[t.task_name] > 0]
     summary = {"tasks": len(tasks), "tuned": len(todo), "reused": len(tasks) - len(todo)}
     summary["dynamic"] = [t.task_name for t in dynamic]
-    summary["trials"] = trials_per_task * len(todo)
+    summary["trials"] = sum(missing[t.task_name] for t in todo)
     log(
-        f"TVM tuning: {len(tasks)} tasks, {summary['reused']} found in {database_dir}, "
-        f"tuning {len(todo)} x {trials_per_task} trials; {len(dynamic)} with a symbolic shape "
-        "(the box head after NMS) keep podkit's default CPU schedule"
+        f"TVM tuning: {len(tasks)} tasks, {summary['reused']} with {trials_per_task} trials "
+        f"in {database_dir}, {summary['trials']} trials to run on {len(todo)}; "
+        f"{len(dynamic)} with a symbolic shape (the box head after NMS) keep podkit's default "
+        "CPU schedule"
     )
     summary["failed"] = []
     if todo and trials_per_task > 0:
@@ -250,9 +265,9 @@ def tune(mod, target, trials_per_task: int, database_dir: str | Path, log=print)
                     tasks=[context],
                     task_weights=[weight],
                     work_dir=str(database_dir),
-                    max_trials_global=trials_per_task,
-                    max_trials_per_task=trials_per_task,
-                    num_trials_per_iter=min(64, trials_per_task),
+                    max_trials_global=missing[task.task_name],
+                    max_trials_per_task=missing[task.task_name],
+                    num_trials_per_iter=min(64, missing[task.task_name]),
                     builder=in_process_builder(),
                     database=database,
                 )
