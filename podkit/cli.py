@@ -437,6 +437,9 @@ def export(
     ),
     calib: int = typer.Option(64, "--calib", help="--int8: calibration images (training set)."),
     batch: int = typer.Option(1, "--batch", help="Images per call (NMS per image)."),
+    dynamic_batch: bool = typer.Option(
+        False, "--dynamic-batch", help="ONNX: any number of images per call (not with --batch)."
+    ),
     check: bool = typer.Option(
         True, "--check/--no-check", help="Compare with PyTorch after export."
     ),
@@ -454,10 +457,13 @@ def export(
     check_writable(out)
     if fp16 and int8:
         raise ValueError("--fp16 and --int8: choose one precision")
+    if dynamic_batch and batch != 1:
+        raise ValueError(f"--dynamic-batch and --batch {batch}: choose one")
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
     report = export_checkpoint(
         checkpoint, target, out, parse_size(input_size), dynamic, nms, precision, check,
-        check_only, device, tune_trials, tune_db, log=console.print, batch=batch, calib=calib,
+        check_only, device, tune_trials, tune_db, log=console.print,
+        batch=None if dynamic_batch else batch, calib=calib,
     )  # fmt: skip
     if check_only:
         raise typer.Exit(1 if report["audit"] else 0)

@@ -121,7 +121,7 @@ def export_checkpoint(
     opset: int = 18,
     log: Callable[[str], None] = print,
     onnx_path: str | Path | None = None,
-    batch: int = 1,
+    batch: int | None = 1,
     calib: int = 64,
 ) -> dict:
     """Export a checkpoint to `target` at `out`; returns what was written and checked.
@@ -134,7 +134,8 @@ def export_checkpoint(
     sample images and must match PyTorch (ParityError otherwise; the artefact stays for
     inspection); a reduced-precision artefact's detections differ by design, so its check is
     reported, not enforced: its accuracy is what `podkit eval` measures. `check_only`
-    (TensorRT) stops after the op audit and needs no `out`.
+    (TensorRT) stops after the op audit and needs no `out`. `batch` images per call; None:
+    any number (ONNX only).
     """
     if target not in BACKENDS:
         raise ValueError(f"--target must be one of {', '.join(BACKENDS)}, got {target!r}")
@@ -153,6 +154,14 @@ def export_checkpoint(
         )
     if precision != "fp32" and not nms:
         raise ValueError(f"{precision} artefacts keep NMS in the graph: drop --no-nms")
+    if batch is None and target != "onnx":
+        raise ValueError(
+            f"--target {target} builds for one batch size: use --batch N, or --target onnx "
+            "for --dynamic-batch"
+        )
+    if batch is None and precision == "fp16":
+        raise ValueError("--fp16 and --dynamic-batch: the FP16 converter cannot follow the "
+                         "per-image loop (ONNX Scan); export FP16 with --batch N")  # fmt: skip
     if check_only and backend.audit is None:
         raise ValueError("--check-only is the TensorRT op audit: use it with --target tensorrt")
     if out is None and not check_only:
@@ -173,7 +182,7 @@ def export_checkpoint(
             wrapper = ExportWrapper(model.cpu().eval(), nms=nms)
         else:
             log(f"exporting {checkpoint} to ONNX ({'dynamic' if dynamic else 'static'} "
-                f"{input_size[0]}x{input_size[1]}, batch {batch}, "
+                f"{input_size[0]}x{input_size[1]}, batch {batch or 'any'}, "
                 f"{'NMS in graph' if nms else 'raw outputs'})")  # fmt: skip
             wrapper = onnx.export(model, onnx_path, input_size, dynamic, nms, opset, batch=batch)
         record = artefact_record(
@@ -187,7 +196,7 @@ def export_checkpoint(
                 log(f"calibrating INT8 on {calib} training images")
                 fed_size = None if dynamic else input_size
                 images = list(
-                    reduced.calibration_images(ckpt["config"], fed_size, calib, batch=batch)
+                    reduced.calibration_images(ckpt["config"], fed_size, calib, batch=batch or 1)
                 )
                 report["int8"] = reduced.quantize_int8(
                     onnx_path, reduced_path, images, for_tensorrt=target == "tensorrt"
@@ -214,9 +223,14 @@ def export_checkpoint(
         write_metadata(out, record)
         if check:
             runner = load(out, device)
-            sizes = [input_size] + ([(input_size[0] + 64, input_size[1] + 96)] if dynamic else [])
-            log(f"checking {out} against PyTorch at {len(sizes)} size(s)")
-            report["parity"] = [check_parity(wrapper, runner, size, batch=batch) for size in sizes]
+            # (size, batch) pairs: the export's, another size if dynamic, other batches if any
+            checks = [(input_size, batch or 2)]
+            if dynamic:
+                checks.append(((input_size[0] + 64, input_size[1] + 96), batch or 1))
+            if batch is None:
+                checks += [(input_size, 1), (input_size, 3)]
+            log(f"checking {out} against PyTorch on {len(checks)} input(s)")
+            report["parity"] = [check_parity(wrapper, runner, size, batch=n) for size, n in checks]
             for item in report["parity"]:
                 log(
                     f"parity vs PyTorch at {item['input'][0]}x{item['input'][1]}: {format_parity(item)}"

@@ -3,7 +3,7 @@
 Evaluation and prediction call a checkpoint's model and an artefact the same way, so an
 artefact is scored with the very loader, resizing and COCO code a checkpoint is (one path).
 Each image of the batch is cropped out of the padding and fed in groups of the artefact's own
-batch (blank images fill the last group): padded to a multiple of 32 for a dynamic artefact,
+batch (blank images fill the last group; an any-batch artefact takes the whole batch): padded to a multiple of 32 for a dynamic artefact,
 to its input size for a static one.
 An image larger than a static input is first scaled down to fit it (counted in `downscaled`:
 its detections then differ from the checkpoint's at the config's test size).
@@ -35,7 +35,7 @@ class ArtefactDetector:
                 "need the detections; export it again without --no-nms"
             )
         self.input_size = None if self.record["dynamic"] else tuple(self.record["input_size"])
-        self.batch = int(self.record.get("batch", 1))
+        self.batch: int | None = self.record.get("batch", 1)  # None: any number
         self.run = load(self.path, device, threads)
         self.downscaled = 0
 
@@ -47,9 +47,10 @@ class ArtefactDetector:
             arrays.append(array)
             fed_sizes.append(fed_size)
         detections = []
-        for first in range(0, len(arrays), self.batch):
-            group = slice(first, first + self.batch)
-            outputs = self.run(stack_inputs(arrays[group], self.batch))
+        batch = self.batch or len(arrays)
+        for first in range(0, len(arrays), batch):
+            group = slice(first, first + batch)
+            outputs = self.run(stack_inputs(arrays[group], batch))
             named = dict(zip(self.record["outputs"], outputs, strict=True))
             for k, fed_size in enumerate(fed_sizes[group]):
                 detections.append(_image_detections(named, k, fed_size))

@@ -12,8 +12,11 @@ written in a traceable form in the models) and adds only what is about export:
 - The norm after an FD split conv is folded into its parts: onnxruntime folds a
   BatchNormalization into the Conv before it, but not through the parts' Concat, where it
   stays one more pass over the activations (and a float island in an INT8 graph).
-- Flat outputs: a batch of N images (N fixed at export), RGB in [0, 1], (N, 3, H, W), H and W
-  multiples of 32; boxes come back in their pixels.
+- Flat outputs: a batch of N images, RGB in [0, 1], (N, 3, H, W), H and W multiples of 32;
+  boxes come back in their pixels. N is fixed at export (each image's post-processing
+  unrolled in the graph), or with `any_batch` free: the backbone runs on the whole batch and
+  the rest, image by image, in an ONNX `Scan` (torch's `scan`), the one loop an exported
+  graph can run a data-dependent number of times.
 
 With `nms=True` the outputs are `boxes` (N, D, 4), `scores` (N, D), `labels` (N, D), each
 image's rows padded with zeros to D = `max_detections`, and `num_detections` (N,), each
@@ -29,6 +32,7 @@ import copy
 
 import torch
 from torch import Tensor, nn
+from torch._higher_order_ops.scan import scan
 
 from podkit.models.faster_rcnn import FasterRCNN
 from podkit.models.gsl import GlobalScaleConv, grid_sample_conv
@@ -140,13 +144,25 @@ def _fold_split_conv_norms(model: nn.Module) -> nn.Module:
 class ExportWrapper(nn.Module):
     """A batch of images (N, 3, H, W) -> flat tensors (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, nms: bool = True, max_detections: int = 100) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        nms: bool = True,
+        max_detections: int = 100,
+        any_batch: bool = False,
+    ) -> None:
         super().__init__()
         if not isinstance(model, (FasterRCNN, RetinaNet)):
             raise TypeError(f"cannot export a {type(model).__name__}: not a podkit detector")
+        if any_batch and not nms:
+            raise ValueError("raw outputs (nms=False) are exported for batch 1 only")
         self.model = _fold_split_conv_norms(_swap_gsl(model)).eval()
+        if any_batch:
+            # tracing `scan` with parameters that require grad fails (torch 2.13): a frozen copy
+            self.model = copy.deepcopy(self.model).requires_grad_(False)
         self.nms = nms
         self.max_detections = max_detections
+        self.any_batch = any_batch
 
     @property
     def output_names(self) -> list[str]:
@@ -159,20 +175,37 @@ class ExportWrapper(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         model = self.model
         features = model.backbone(images)
-        sizes = [(images.shape[-2], images.shape[-1])] * images.shape[0]
+        size = (images.shape[-2], images.shape[-1])
+        if self.any_batch:  # the batch size is a free dimension: no Python list of it
+            return self._scan_images(features, size)
+        sizes = [size] * images.shape[0]
         if not self.nms:
             if images.shape[0] != 1:
                 raise ValueError("raw outputs (nms=False) are exported for batch 1 only")
             return self._raw_outputs(features, sizes)
-        detections = model.detect(features, sizes)
+        rows = [self._padded(x) for x in model.detect(features, sizes)]
+        return tuple(torch.stack(column) for column in zip(*rows, strict=True))
+
+    def _padded(self, detections: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        """One image's boxes (D, 4), scores (D,), labels (D,) padded to D rows, and its count."""
         d = self.max_detections
         return (
-            torch.stack([_pad(x["boxes"], d) for x in detections]),
-            torch.stack([_pad(x["scores"], d) for x in detections]),
-            torch.stack([_pad(x["labels"], d) for x in detections]),
-            # each count from data rather than from a shape (TVM's importer needs it)
-            torch.cat([(x["labels"][:d] >= 0).sum().reshape(1) for x in detections]),
+            _pad(detections["boxes"], d),
+            _pad(detections["scores"], d),
+            _pad(detections["labels"], d),
+            # the count from data rather than from a shape (TVM's importer needs it)
+            (detections["labels"][:d] >= 0).sum(),
         )
+
+    def _scan_images(self, features: list[Tensor], size: tuple[int, int]) -> tuple[Tensor, ...]:
+        """`detect` on each image's features in turn (a Scan over the batch axis)."""
+
+        def one_image(carry: Tensor, image_features: list[Tensor]):
+            features = [f.unsqueeze(0) for f in image_features]
+            return carry.clone(), self._padded(self.model.detect(features, [size])[0])
+
+        _, outputs = scan(one_image, features[0].new_zeros(1), features)
+        return tuple(outputs)
 
     def _raw_outputs(self, features: list[Tensor], sizes: list[tuple[int, int]]) -> tuple:
         model = self.model

@@ -189,6 +189,36 @@ def test_batch_two_artefact_equals_two_batch_one_runs(checkpoints, artefact):
             np.testing.assert_allclose(a[k], b[0], atol=1e-4, err_msg=name)
 
 
+def test_any_batch_artefact_runs_each_image_as_alone(checkpoints, reference, val_set, tmp_path):
+    """`--dynamic-batch`: one graph for 1 and 3 images, each image's rows PyTorch's detections
+    of it alone, and scored through the loader's batches of 3 like the checkpoint."""
+    path = tmp_path / "any.onnx"
+    code, text = invoke("export", checkpoints(), "--target", "onnx", "--out", path,
+                        "--input-size", "96x128", "--dynamic-batch")  # fmt: skip
+    assert code == 0, text
+    assert "batch any" in text and text.count("parity vs PyTorch") == 3
+    assert read_metadata(path)["batch"] is None
+    model, _, _, _ = load_detector(checkpoints())
+    alone = torch_runner(ExportWrapper(model))
+    run = load(path)
+    for n in (1, 3):
+        images = sample_image((96, 128), seed=n, batch=n)
+        outputs = run(images)
+        assert outputs[0].shape == (n, 100, 4)
+        for k in range(n):
+            single = alone(images[k : k + 1])
+            assert int(single[3][0]) > 0
+            for name, a, b in zip(read_metadata(path)["outputs"], outputs, single, strict=True):
+                np.testing.assert_allclose(a[k], b[0], atol=1e-4, err_msg=name)
+    got, _ = detections_of(path, val_set)
+    for r, g in zip(reference[0], got, strict=True):
+        assert len(r["scores"]) == len(g["scores"]) > 0
+        np.testing.assert_allclose(g["boxes"], r["boxes"], atol=1e-2)
+    code, text = invoke("export", checkpoints(), "--target", "tvm", "--out", tmp_path / "m.so",
+                        "--dynamic-batch")  # fmt: skip
+    assert code == 2 and "--batch N" in text
+
+
 def test_int8_keeps_float_only_the_layers_that_feed_post_processing():
     """FD's split convs meet in a Concat that feeds the network: they are quantised; a head's
     predictor whose output is concatenated with other levels' for decoding stays float."""
