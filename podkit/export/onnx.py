@@ -45,7 +45,8 @@ def export(
     if batch is not None and batch < 1:
         raise ValueError(f"--batch {batch}: at least 1")
     if batch != 1 and not nms:
-        raise ValueError("raw outputs (--no-nms) are exported for batch 1 only")
+        option = "--dynamic-batch" if batch is None else f"--batch {batch}"
+        raise ValueError(f"{option} with --no-nms: raw outputs are exported for batch 1 only")
     wrapper = ExportWrapper(model.cpu().eval(), nms, max_detections, any_batch=batch is None)
     # an any-batch graph is traced at 2 images: a size-1 dimension would be specialised
     example = torch.rand(batch or 2, 3, *input_size)

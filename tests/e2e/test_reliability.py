@@ -255,6 +255,12 @@ def test_export_options_that_cannot_apply_are_refused(run, tmp_path):
     code, out = invoke("export", folder / "last.pt", "--target", "onnx", "--out",
                        tmp_path / "m.onnx", "--batch", "2", "--no-nms")  # fmt: skip
     one_line_error(code, out, "--batch 2")
+    code, out = invoke("export", folder / "last.pt", "--target", "onnx", "--out",
+                       tmp_path / "m.onnx", "--dynamic-batch", "--no-nms")  # fmt: skip
+    one_line_error(code, out, "--dynamic-batch with --no-nms")
+    code, out = invoke("export", folder / "last.pt", "--target", "onnx", "--out",
+                       tmp_path / "m.onnx", "--dynamic-batch", "--fp16")  # fmt: skip
+    one_line_error(code, out, "--fp16 and --dynamic-batch")
     code, out = invoke("export", folder / "last.pt", "--target", "onnx")
     one_line_error(code, out, "--out is required")
     assert list(tmp_path.iterdir()) == []
