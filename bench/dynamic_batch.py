@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
+from podkit.bench.latency import time_interleaved
 from podkit.config import parse_size
 from podkit.export import export_checkpoint, load, sample_image
 
@@ -44,15 +44,10 @@ def main() -> None:
         (f"dynamic batch, {args.batch} images", "any", args.batch),
     ]
     images = {n: sample_image(size, batch=n) for n in (1, args.batch)}
-    for _, name, n in cases:  # warm-up
-        artefacts[name](images[n])
-    times = {label: [] for label, _, _ in cases}
-    for it in range(args.iters):
-        for label, name, n in cases:
-            t = time.perf_counter()
-            artefacts[name](images[n])
-            times[label].append((time.perf_counter() - t) * 1e3)
-        print(f"round {it + 1}/{args.iters}", flush=True)
+    calls = [lambda a=artefacts[name], x=images[n]: a(x) for _, name, n in cases]
+    times = time_interleaved(
+        calls, args.iters, progress=lambda i, n: print(f"round {i}/{n}", flush=True)
+    )
     lines = [
         f"{args.checkpoint}, {size[0]}x{size[1]}, onnxruntime FP32, {args.iters} rounds "
         "interleaved (median)",
@@ -60,8 +55,8 @@ def main() -> None:
         "| artefact | images per call | ms per call | ms per image |",
         "|---|---|---|---|",
     ]
-    for label, _, n in cases:
-        median = statistics.median(times[label])
+    for (label, _, n), ms in zip(cases, times, strict=True):
+        median = statistics.median(ms)
         lines.append(f"| {label} | {n} | {median:.1f} | {median / n:.1f} |")
     report = "\n".join(lines) + "\n"
     (args.out / "report.md").write_text(report)

@@ -435,7 +435,7 @@ def main() -> None:
             tests = {t for s in args.studies if name in STUDIES[s][0] for t in STUDIES[s][2]}
             for seed in args.seeds:
                 run = train_arm(arm, seed, start, args.out, args.iters)
-                if "model.gsl=true" in arm.overrides:  # the learned scales, in the report
+                if load_config(run / "config.yaml").model.gsl:  # its scales, in the report
                     learned_scales(run)
                 if "pyramid" in tests:
                     test_on_pyramid(arm, run)

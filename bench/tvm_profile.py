@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from podkit.bench.latency import time_interleaved
 from podkit.config import parse_size
 from podkit.export import onnx as onnx_backend
 from podkit.export import tvm as tvm_backend
@@ -75,18 +76,6 @@ def profile_tvm(library: Path, image: np.ndarray, runs: int) -> tuple[dict, dict
     return dict(per_kind), per_kernel
 
 
-def interleaved(tvm_run, ort_run, runs: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {"TVM": [], "onnxruntime": []}
-    for run in (tvm_run, ort_run):
-        run()
-    for _ in range(runs):
-        for name, run in (("TVM", tvm_run), ("onnxruntime", ort_run)):
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1000 for name, t in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("onnx", type=Path)
@@ -112,7 +101,10 @@ def main() -> None:
     image = np.random.default_rng(0).uniform(0, 255, (1, 3, *args.size)).astype(np.float32)
     tvm_runner = tvm_backend.load(library)
     ort_runner = onnx_backend.load(args.onnx, threads=args.threads)
-    medians = interleaved(lambda: tvm_runner(image), lambda: ort_runner(image), args.runs)
+    tvm_ms, ort_ms = time_interleaved(
+        [lambda: tvm_runner(image), lambda: ort_runner(image)], args.runs
+    )
+    medians = {"TVM": statistics.median(tvm_ms), "onnxruntime": statistics.median(ort_ms)}
     per_kind, per_kernel = profile_tvm(library, image, args.runs)
     total = sum(per_kind.values())
     result = {

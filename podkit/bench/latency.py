@@ -66,6 +66,28 @@ class LatencyOptions:
     calib: int = 64  # INT8 calibration images
 
 
+def time_interleaved(
+    calls: list[Callable[[], object]],
+    iters: int,
+    warmup: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[list[float]]:
+    """Milliseconds of each call in each of `iters` rounds, the calls taking turns (one each
+    per round), so that a machine slowing down for a while slows every call alike."""
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    times: list[list[float]] = [[] for _ in calls]
+    for it in range(iters):
+        for call, ms in zip(calls, times, strict=True):
+            start = time.perf_counter()
+            call()
+            ms.append((time.perf_counter() - start) * 1e3)
+        if progress is not None:
+            progress(it + 1, iters)
+    return times
+
+
 def checkpoint_hash(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -239,20 +261,8 @@ def run_latency(
                 log(f"{label} / {backend}: unavailable: {exc}")
                 continue
             pairs.append((label, backend, runner, info | {"precision": precision}))
-    sync = [r.sync for _, _, r, _ in pairs]
-    for (_, _, runner, _), s in zip(pairs, sync, strict=True):
-        for _ in range(opts.warmup):
-            runner(image)
-        s()
-    times: list[list[float]] = [[] for _ in pairs]
-    for it in range(opts.iters):
-        for i, ((_, _, runner, _), s) in enumerate(zip(pairs, sync, strict=True)):
-            t = time.perf_counter()
-            runner(image)
-            s()
-            times[i].append((time.perf_counter() - t) * 1e3)
-        if progress is not None:
-            progress(it + 1, opts.iters)
+    calls = [lambda r=runner: (r(image), r.sync()) for _, _, runner, _ in pairs]
+    times = time_interleaved(calls, opts.iters, opts.warmup, progress)
     results = []
     for (label, backend, _, info), ms in zip(pairs, times, strict=True):
         median = statistics.median(ms)

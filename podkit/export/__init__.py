@@ -21,16 +21,17 @@ from podkit.export.common import Runner, compare_outputs, format_parity
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # The one table of export targets (fields: backend.Backend). TVM compiles for one input size
-# and FP32; TensorRT engines run on CUDA only.
+# and FP32; TensorRT engines run on CUDA only. Any batch size is an ONNX Scan, which TVM's
+# importer lacks (and the TensorRT path builds one batch).
 # fmt: off
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("onnx", "onnxruntime", ".onnx", PRECISIONS, dynamic=True, device=None, tuned=False,
-            require=onnx.require, build=onnx.build, load=onnx.load),
-    Backend("tvm", "tvm", ".so", ("fp32",), dynamic=False, device=None, tuned=True,
-            require=tvm.require, build=tvm.build, load=tvm.load),
-    Backend("tensorrt", "tensorrt", ".engine", PRECISIONS, dynamic=True, device="cuda",
-            tuned=False, require=tensorrt.require, build=tensorrt.build, load=tensorrt.load,
-            audit=tensorrt.audit),
+    Backend("onnx", "onnxruntime", ".onnx", PRECISIONS, dynamic=True, any_batch=True,
+            device=None, tuned=False, require=onnx.require, build=onnx.build, load=onnx.load),
+    Backend("tvm", "tvm", ".so", ("fp32",), dynamic=False, any_batch=False, device=None,
+            tuned=True, require=tvm.require, build=tvm.build, load=tvm.load),
+    Backend("tensorrt", "tensorrt", ".engine", PRECISIONS, dynamic=True, any_batch=False,
+            device="cuda", tuned=False, require=tensorrt.require, build=tensorrt.build,
+            load=tensorrt.load, audit=tensorrt.audit),
 )}
 # fmt: on
 
@@ -154,11 +155,10 @@ def export_checkpoint(
         )
     if precision != "fp32" and not nms:
         raise ValueError(f"{precision} artefacts keep NMS in the graph: drop --no-nms")
-    if batch is None and target != "onnx":
-        raise ValueError(
-            f"--target {target} builds for one batch size: use --batch N, or --target onnx "
-            "for --dynamic-batch"
-        )
+    if batch is None and not backend.any_batch:
+        others = " or ".join(b.name for b in BACKENDS.values() if b.any_batch)
+        raise ValueError(f"--target {target} builds for one batch size: use --batch N, or "
+                         f"--target {others} for --dynamic-batch")  # fmt: skip
     if batch is None and precision == "fp16":
         raise ValueError("--fp16 and --dynamic-batch: the FP16 converter cannot follow the "
                          "per-image loop (ONNX Scan); export FP16 with --batch N")  # fmt: skip

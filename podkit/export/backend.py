@@ -22,7 +22,7 @@ class BuildOptions:
     input_size: tuple[int, int]
     dynamic: bool = False
     precision: str = "fp32"
-    batch: int = 1
+    batch: int | None = 1  # None: any number
     device: str = "cpu"
     tune_trials: int = 0
     tune_db: Path | None = None
@@ -37,6 +37,7 @@ class Backend:
     suffix: str  # the artefact's file suffix (unique in the table)
     precisions: tuple[str, ...]  # fp32, and fp16 / int8 (built from that precision's ONNX file)
     dynamic: bool  # builds artefacts that take any input size
+    any_batch: bool  # builds artefacts that take any number of images per call
     device: str | None  # the only device its artefacts run on, if there is one (TensorRT)
     tuned: bool  # its artefacts depend on a tuning budget (kept apart per budget in caches)
     require: Callable[[], None]  # fast; raises BackendUnavailable with the line to install it
