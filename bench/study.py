@@ -26,11 +26,14 @@ An arm is done when RUN/eval.json exists; an interrupted arm resumes from RUN/la
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
+
+import torch
 
 from podkit.bench.accuracy import evaluate_path
 from podkit.config import load_config
@@ -184,7 +187,24 @@ def train_start(arch: str, out: Path, iters: int) -> Path:
     if not (run / "eval.json").exists():
         cfg = recipe(arch, [f"train.max_iter={iters}", "train.steps=[]"])
         train(cfg, run, resume=(run / "last.pt").exists(), overwrite=True)
+    if not (run / "fingerprint.txt").exists():
+        (run / "fingerprint.txt").write_text(weights_fingerprint(run / "last.pt") + "\n")
+    print(
+        f"shared start {run}: weights {(run / 'fingerprint.txt').read_text().strip()}", flush=True
+    )
     return run / "last.pt"
+
+
+def weights_fingerprint(checkpoint: Path) -> str:
+    """A digest of a checkpoint's weights: training is bit-exact on one machine and thread
+    count, so a start trained again in a later session (its run folder lost) can be
+    checked to be the same start before new seeds are paired with the old ones."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def train_arm(arm: Arm, seed: int, start: Path | None, out: Path, iters: int) -> Path:

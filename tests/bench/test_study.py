@@ -113,3 +113,16 @@ def test_pod_fd_arms_start_from_the_gsl_plan(tmp_path, synth_set, monkeypatch):
     assert (tmp_path / "c4_gsl/seed0/scales.png").exists()
     summary = study.summarise_scales(tmp_path / "c4_gsl/seed0")
     assert set(summary) == {"layer2", "layer3", "res5"}  # layer4 is the C4 box head's res5
+
+
+def test_a_start_trained_again_has_the_same_fingerprint(tmp_path, synth_set):
+    """The start of a study whose runs were lost is trained again in a later session; its
+    weights' fingerprint says whether it is the same start (training is bit-exact here)."""
+    from podkit.train.loop import train
+
+    prints = []
+    for folder, seed in (("a", 0), ("b", 0), ("c", 1)):
+        cfg = tiny_config(synth_set, f"train.seed={seed}", "eval.max_images=1", max_iter=2)
+        train(cfg, tmp_path / folder)
+        prints.append(study.weights_fingerprint(tmp_path / folder / "last.pt"))
+    assert prints[0] == prints[1] and prints[2] != prints[0]
