@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 
-import torch
-
 from podkit.bench.accuracy import evaluate_path
 from podkit.config import load_config
+from podkit.models.checkpoint import load_checkpoint
 from podkit.pod.decompose import checkpoint_plan, decompose_checkpoint, plan_checkpoint
 from podkit.pod.scales import mean_scales, plot_scales, scales_from_checkpoint
 from podkit.train.loop import train
@@ -187,11 +186,10 @@ def train_start(arch: str, out: Path, iters: int) -> Path:
     if not (run / "eval.json").exists():
         cfg = recipe(arch, [f"train.max_iter={iters}", "train.steps=[]"])
         train(cfg, run, resume=(run / "last.pt").exists(), overwrite=True)
-    if not (run / "fingerprint.txt").exists():
-        (run / "fingerprint.txt").write_text(weights_fingerprint(run / "last.pt") + "\n")
-    print(
-        f"shared start {run}: weights {(run / 'fingerprint.txt').read_text().strip()}", flush=True
-    )
+    fingerprint = run / "fingerprint.txt"
+    if not fingerprint.exists():
+        fingerprint.write_text(weights_fingerprint(run / "last.pt") + "\n")
+    print(f"shared start {run}: weights {fingerprint.read_text().strip()}", flush=True)
     return run / "last.pt"
 
 
@@ -199,7 +197,7 @@ def weights_fingerprint(checkpoint: Path) -> str:
     """A digest of a checkpoint's weights: training is bit-exact on one machine and thread
     count, so a start trained again in a later session (its run folder lost) can be
     checked to be the same start before new seeds are paired with the old ones."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    state = load_checkpoint(checkpoint)["model"]
     digest = hashlib.sha256()
     for name in sorted(state):
         digest.update(name.encode())
