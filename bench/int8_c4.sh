@@ -10,6 +10,8 @@ $K export $S/c4_baseline/seed0/last.pt --target onnx --dynamic-batch --int8 --ca
 $K eval $O/c4_anybatch_int8.onnx --out $O/c4_anybatch_int8_eval.json
 $K export $S/c4_baseline/seed0/last.pt --target onnx --dynamic-batch --input-size 640x640 --out $O/c4_anybatch.onnx
 $K eval $O/c4_anybatch.onnx --out $O/c4_anybatch_eval.json
-# FD-WT at its own sizes (--dynamic): is the FP32 static artefact's AP gap the 640x640 canvas?
-$K export $S/c4_fdwt/seed0/last.pt --target onnx --dynamic --input-size 640x640 --out $O/c4_fdwt_dynamic.onnx
-$K eval $O/c4_fdwt_dynamic.onnx --out $O/c4_fdwt_dynamic_eval.json
+# each at its own sizes (--dynamic): is a FP32 static artefact's AP gap the 640x640 canvas?
+for arm in c4_baseline c4_gsl c4_fdwt; do
+  $K export $S/$arm/seed0/last.pt --target onnx --dynamic --input-size 640x640 --out $O/${arm}_dynamic.onnx
+  $K eval $O/${arm}_dynamic.onnx --out $O/${arm}_dynamic_eval.json
+done

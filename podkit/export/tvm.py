@@ -160,10 +160,11 @@ def import_onnx(onnx_path: str | Path, input_size: tuple[int, int]):
 
     model = onnx.load(str(onnx_path))
     name = model.graph.input[0].name
-    batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    batch, channels = dims[0].dim_value or 1, dims[1].dim_value or 3
     with _patched_converters():
         mod = from_onnx(
-            model, shape_dict={name: [batch, 3, *input_size]}, keep_params_in_input=False
+            model, shape_dict={name: [batch, channels, *input_size]}, keep_params_in_input=False
         )
     return mod
 
@@ -340,7 +341,8 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None) -> R
 
     def run(image: np.ndarray) -> list[np.ndarray]:
         out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(image), dev))
-        return [o.numpy() for o in out]  # the wrapper always returns a tuple
+        outs = [out] if isinstance(out, tvm.runtime.Tensor) else out  # one output: no tuple
+        return [o.numpy() for o in outs]
 
     return Runner(run, sync=dev.sync, info=info)
 
