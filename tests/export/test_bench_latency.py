@@ -52,7 +52,7 @@ def test_bench_latency_report(checkpoints, tmp_path, monkeypatch):
     assert "| fd | onnxruntime | fp32 | 128x128 |" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "r.png").stat().st_size > 0
     # --data: each pair scored through `podkit eval`'s path, its size, the difference
-    checkpoint_ap = evaluate_path(base)
+    checkpoint_ap = evaluate_path(base, ["eval.batch_size=1"])  # fed as the artefact is
     artefact_ap = evaluate_path(base_ort["artefact"])
     assert pairs["base", "torch"]["AP"] == checkpoint_ap["AP"]
     assert base_ort["AP"] == artefact_ap["AP"] and base_ort["AP50"] == artefact_ap["AP50"]
@@ -61,7 +61,10 @@ def test_bench_latency_report(checkpoints, tmp_path, monkeypatch):
     assert "| AP vs ckpt |" in (tmp_path / "r.md").read_text()
 
     # an artefact losing more than --max-ap-drop is flagged and fails the command
+    scored = []
+
     def scripted(path, overrides=()):
+        scored.append((str(path), list(overrides)))
         return {"AP": 40.0 if str(path).endswith(".pt") else 39.2, "AP50": 60.0}
 
     monkeypatch.setattr("podkit.bench.accuracy.evaluate_path", scripted)
@@ -75,6 +78,7 @@ def test_bench_latency_report(checkpoints, tmp_path, monkeypatch):
     assert "onnxruntime: AP -0.8 against its checkpoint" in out
     flagged = json.loads((tmp_path / "r3.json").read_text())["results"]
     assert [r["ap_flag"] for r in flagged] == [False, True]
+    assert {tuple(o) for p, o in scored if p.endswith(".pt")} == {("eval.batch_size=1",)}
     # a second run times the cached exports without exporting again
     code, out = invoke(
         "bench", "latency", base, "--backend", "onnxruntime", "--input-size", "128x128",
