@@ -1,8 +1,6 @@
 """bench/study.py: paired differences, spread and the method columns from run folders."""
 
-import importlib.util
 import json
-import sys
 
 import pytest
 import torch
@@ -10,12 +8,9 @@ import torch
 from podkit.config import to_dict
 from podkit.models import build_detector
 from podkit.models.checkpoint import load_detector, save_checkpoint
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import bench_script, tiny_config
 
-spec = importlib.util.spec_from_file_location("study", ROOT / "bench/study.py")
-study = importlib.util.module_from_spec(spec)
-sys.modules["study"] = study  # dataclasses look their module up
-spec.loader.exec_module(study)
+study = bench_script("study")
 
 
 def fake_run(folder, ap, aps, log):

@@ -55,25 +55,3 @@ def test_symbolic_tasks_are_found():
     lowered = tvm_backend._lower(static.get(), target)
     funcs = [f for _, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)]
     assert funcs and not any(tvm_backend._has_symbolic_shape(f) for f in funcs)
-
-
-def test_a_one_output_graph_of_any_channel_count_compiles(tmp_path):
-    """bench/tvm_conv_trials.py's graphs: 8 input channels (not an image's 3), one output
-    (the VM returns a tensor, not a tuple); TVM's result equals onnxruntime's."""
-    pytest.importorskip("onnxruntime")
-    import importlib.util
-
-    from podkit.export import onnx as onnx_backend
-    from tests.conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location("trials", ROOT / "bench/tvm_conv_trials.py")
-    trials = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(trials)
-    gflops = trials.conv_onnx(tmp_path / "conv.onnx", 8, 16, 3, 12)
-    assert gflops == pytest.approx(2 * 8 * 16 * 9 * 144 / 1e9)
-    tvm_backend.export(tmp_path / "conv.onnx", tmp_path / "conv.so", (12, 12), log=lambda _: None)
-    x = np.random.default_rng(0).standard_normal((1, 8, 12, 12)).astype("float32")
-    (ours,) = tvm_backend.load(tmp_path / "conv.so")(x)
-    (reference,) = onnx_backend.load(tmp_path / "conv.onnx")(x)
-    assert ours.shape == (1, 16, 12, 12)
-    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
