@@ -11,8 +11,10 @@ just past the point where the classifier forms. Every arm of every study, every 
 starts from it (`model.init_from`), so arms differ only by the method, and trains the full
 recipe schedule (warm-up, decay at 2/3 and 8/9 of `--iters`, default 1200 iterations).
 Arms are paired by seed (same data order, same start); the report gives, per arm and
-metric, the per-seed differences to its study's baseline, their mean, and the seed spread
-of the baseline (max - min over seeds): a difference smaller than the spread is not resolved.
+metric, the per-seed differences to its study's baseline, their mean with a 95 % t-interval
+over the seeds (mean +- t(0.975, n - 1) * sd / sqrt(n) of the paired differences), and the
+seed spread of the baseline (max - min over seeds). An effect is "resolved" only when its
+interval excludes 0.
 
 Tests. Every arm is scored single-scale at the recipe's test size (RUN/eval.json). A study
 with the `pyramid` test also scores every arm on the pyramid PYRAMID (RUN/eval_pyramid.json):
@@ -103,7 +105,14 @@ ARMS = {
     "frcnn": Arm("frcnn_baseline", "faster_rcnn_fpn"),
     "frcnn_ms": Arm("frcnn_multiscale", "faster_rcnn_fpn", overrides=(MULTI_SCALE_TRAIN,)),
     "frcnn_dst": Arm("frcnn_dst", "faster_rcnn_fpn", [{"name": "dst", "tau": "auto"}]),
-    "frcnn_drcnn": Arm("frcnn_dynamic_rcnn", "faster_rcnn_fpn", [{"name": "dynamic_rcnn"}]),
+    # Dynamic R-CNN's Table 3: label assignment only (DLA), SmoothL1 only (DSL), both
+    "frcnn_dla": Arm(
+        "frcnn_drcnn_dla", "faster_rcnn_fpn", [{"name": "dynamic_rcnn", "smooth_l1": False}]
+    ),
+    "frcnn_dsl": Arm(
+        "frcnn_drcnn_dsl", "faster_rcnn_fpn", [{"name": "dynamic_rcnn", "assign": False}]
+    ),
+    "frcnn_drcnn": Arm("frcnn_drcnn_both", "faster_rcnn_fpn", [{"name": "dynamic_rcnn"}]),
     "retina": Arm("retinanet_baseline", "retinanet"),
     "retina_dst": Arm("retinanet_dst", "retinanet", [{"name": "dst", "tau": "auto"}]),
     # interval 10: 120 weight updates in 1200 iterations (the paper's alpha of 50 gives 24)
@@ -134,7 +143,11 @@ ARMS = {
 # study: (its arms, baseline first; the metrics the papers judge it on; its tests)
 STUDIES = {
     "dst": (("frcnn", "frcnn_ms", "frcnn_dst", "retina", "retina_dst"), ("APs", "AP"), ("single",)),
-    "dynamic_rcnn": (("frcnn", "frcnn_drcnn"), ("AP80", "AP90", "AP"), ("single",)),
+    "dynamic_rcnn": (
+        ("frcnn", "frcnn_dla", "frcnn_dsl", "frcnn_drcnn"),
+        ("AP", "AP80", "AP90"),
+        ("single",),
+    ),
     "loss_balance": (("retina", "retina_avw", "retina_rlo"), ("AP", "APs", "APl"), ("single",)),
     "snip": (
         ("frcnn", "frcnn_ms", "frcnn_mst", "frcnn_snip"),
@@ -157,7 +170,9 @@ EVAL_FILE = {"single": "eval.json", "pyramid": "eval_pyramid.json", "train": "ev
 BASELINES = {
     "frcnn_ms": ("frcnn",),
     "frcnn_dst": ("frcnn",),
-    "frcnn_drcnn": ("frcnn",),
+    "frcnn_dla": ("frcnn",),
+    "frcnn_dsl": ("frcnn",),
+    "frcnn_drcnn": ("frcnn", "frcnn_dla"),
     "retina_dst": ("retina",),
     "retina_avw": ("retina",),
     "retina_rlo": ("retina",),
@@ -310,13 +325,42 @@ def summarise_scales(run: Path) -> dict[str, float]:
     return {k: round(statistics.mean(v), 2) for k, v in by_stage.items()}
 
 
+# two-sided 95 % quantiles of Student's t by degrees of freedom (1-30)
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def t_975(df: int) -> float:
+    """t(0.975, df): the table, then its expansion around the normal's 1.96 (Cornish-Fisher;
+    within 1e-3 beyond 30 degrees of freedom)."""
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def paired_interval(diffs: list[float]) -> tuple[float, float | None, float | None]:
+    """(mean, low, high) of a 95 % t-interval on paired differences; no interval (None)
+    from a single pair."""
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return mean, None, None
+    half = t_975(len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    return mean, mean - half, mean + half
+
+
 def paired(arm: list[dict], base: list[dict], key: str, base_all: list[dict]) -> dict:
-    """Per-seed differences (arm and base on the same seeds), their mean, and the baseline's
-    spread over every seed it has finished (None with fewer than two)."""
+    """Per-seed differences (arm and base on the same seeds), their mean and 95 % interval,
+    whether the interval excludes 0 ("resolved"), and the baseline's spread over every seed
+    it has finished (None with fewer than two)."""
     diffs = [a[key] - b[key] for a, b in zip(arm, base, strict=True)]
     values = [b[key] for b in base_all]
     spread = max(values) - min(values) if len(values) > 1 else None
-    return {"diffs": diffs, "mean": statistics.mean(diffs), "baseline_spread": spread}
+    mean, low, high = paired_interval(diffs)
+    resolved = low is not None and (low > 0 or high < 0)
+    return {"diffs": diffs, "mean": mean, "ci95": None if low is None else [low, high],
+            "resolved": resolved, "baseline_spread": spread}  # fmt: skip
 
 
 def report(studies: list[str], out: Path, seeds: list[int]) -> str:
@@ -354,7 +398,8 @@ def report(studies: list[str], out: Path, seeds: list[int]) -> str:
                 cells = [_cell([r[k] for r in runs]) for k in KEYS]
                 partial = f"seeds {list(done[name])} only, " if len(runs) < len(seeds) else ""
                 lines.append(f"| {name} | " + " | ".join(cells) + f" | {partial}{_extra(runs)} |")
-            lines += ["", "Paired differences (per seed; mean; the baseline's seed spread):", ""]
+            lines += ["", "Paired differences: mean [95 % t-interval] (per seed; the "
+                      "baseline's seed spread); resolved: the interval excludes 0", ""]  # fmt: skip
             for arm in arms:
                 for k, base_arm in enumerate(BASELINES.get(arm, ())):
                     name, base = tested(arm, test), tested(base_arm, test)
@@ -402,7 +447,10 @@ def pair_line(done: dict, name: str, base: str, judged: tuple) -> tuple[str, dic
     scored = [k for k in KEYS if all(r[k] is not None for r in arm_runs + base_runs)]
     diff = {k: paired(arm_runs, base_runs, k, list(done[base].values())) for k in scored}
     cells = [
-        f"{k} {d['mean']:+.1f} ({', '.join(f'{x:+.1f}' for x in d['diffs'])}; spread "
+        f"{k} {d['mean']:+.1f} "
+        + ("[one seed]" if d["ci95"] is None else "[{:+.1f}, {:+.1f}]".format(*d["ci95"]))
+        + (" **resolved**" if d["resolved"] else "")
+        + f" ({', '.join(f'{x:+.1f}' for x in d['diffs'])}; spread "
         + ("n/a" if d["baseline_spread"] is None else f"{d['baseline_spread']:.1f}")
         + ")"
         for k, d in diff.items()
@@ -445,13 +493,14 @@ def main() -> None:
     args = parser.parse_args()
     EXTRA.extend(args.overrides)
     if not args.report:
-        # seeds inner: an arm's pair of seeds finishes before the next arm starts
+        # seeds outer: every arm of a seed finishes before the next seed starts, so a study
+        # cut short holds whole pairs (an FD arm follows its GSL arm within the seed)
         order = [a for s in args.studies for a in STUDIES[s][0] if not args.only or a in args.only]
-        for name in dict.fromkeys(order):
-            arm = ARMS[name]
-            start = None if arm.config else train_start(arm.arch, args.out, args.start_iters)
-            tests = {t for s in args.studies if name in STUDIES[s][0] for t in STUDIES[s][2]}
-            for seed in args.seeds:
+        for seed in args.seeds:
+            for name in dict.fromkeys(order):
+                arm = ARMS[name]
+                start = None if arm.config else train_start(arm.arch, args.out, args.start_iters)
+                tests = {t for s in args.studies if name in STUDIES[s][0] for t in STUDIES[s][2]}
                 run = train_arm(arm, seed, start, args.out, args.iters)
                 if load_config(run / "config.yaml").model.gsl:  # its scales, in the report
                     learned_scales(run)

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from podkit.errors import BackendUnavailable, ParityError
-from podkit.train.run_folder import check_writable
+from podkit.outputs import check_distinct, check_output, check_writable, write_text
 
 app = typer.Typer(
     help="podkit: scale-aware detectors, fast in production.",
@@ -91,6 +91,9 @@ def data_synth(
         "validation tiles from four others: a small real-like set with a domain shift).",
     ),
     seed: int = typer.Option(0, help="Seed: the same seed writes the same set."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a set already written in OUT."
+    ),
 ) -> None:
     """Generate a built-in synthetic set (COCO json)."""
     from rich.progress import Progress
@@ -112,7 +115,8 @@ def data_synth(
         def write(split, count, advance):
             return write_split(out, split, count, style, seed, advance)
 
-    check_writable(out / "annotations" / "train.json")
+    for split in ("train", "val"):
+        check_output(out / "annotations" / f"{split}.json", "OUT", overwrite=overwrite)
     with Progress(console=console) as progress:
         for split, count in (("train", train), ("val", val)):
             task = progress.add_task(f"synth {split}", total=count)
@@ -155,7 +159,9 @@ def data_stats(
         splits = {target.stem: DatasetConfig(format="coco", ann=str(target), images=str(images))}
     else:
         raise ValueError(f"{target}: expected a config (.yaml) or COCO annotations (.json)")
-    loaded = {name: load_dataset(d) for name, d in splits.items() if d.ann}
+    loaded = {
+        name: load_dataset(d, cfg.data.max_image_pixels) for name, d in splits.items() if d.ann
+    }
     stats = dataset_stats(cfg, loaded)
     table = Table("", *[s.split for s in stats], title=f"{target} as fed")
     rows = [
@@ -262,6 +268,7 @@ def eval_(
     merge: str | None = typer.Option(
         None, "--merge", help="soft_nms_linear (default), soft_nms_gaussian or nms."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
     """COCO metrics (AP, AP50, AP75, APs/m/l, AP60-AP90) of a checkpoint or an exported
     artefact on its config's data.val, with the same pre-processing for both."""
@@ -274,20 +281,29 @@ def eval_(
     overrides += ["eval.snip=true"] if snip else []
     overrides += [f"eval.pyramid={pyramid}"] if pyramid else []
     overrides += [f"eval.merge={merge}"] if merge else []
-    check_writable(out)
+    check_output(out, "--out", (".json",), [checkpoint], overwrite)
     metrics = evaluate_path(checkpoint, overrides, console=console)
-    out.write_text(json.dumps(metrics, indent=2))
+    write_text(out, json.dumps(metrics, indent=2))
     console.print(f"wrote {out}")
 
 
 @app.command()
 @user_errors
-def info(checkpoint: Path = typer.Argument(..., help="A podkit checkpoint.")) -> None:
-    """What a checkpoint holds: model, classes, iteration, methods, sizes."""
+def info(
+    checkpoint: Path = typer.Argument(..., help="A podkit checkpoint or an exported artefact."),
+) -> None:
+    """What a checkpoint holds (model, classes, iteration, methods, sizes), or what an
+    exported artefact was made from and takes."""
     from rich.table import Table
 
     from podkit.models.checkpoint import load_checkpoint
 
+    if checkpoint.suffix != ".pt":
+        from podkit.bench.accuracy import is_artefact
+
+        if is_artefact(checkpoint):
+            artefact_info(checkpoint)
+            return
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt["config"]
 
@@ -321,6 +337,31 @@ def info(checkpoint: Path = typer.Argument(..., help="A podkit checkpoint.")) ->
     console.print(table)
 
 
+def artefact_info(path: Path) -> None:
+    """The record an exported artefact carries (podkit.export.metadata)."""
+    from rich.table import Table
+
+    from podkit.export.metadata import read_metadata
+
+    record = read_metadata(path)
+    height, width = record["input_size"]
+    classes = record.get("classes", [])
+    table = Table(title=f"{path} (an exported artefact: use eval, predict, bench latency)",
+                  show_header=False)  # fmt: skip
+    rows = [
+        ("made from", record["checkpoint"]),
+        ("input", f"{height}x{width}" + (" (any size)" if record["dynamic"] else " (static)")),
+        ("batch", str(record.get("batch") or "any")),
+        ("precision", str(record.get("precision", "fp32"))),
+        ("NMS in graph", "yes" if record["nms"] else "no (raw outputs)"),
+        ("classes", f"{len(classes)}: {', '.join(map(str, classes))}"),
+        ("outputs", ", ".join(record["outputs"])),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
 @app.command()
 @user_errors
 def scales(
@@ -331,6 +372,7 @@ def scales(
     out: Path = typer.Option(Path("scales.json"), "--out", help="Where to write the scales."),
     plot: Path | None = typer.Option(None, "--plot", help="Also plot mean +- std per layer (PNG)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random draw of the images."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
     """Learned dilations (d_h, d_w) per GSL conv: mean and std over N images."""
     import json
@@ -340,7 +382,9 @@ def scales(
 
     from podkit.pod.scales import plot_scales, scales_from_checkpoint
 
-    check_writable(out, plot)
+    check_distinct({"--out": out, "--plot": plot})
+    check_output(out, "--out", (".json",), [checkpoint], overwrite)
+    check_output(plot, "--plot", (".png",), [checkpoint], overwrite)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("scales", total=images)
         result = scales_from_checkpoint(checkpoint, images, lambda: progress.advance(task), seed)
@@ -354,7 +398,7 @@ def scales(
             f"{layer['d_w_mean']:.2f} +- {layer['d_w_std']:.2f}",
         )
     console.print(table)
-    out.write_text(json.dumps(result, indent=2))
+    write_text(out, json.dumps(result, indent=2))
     console.print(f"wrote {out}")
     if plot is not None:
         plot_scales(result, plot)
@@ -374,6 +418,7 @@ def decompose(
     channel_multiple: int = typer.Option(
         16, help="Round the upper part's channels to this multiple (1: the paper's exact alpha)."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
     """Split every GSL conv into integer-dilation convs (weights transferred): the FD network."""
     import json
@@ -382,7 +427,9 @@ def decompose(
 
     from podkit.pod.decompose import decompose_checkpoint
 
-    check_writable(out, plan_file)
+    check_distinct({"--out": out, "--plan": plan_file})
+    check_output(out, "--out", (".pt",), [checkpoint, scales_file], overwrite)
+    check_output(plan_file, "--plan", (".json",), [checkpoint, scales_file], overwrite)
     try:
         scales_doc = json.loads(scales_file.read_text())
     except FileNotFoundError:
@@ -411,7 +458,7 @@ def decompose(
         )
     console.print(table)
     if plan_file is not None:
-        plan_file.write_text(json.dumps(plan, indent=2))
+        write_text(plan_file, json.dumps(plan, indent=2))
         console.print(f"wrote {plan_file}")
     console.print(f"wrote {out}")
 
@@ -449,12 +496,16 @@ def export(
     tune_db: Path | None = typer.Option(
         None, help="TVM: tuning database folder, reused across runs."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing artefact."),
 ) -> None:
     """Export a checkpoint to ONNX, TVM or TensorRT and check it against PyTorch."""
     from podkit.config import parse_size
-    from podkit.export import export_checkpoint
+    from podkit.export import export_checkpoint, get_backend
+    from podkit.export.metadata import SIDECAR
 
-    check_writable(out)
+    suffix = get_backend(target).suffix
+    sidecars = () if suffix == ".onnx" else (SIDECAR,)
+    check_output(out, "--out", (suffix,), [checkpoint, tune_db], overwrite, sidecars)
     if fp16 and int8:
         raise ValueError("--fp16 and --int8: choose one precision")
     if dynamic_batch and batch != 1:
@@ -559,6 +610,7 @@ def bench_latency(
     ),
     batch: int = typer.Option(1, "--batch", help="Images per call (static batch export)."),
     calib: int = typer.Option(64, "--calib", help="INT8 calibration images."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
     """Latency of each checkpoint on each backend, timed side by side, with ratios (and, with
     --data, the AP each artefact keeps)."""
@@ -570,7 +622,15 @@ def bench_latency(
     from podkit.bench.latency import plot as plot_latency
     from podkit.config import parse_size
 
-    check_writable(out, md, plot)
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"--iters must be >= 1 and --warmup >= 0, got {iters} and {warmup}")
+    check_distinct({"--out": out, "--md": md, "--plot": plot})
+    for path, option, suffix in (
+        (out, "--out", ".json"),
+        (md, "--md", ".md"),
+        (plot, "--plot", ".png"),
+    ):
+        check_output(path, option, (suffix,), checkpoints, overwrite)
     opts = LatencyOptions(
         input_size=parse_size(input_size), warmup=warmup, iters=iters, threads=threads,
         device=device, tune_trials=tune_trials, tune_db=tune_db, cache_dir=cache_dir,
@@ -590,10 +650,10 @@ def bench_latency(
         )
     table = to_markdown(report)
     console.print(table, highlight=False)
-    out.write_text(json.dumps(report, indent=2))
+    write_text(out, json.dumps(report, indent=2))
     console.print(f"wrote {out}")
     if md is not None:
-        md.write_text(table)
+        write_text(md, table)
         console.print(f"wrote {md}")
     if plot is not None:
         plot_latency(report, plot)

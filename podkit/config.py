@@ -24,7 +24,8 @@ import yaml
 ARCHS = ("faster_rcnn_fpn", "faster_rcnn_c4", "retinanet")
 RESNET_DEPTHS = (18, 34, 50, 101)
 NORMS = ("frozen", "bn", "gn")
-DEVICES = ("cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # auto: cuda where there is one, else the CPU
+NAN_POLICIES = ("stop", "skip")
 FORMATS = ("coco", "voc")
 MERGES = ("soft_nms_linear", "soft_nms_gaussian", "nms")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -328,8 +329,12 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end
     log_every: int = 20
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     workers: int = 2
+    # a non-finite loss: stop (keeping the last good checkpoint), or skip that step and go
+    # on, stopping after `max_skipped_steps` skipped in a row
+    nan_policy: str = "stop"
+    max_skipped_steps: int = 10
 
     def __post_init__(self) -> None:
         for key in ("max_iter", "batch_size", "log_every"):
@@ -351,6 +356,17 @@ class TrainConfig:
             "null or a number > 0",
         )
         require(self, "device", self.device in DEVICES, f"one of {', '.join(DEVICES)}")
+        require(self, "nan_policy", self.nan_policy in NAN_POLICIES, "stop or skip")
+        require(self, "max_skipped_steps", self.max_skipped_steps >= 1, "an integer >= 1")
+
+
+def resolve_device(name: str) -> str:
+    """cpu or cuda for a train.device value: auto picks cuda where torch sees one."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -359,7 +375,8 @@ class EvalConfig:
     max_images: int | None = None
     multiscale: bool = False  # test on every resolution of `pyramid`, merged
     snip: bool = False  # multiscale, each resolution keeping only its valid range (SNIP)
-    pyramid: str | list[list[float]] = "coco"  # preset (coco, synthetic) or [min, max, lo, hi] rows
+    # auto (fit:SIZE at data.test_min_size), a preset (coco, synthetic), fit:SIZE, or rows
+    pyramid: str | list[list[float]] = "auto"
     merge: str = "soft_nms_linear"  # soft_nms_linear | soft_nms_gaussian | nms
 
     def __post_init__(self) -> None:
@@ -393,8 +410,10 @@ def load_config(
         path = packaged_config(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a config (a binary file, not YAML text)") from None
         except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: malformed YAML ({exc})") from exc
+            raise ValueError(f"{path}: malformed YAML ({yaml_error_line(exc)})") from None
         if not isinstance(data, dict):
             raise ValueError(
                 f"{path}: a config file must be a mapping of sections, got {type(data).__name__}"
@@ -406,11 +425,21 @@ def load_config(
 SHIPPED_CONFIGS = Path(str(resources.files("podkit") / "configs"))
 
 
+def yaml_error_line(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (line, column)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def packaged_config(path: str | Path) -> Path:
     """`path` if it is a file, else the config of that name shipped in podkit/configs."""
     path = Path(path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; give a config file (.yaml)")
     name = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
     shipped = SHIPPED_CONFIGS.joinpath(*name)
     if name and shipped.is_file():
@@ -435,7 +464,9 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise ValueError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
+        raise ValueError(
+            f"--set {item!r}: the value is not valid YAML ({yaml_error_line(exc)})"
+        ) from None
     node = data
     parts = key.strip().split(".")
     for part in parts[:-1]:
@@ -541,8 +572,9 @@ def dump_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'512x640' -> (512, 640); '512' -> (512, 512)."""
+def parse_size(text: str, multiple: int = 32) -> tuple[int, int]:
+    """'512x640' -> (512, 640); '512' -> (512, 512). Each side a multiple of `multiple`: the
+    detectors' feature maps halve five times, and a network input is padded to it anyway."""
     try:
         parts = [int(p) for p in text.lower().split("x")]
     except ValueError:
@@ -551,4 +583,6 @@ def parse_size(text: str) -> tuple[int, int]:
         parts *= 2
     if len(parts) != 2 or min(parts) <= 0:
         raise ValueError(f"--input-size {text!r}: expected HxW, e.g. 512x512")
+    if any(p % multiple for p in parts):
+        raise ValueError(f"--input-size {text!r}: each side must be a multiple of {multiple}")
     return parts[0], parts[1]

@@ -10,6 +10,7 @@ PACKAGE = ROOT / "podkit"
 LAYERS = {
     "config": 0,
     "errors": 0,
+    "outputs": 0,
     "ops": 1,
     "models": 2,
     "data": 3,

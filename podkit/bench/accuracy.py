@@ -40,8 +40,8 @@ def evaluate_path(
     path: str | Path, overrides: list[str] | tuple[str, ...] = (), console=None
 ) -> dict[str, float | None]:
     """`podkit eval`: the metrics of a checkpoint or an artefact on its config's data.val."""
-    detector, cfg, _, device = open_detector(path, overrides)
-    metrics = evaluate_on_val(detector, cfg, device, path, console)
+    detector, cfg, classes, device = open_detector(path, overrides)
+    metrics = evaluate_on_val(detector, cfg, device, path, console, classes)
     downscaled = getattr(detector, "downscaled", 0)
     if downscaled and console is not None:
         console.print(

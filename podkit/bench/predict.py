@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from podkit.bench.accuracy import open_detector
-from podkit.data.records import Record, load_image
+from podkit.data.records import DEFAULT_MAX_PIXELS, Record, check_image, load_image
 from podkit.train.evaluate import predict_at, to_coco_results
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -50,16 +50,12 @@ def find_images(items: list[str]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def image_records(files: list[Path]) -> list[Record]:
-    """Records without boxes (ids 1..N), sizes read from the headers; unreadable files are one
-    line naming them."""
+def image_records(files: list[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Record]:
+    """Records without boxes (ids 1..N), sizes as displayed read from the headers; unreadable
+    or oversized files are one line naming them."""
     records = []
     for image_id, file in enumerate(files, start=1):
-        try:
-            with Image.open(file) as im:
-                width, height = im.size
-        except OSError as exc:
-            raise ValueError(f"{file}: not a readable image ({exc})") from None
+        width, height = check_image(file, "predict", max_pixels)
         empty = np.zeros((0, 4), np.float32)
         records.append(Record(image_id, file, width, height, empty, np.zeros(0, np.int64)))
     return records
@@ -76,16 +72,14 @@ def predict_images(
     progress: Callable[[int], None] | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Detect on every image; returns a summary (images, detections, files written). A folder
-    holding an earlier prediction is refused unless `overwrite`."""
-    if (out / "detections.json").exists() and not overwrite:
-        raise ValueError(
-            f"{out}: holds an earlier prediction (detections.json): choose another --out, or "
-            "pass --overwrite to replace its files"
-        )
+    """Detect on every image; returns a summary (images, detections, files written). Any file
+    it would write that exists is refused unless `overwrite`; an input image where a drawing
+    or a per-image JSON would go is refused always."""
     files = find_images(images)
-    records = image_records(files)
+    names = output_names(files)
+    check_prediction_outputs(out, files, names, draw, per_image_json, overwrite)
     detector, cfg, classes, device = open_detector(model_path, overrides)
+    records = image_records(files, cfg.data.max_image_pixels)
     classes = classes or [f"class{i}" for i in range(cfg.model.num_classes)]
     detections, image_ids = predict_at(
         detector, records, cfg, device, cfg.data.test_min_size, cfg.data.max_size, progress
@@ -95,7 +89,6 @@ def predict_images(
     (out / "detections.json").write_text(
         json.dumps(to_coco_results(detections, image_ids, category_ids))
     )
-    names = output_names(files)
     coco_images = {
         "images": [
             {"id": r.image_id, "file_name": str(r.file), "width": r.width, "height": r.height}
@@ -134,6 +127,35 @@ def predict_images(
         "score_threshold": score_threshold,
         "out": str(out),
     }
+
+
+def check_prediction_outputs(
+    out: Path,
+    files: list[Path],
+    names: list[str],
+    draw: bool,
+    per_image_json: bool,
+    overwrite: bool,
+) -> None:
+    """Before any work: no input image inside OUT/drawn or OUT/json (it would be replaced by
+    its own drawing, or read back as input next time), and no existing output file replaced
+    without `overwrite`."""
+    for folder in (out / "drawn", out / "json"):
+        inside = [f for f in files if f.resolve().is_relative_to(folder.resolve())]
+        if inside:
+            raise ValueError(
+                f"{inside[0]}: an input image lies in {folder}, where predict writes; move "
+                "it or choose another --out"
+            )
+    written = [out / "detections.json", out / "images.json"]
+    written += [out / "drawn" / n for n in names] if draw else []
+    written += [out / "json" / f"{Path(n).stem}.json" for n in names] if per_image_json else []
+    existing = [w for w in written if w.exists()]
+    if existing and not overwrite:
+        raise ValueError(
+            f"{existing[0]}: exists ({len(existing)} of the files predict writes in {out}); "
+            "choose another --out, or pass --overwrite to replace them"
+        )
 
 
 def output_names(files: list[Path]) -> list[str]:

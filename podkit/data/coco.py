@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 
-from podkit.data.records import BoxReport, Record, check_image, clean_boxes
+from podkit.data.records import DEFAULT_MAX_PIXELS, BoxReport, Record, check_image, clean_boxes
 
 
 def read_coco_json(path: Path) -> dict:
@@ -66,8 +66,25 @@ def image_path(folder: Path, file_name, source: Path, image_id) -> Path:
     return folder / relative
 
 
+def size_mismatch(ann, mismatched: list) -> str:
+    """One line for images whose declared width/height differ from the file's (as displayed):
+    the boxes were drawn on other pixels (images resized after labelling, or an EXIF
+    orientation the labelling ignored)."""
+    image_id, path, (dw, dh), (w, h) = mismatched[0]
+    why = (
+        " (the file's EXIF orientation turns it; boxes must be in the displayed frame)"
+        if (dw, dh) == (h, w)
+        else " (resized after labelling?)"
+    )
+    more = f"; {len(mismatched)} images disagree" if len(mismatched) > 1 else ""
+    return (
+        f"{ann}: image id {image_id} ({path}) is declared {dw}x{dh} but the file is "
+        f"{w}x{h}{why}{more}"
+    )
+
+
 def load_coco(
-    ann: str | Path, images: str | Path
+    ann: str | Path, images: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[list[Record], list[str], list[int], BoxReport, COCO]:
     """Records, class names, the COCO category id of each label, the box report, and the COCO api.
 
@@ -93,10 +110,13 @@ def load_coco(
         check_bbox(a.get("bbox"), ann, a.get("id"))
         by_image.setdefault(a["image_id"], []).append(a)
     report = BoxReport()
-    records = []
+    records, mismatched = [], []
     for im in data["images"]:
         path = image_path(images, im.get("file_name"), ann, im["id"])
-        width, height = check_image(path, str(ann))
+        width, height = check_image(path, f"{ann}: image id {im['id']}", max_pixels)
+        declared = (im.get("width"), im.get("height"))
+        if None not in declared and declared != (width, height):
+            mismatched.append((im["id"], path, declared, (width, height)))
         anns = by_image.get(im["id"], [])
         xywh = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
         xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
@@ -106,6 +126,8 @@ def load_coco(
         boxes, keep = clean_boxes(xyxy[~crowd], width, height, report, ids)
         ignore, _ = clean_boxes(xyxy[crowd], width, height, BoxReport())
         records.append(Record(im["id"], path, width, height, boxes, labels[~crowd][keep], ignore))
+    if mismatched:
+        raise ValueError(size_mismatch(ann, mismatched))
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         api = COCO(str(ann))
     return records, [c["name"] for c in categories], cat_ids, report, api

@@ -85,8 +85,10 @@ class Batch:
         self.meta = meta
 
     def to(self, device) -> Batch:
-        targets = [{k: v.to(device) for k, v in t.items()} for t in self.targets]
-        return Batch(self.images.to(device), targets, self.meta)
+        def move(target: dict) -> dict:  # a target may nest one (SNIP's `rpn`)
+            return {k: move(v) if isinstance(v, dict) else v.to(device) for k, v in target.items()}
+
+        return Batch(self.images.to(device), [move(t) for t in self.targets], self.meta)
 
 
 def collate(items: list, size_divisible: int = 32) -> Batch:

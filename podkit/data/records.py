@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from podkit.config import DataConfig
 
 
 @dataclass
@@ -67,20 +71,88 @@ def clean_boxes(
     return clipped[keep], keep
 
 
-def check_image(path: Path, source: str) -> tuple[int, int]:
-    """(width, height) from the file header; a clear error if it is missing or unreadable."""
+# The EXIF orientations that swap width and height (rotations by 90 or 270 degrees, with or
+# without a mirror): such an image is displayed, labelled and read here transposed.
+EXIF_ORIENTATION = 0x0112
+TRANSPOSING = {5, 6, 7, 8}
+DEFAULT_MAX_PIXELS = DataConfig.max_image_pixels
+
+
+def orientation(im: Image.Image) -> int:
+    """The image's EXIF orientation (1: as stored)."""
+    try:
+        return int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except (ValueError, TypeError, OSError):
+        return 1
+
+
+def displayed_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) as displayed, the EXIF orientation applied: the frame that labelling
+    tools, OpenCV and Detectron2 give boxes in, and the frame podkit reads pixels in."""
+    width, height = im.size
+    return (height, width) if orientation(im) in TRANSPOSING else (width, height)
+
+
+@contextlib.contextmanager
+def open_image(path: Path, where: str, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """Open an image with podkit's own size limit in place of Pillow's (whose refusal is a
+    traceback and whose warning is printed raw): one line naming the file, its size and how
+    to raise the limit. `where` names the file's source (annotation file, command); None: no
+    limit (for images whose header was checked when their record was made)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the header's size is checked below instead
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{where}: image {path} is not a readable image ({exc})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    with im:
+        width, height = im.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ValueError(too_large(where, path, width, height, max_pixels))
+        yield im
+
+
+def too_large(where: str, path: Path, width: int, height: int, limit: int) -> str:
+    return (
+        f"{where}: image {path} has {width}x{height} = {width * height:,} pixels, over the "
+        f"limit of {limit:,} (raise it with --set "
+        f"data.max_image_pixels={width * height}; tiled inference reads such images in tiles)"
+    )
+
+
+def check_image(path: Path, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) as displayed, from the file header; a clear error if it is missing or
+    unreadable."""
     if not path.is_file():
         raise FileNotFoundError(f"{source}: image {path} not found")
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{source}: image {path} is not a readable image ({exc})") from exc
+    with open_image(path, source, max_pixels) as im:
+        return displayed_size(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB. Images of more bits are scaled down as OpenCV's imread does (16-bit values
+    / 256), not clipped at 255 (which turns most of them white); float images are taken as
+    [0, 1] when their maximum is at most 1, else as 0-255."""
+    if im.mode.startswith("I"):  # I;16, I;16B, I (32-bit integers from 16-bit files)
+        values = np.asarray(im, dtype=np.float64) / 256.0
+        im = Image.fromarray(values.clip(0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        values = np.asarray(im, dtype=np.float64)
+        values = values * 255.0 if values.size and np.nanmax(values) <= 1.0 else values
+        im = Image.fromarray(np.nan_to_num(values).clip(0, 255).astype(np.uint8), "L")
+    return im.convert("RGB")
 
 
 def load_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"image {path} is not a readable image ({exc})") from exc
+    """The image as displayed (EXIF orientation applied) in 8-bit RGB. Its size is not
+    limited here: records are made through `check_image`, which applies the limit."""
+    with open_image(path, str(path), None) as im:
+        try:
+            im.load()
+            return to_rgb(ImageOps.exif_transpose(im))
+        except (OSError, SyntaxError) as exc:
+            raise ValueError(f"image {path} is not a readable image ({exc})") from None

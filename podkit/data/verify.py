@@ -14,9 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
-from podkit.data.records import Record
+from podkit.data.records import Record, displayed_size, open_image, too_large
 
 
 def cache_dir() -> Path:
@@ -52,8 +50,8 @@ def verify_images(
             changed = True
         width, height = seen[key][2:]
         if width * height > max_pixels:
-            raise ValueError(_too_large(f"{source}: image id {rec.image_id}", rec.file, width,
-                                        height, max_pixels))  # fmt: skip
+            raise ValueError(too_large(f"{source}: image id {rec.image_id}", rec.file, width,
+                                       height, max_pixels))  # fmt: skip
         if progress is not None and (done % 50 == 0 or done == len(records)):
             progress(done, len(records))
     if changed:
@@ -61,25 +59,14 @@ def verify_images(
 
 
 def decode(path: Path, where: str, max_pixels: int) -> tuple[int, int]:
-    """(width, height) after a full decode; the size is checked from the header first."""
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-            if width * height > max_pixels:
-                raise ValueError(_too_large(where, path, width, height, max_pixels))
+    """(width, height) as displayed, after a full decode; the size is checked from the header
+    first."""
+    with open_image(path, where, max_pixels) as im:
+        try:
             im.load()
-    except Image.DecompressionBombError as exc:  # PIL refuses before we can read the size
-        raise ValueError(f"{where}: image {path} is too large to open ({exc})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"{where}: image {path} is corrupt or not an image ({exc})") from None
-    return width, height
-
-
-def _too_large(where: str, path: Path, width: int, height: int, limit: int) -> str:
-    return (
-        f"{where}: image {path} has {width}x{height} = {width * height / 1e6:.0f} M pixels, "
-        f"over the limit of {limit / 1e6:.0f} M (data.max_image_pixels)"
-    )
+        except (OSError, SyntaxError) as exc:
+            raise ValueError(f"{where}: image {path} is corrupt or not an image ({exc})") from None
+        return displayed_size(im)
 
 
 def _cache_file(records: list[Record]) -> Path:

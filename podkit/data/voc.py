@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from podkit.data.records import BoxReport, Record, check_image, clean_boxes
+from podkit.data.records import DEFAULT_MAX_PIXELS, BoxReport, Record, check_image, clean_boxes
 
 
 def _parse(xml_path: Path) -> tuple[str, list[tuple[str, list[float], bool]]]:
@@ -36,7 +36,10 @@ def _parse(xml_path: Path) -> tuple[str, list[tuple[str, list[float], bool]]]:
 
 
 def load_voc(
-    ann_dir: str | Path, images: str | Path, classes: list[str] | None = None
+    ann_dir: str | Path,
+    images: str | Path,
+    classes: list[str] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[list[Record], list[str], BoxReport, bool]:
     """Records and class names; `classes` None discovers them (sorted); returns whether it did.
 
@@ -57,7 +60,7 @@ def load_voc(
     records = []
     for image_id, (xml_path, filename, objects) in enumerate(parsed):
         path = images / filename
-        width, height = check_image(path, str(xml_path))
+        width, height = check_image(path, str(xml_path), max_pixels)
         for name, _, _ in objects:
             if name not in label_of:
                 raise ValueError(

@@ -7,6 +7,8 @@ same `Runner` for each (images -> outputs), so the latency benchmark times all b
 
 from __future__ import annotations
 
+import glob
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,7 @@ from podkit.errors import BackendUnavailable, ParityError
 from podkit.export import onnx, tensorrt, tvm
 from podkit.export.backend import Backend, BuildOptions
 from podkit.export.common import Runner, compare_outputs, format_parity
+from podkit.outputs import staging_folder
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # The one table of export targets (fields: backend.Backend). TVM compiles for one input size
@@ -44,10 +47,18 @@ __all__ = [
     "Runner",
     "backend_of",
     "export_checkpoint",
+    "get_backend",
     "load",
     "sample_image",
     "torch_runner",
 ]
+
+
+def get_backend(target: str) -> Backend:
+    """The backend of export target `target`; one line listing the targets otherwise."""
+    if target not in BACKENDS:
+        raise ValueError(f"--target must be one of {', '.join(BACKENDS)}, got {target!r}")
+    return BACKENDS[target]
 
 
 def backend_of(path: str | Path) -> Backend:
@@ -138,9 +149,7 @@ def export_checkpoint(
     (TensorRT) stops after the op audit and needs no `out`. `batch` images per call; None:
     any number (ONNX only).
     """
-    if target not in BACKENDS:
-        raise ValueError(f"--target must be one of {', '.join(BACKENDS)}, got {target!r}")
-    backend = BACKENDS[target]
+    backend = get_backend(target)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if dynamic and not backend.dynamic:
@@ -217,10 +226,14 @@ def export_checkpoint(
             log(f"compiling {out} with {target} ({tune_trials} tuning trials per task)")
         options = BuildOptions(input_size, dynamic, precision, batch, device, tune_trials,
                                Path(tune_db) if tune_db else None)  # fmt: skip
-        report[target] = backend.build(onnx_path, out, options, log)
+        with staging_folder(out) as stage:  # a failed build leaves an existing `out` whole
+            staged = stage / out.name
+            report[target] = backend.build(onnx_path, staged, options, log)
+            write_metadata(staged, record)
+            for part in sorted(stage.glob(glob.escape(out.name) + "*")):  # artefact, sidecar
+                os.replace(part, out.parent / part.name)
         device = backend.device or device
         report["path"] = str(out)
-        write_metadata(out, record)
         if check:
             runner = load(out, device)
             # (size, batch) pairs: the export's, another size if dynamic, other batches if any

@@ -59,7 +59,7 @@ def calibration_images(
     if count < 1:
         raise ValueError(f"--calib {count}: at least one calibration image is needed")
     cfg = config_from_dict(config)
-    records = load_dataset(cfg.data.train).records
+    records = load_dataset(cfg.data.train, cfg.data.max_image_pixels).records
     picked = random.Random(seed).sample(records, min(count, len(records)))
     batches = eval_batches(len(picked), 1, cfg.data.test_min_size)
     loader = make_loader(

@@ -57,6 +57,6 @@ def load_detector(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
             f"{path}: the weights do not fit the model its config describes ({str(exc).splitlines()[0]})"
         ) from exc
     device = torch.device(
-        "cuda" if cfg.train.device == "cuda" and torch.cuda.is_available() else "cpu"
+        "cuda" if cfg.train.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
     )
     return model.to(device), cfg, ckpt, device

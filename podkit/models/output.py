@@ -21,8 +21,10 @@ class TrainingStats:
     level_losses: dict[str, Tensor] = field(default_factory=dict)  # rpn|rcnn|retinanet -> (L,)
     reg_loss_by_size: Tensor | None = None  # (3,): small, medium, large
     cls_loss_by_size: Tensor | None = None  # (3,)
-    proposal_ious: list[Tensor] = field(default_factory=list)  # per image (P,): max IoU to a GT
-    pos_reg_targets: Tensor | None = None  # (N, 4): sampled positives' normalised targets
+    # per image (P,): each proposal's max IoU to a GT (the GTs added as proposals left out)
+    proposal_ious: list[Tensor] = field(default_factory=list)
+    # (N, 4): the sampled positive proposals' normalised targets (GT rows left out)
+    pos_reg_targets: Tensor | None = None
     num_images: int = 0
 
 

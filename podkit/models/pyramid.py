@@ -7,7 +7,9 @@ inside its test range (SNIP) or all of them, and merges them per class with soft
 
 Pyramids: `coco` (the SNIP paper's), `synthetic` (the built-in set), `fit:SIZE` (three
 resolutions at 2x, 1x and 0.5x a test size SIZE, ranges putting objects at 20-100 px as fed
-at every resolution), or rows [min_size, max_size, lo, hi] (optional [rpn_lo, rpn_hi]).
+at every resolution), `auto` (the default: fit:SIZE at the recipe's data.test_min_size, so a
+method switched on with its defaults trains at sizes the recipe was made for), or rows
+[min_size, max_size, lo, hi] (optional [rpn_lo, rpn_hi]).
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ class Resolution:
     rpn_range: tuple[float, float] | None = None  # the RPN's, when not train_range
 
 
+# The SNIP paper's: train ranges and the RPN's [0, 160] at 800 px from the paper, test ranges
+# from its reference implementation's configs (each a little wider than the train range).
 COCO_PYRAMID = (
     Resolution(1400, 2000, (0, 80), (0, 90)),
-    Resolution(800, 1200, (40, 160), (32, 180)),
+    Resolution(800, 1200, (40, 160), (32, 180), rpn_range=(0, 160)),
     Resolution(480, 800, (120, INF), (75, INF)),
 )
 
@@ -56,6 +60,7 @@ def scaled_pyramid(pyramid: tuple[Resolution, ...], factor: float) -> tuple[Reso
             max_size=round(res.max_size * factor),
             train_range=scale(res.train_range),
             test_range=scale(res.test_range),
+            rpn_range=None if res.rpn_range is None else scale(res.rpn_range),
         )
         for res in pyramid
     )
@@ -91,9 +96,14 @@ PYRAMIDS = {
 }
 
 
-def get_pyramid(spec: str | list) -> tuple[Resolution, ...]:
-    """A preset name, `fit:SIZE`, or rows [min_size, max_size, lo, hi] (one range for train
-    and test) with optional [rpn_lo, rpn_hi] after them."""
+def get_pyramid(spec: str | list, test_size: int | None = None) -> tuple[Resolution, ...]:
+    """A preset name, `fit:SIZE`, `auto` (fit:`test_size`: the recipe's own test size), or
+    rows [min_size, max_size, lo, hi] (one range for train and test) with optional [rpn_lo,
+    rpn_hi] after them."""
+    if spec == "auto":
+        if test_size is None:
+            raise ValueError("pyramid 'auto' is fit:SIZE at the recipe's test size: none given")
+        return fitted_pyramid(test_size)
     if isinstance(spec, str) and spec.startswith("fit:"):
         size = spec.removeprefix("fit:")
         if not size.isdigit() or int(size) < 32:

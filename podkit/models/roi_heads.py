@@ -135,7 +135,10 @@ class RoIHeads(nn.Module):
         return self.predictor(self.box_head(self.pooler(features, rois, strides)))
 
     def sample(self, proposals: list[Tensor], targets: list[Target]):
-        """Add GTs to the proposals, match at `iou_threshold`, sample positives and negatives."""
+        """Add GTs to the proposals, match at `iou_threshold`, sample positives and negatives.
+        The statistics (each proposal's max IoU, the positives' regression targets) leave the
+        GT rows out: their IoU is 1 and their targets exactly 0, so they would pin Dynamic
+        R-CNN's top-K IoU and its smallest-K |target| (beta) to those values."""
         out_props, out_labels, out_regs, out_sizes, ious = [], [], [], [], []
         pos_targets = []
         matcher = Matcher(self.iou_threshold, self.iou_threshold, allow_low_quality_matches=False)
@@ -148,6 +151,7 @@ class RoIHeads(nn.Module):
                 side = box_area(props).sqrt()
                 lo, hi = target["proposal_range"]
                 props = props[(side >= lo) & (side <= hi)]
+            is_gt = torch.arange(len(props) + len(gt), device=props.device) >= len(props)
             props = torch.cat([props, gt])
             if gt.numel():
                 iou = box_iou(gt, props)
@@ -155,7 +159,7 @@ class RoIHeads(nn.Module):
             else:
                 iou = props.new_zeros((0, len(props)))
                 max_iou = props.new_zeros(len(props))
-            ious.append(max_iou)
+            ious.append(max_iou[~is_gt])
             # an invalid GT (SNIP) is ignored from the IoU a proposal would need to be a
             # positive: the head's threshold, which Dynamic R-CNN moves, unless one is set
             matched = ignore_regions(props, matcher(iou), target, ignore_threshold)
@@ -166,6 +170,7 @@ class RoIHeads(nn.Module):
             pos, neg = self.sampler(flag)
             keep = torch.where(pos | neg)[0]
             props, matched, labels = props[keep], matched[keep], labels[keep]
+            is_gt = is_gt[keep]
             fg = matched >= 0
             regs = props.new_zeros((len(keep), 4))
             sizes = torch.full_like(labels, -1)
@@ -173,7 +178,7 @@ class RoIHeads(nn.Module):
                 matched_gt = gt[matched[fg]]
                 regs[fg] = self.box_coder.encode(matched_gt, props[fg])
                 sizes[fg] = size_bucket(matched_gt)
-                pos_targets.append(regs[fg])
+                pos_targets.append(regs[fg & ~is_gt])
             out_props.append(props)
             out_labels.append(labels)
             out_regs.append(regs)

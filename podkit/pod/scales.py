@@ -131,7 +131,7 @@ def scales_from_checkpoint(
     model, cfg, _, device = load_detector(path)
     if not cfg.model.gsl:
         raise ValueError(f"{path}: not a GSL checkpoint (model.gsl is false)")
-    dataset = load_dataset(cfg.data.train)
+    dataset = load_dataset(cfg.data.train, cfg.data.max_image_pixels)
     return collect_scales(
         model,
         dataset,

@@ -113,7 +113,7 @@ def predict(
             model, records, cfg, device, cfg.data.test_min_size, cfg.data.max_size, progress
         )
     per_resolution = []
-    for res in get_pyramid(cfg.eval.pyramid):
+    for res in get_pyramid(cfg.eval.pyramid, cfg.data.test_min_size):
         detections, image_ids = predict_at(
             model, records, cfg, device, res.min_size, res.max_size, progress
         )
@@ -163,11 +163,35 @@ def predict_at(
 
 
 def evaluate(
-    model: Detector, dataset: LoadedDataset, cfg: Config, device, progress=None
+    model: Detector,
+    dataset: LoadedDataset,
+    cfg: Config,
+    device,
+    progress=None,
+    category_ids: list[int] | None = None,
 ) -> dict[str, float | None]:
+    """COCO metrics of `model` on `dataset`; `category_ids`: the category id of each of the
+    model's labels, when its classes are the data set's in another order."""
     detections, image_ids = predict(model, dataset, cfg, device, progress)
     gt = dataset.coco or coco_from_records(dataset.records, dataset.classes, dataset.category_ids)
-    return coco_metrics(gt, to_coco_results(detections, image_ids, dataset.category_ids), image_ids)
+    results = to_coco_results(detections, image_ids, category_ids or dataset.category_ids)
+    return coco_metrics(gt, results, image_ids)
+
+
+def model_category_ids(dataset: LoadedDataset, classes: list[str], source) -> list[int]:
+    """The category id of each of the model's labels, matched by class name: the data set's
+    own ids when the names agree, reordered when only their order differs, and one line
+    naming both lists when the names differ (same ids, other names would be scored against
+    the wrong classes). A model without recorded names is matched by position."""
+    if not classes or list(classes) == dataset.classes:
+        return dataset.category_ids
+    if sorted(classes) == sorted(dataset.classes) and len(set(classes)) == len(classes):
+        by_name = dict(zip(dataset.classes, dataset.category_ids, strict=True))
+        return [by_name[name] for name in classes]
+    raise ValueError(
+        f"{dataset.source}: classes {dataset.classes[:6]} differ from the ones {source} was "
+        f"trained on {list(classes)[:6]}; evaluate on a set with the model's classes"
+    )
 
 
 def format_metrics(metrics: dict[str, float | None]) -> str:
@@ -177,20 +201,24 @@ def format_metrics(metrics: dict[str, float | None]) -> str:
 
 
 def evaluate_on_val(
-    model: Detector, cfg: Config, device, source, console=None
+    model: Detector, cfg: Config, device, source, console=None, classes: list[str] | None = None
 ) -> dict[str, float | None]:
-    """The metrics of `model` (a checkpoint's model or an artefact, from `source`) on the
-    config's data.val, printed on `console` if given."""
+    """The metrics of `model` (a checkpoint's model or an artefact, from `source`, trained on
+    `classes`) on the config's data.val, printed on `console` if given."""
     if not cfg.data.val.ann:
         raise ValueError(
             f"{source}: its config has no data.val; pass --set data.val.ann=... --set data.val.images=..."
         )
-    dataset = load_dataset(cfg.data.val)
+    dataset = load_dataset(cfg.data.val, cfg.data.max_image_pixels)
     if len(dataset.classes) != cfg.model.num_classes:
         raise ValueError(
             f"{cfg.data.val.ann}: {len(dataset.classes)} classes, the model has {cfg.model.num_classes}"
         )
-    metrics = evaluate(model, dataset, cfg, device)
+    category_ids = model_category_ids(dataset, classes or [], source)
+    if category_ids != dataset.category_ids and console is not None:
+        console.print(f"note: {dataset.source} lists the model's classes in another order; "
+                      "detections are matched to them by name")  # fmt: skip
+    metrics = evaluate(model, dataset, cfg, device, category_ids=category_ids)
     if console is not None:
         console.print(format_metrics(metrics))
     return metrics

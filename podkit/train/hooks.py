@@ -1,6 +1,6 @@
 """The interface through which training methods (DST, Dynamic R-CNN, SNIP, AVW/RLO) plug in.
 
-The loop calls, each iteration: batch = before_step(state, batch) for every hook in order;
+The loop calls setup(cfg) once with the run's config, then, each iteration: batch = before_step(state, batch) for every hook in order;
 the forward pass; losses = loss(state, losses, stats) with the step's TrainingStats (where
 the methods read their statistics; none rescales the losses there); backward and optimizer
 step; after_step(state). A method changes training only through the batch it returns and
@@ -38,6 +38,12 @@ class Hook:
 
     name = "hook"
     draws_per_step = 1  # batches one step may take from the stream; the loader prefetches 2x
+
+    def setup(self, cfg) -> list[str]:
+        """Once, before the first step: read what the method needs of the run's config (a
+        size, the architecture), refuse in one line what it cannot train; returns notes for
+        the start-up lines."""
+        return []
 
     def before_step(self, state: TrainState, batch):
         return batch

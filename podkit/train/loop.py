@@ -32,7 +32,7 @@ from rich.progress import (
 )
 from torch import Tensor, nn
 
-from podkit.config import Config, TrainConfig, dump_config, to_dict
+from podkit.config import Config, TrainConfig, dump_config, resolve_device, to_dict
 from podkit.data import LoadedDataset, load_dataset
 from podkit.data.anchor_fit import fit_config_anchors
 from podkit.data.loader import Batch, DetectionDataset, make_loader, training_batches
@@ -40,11 +40,12 @@ from podkit.data.verify import verify_images
 from podkit.models import build_detector
 from podkit.models.checkpoint import load_checkpoint, save_checkpoint
 from podkit.models.output import TrainingStats
+from podkit.outputs import check_writable
 from podkit.train.distributed import any_rank, barrier, init_distributed
 from podkit.train.evaluate import evaluate, format_metrics
 from podkit.train.hooks import Hook, TrainState
 from podkit.train.methods import build_hooks
-from podkit.train.run_folder import check_writable, claim_run_folder, run_lock
+from podkit.train.run_folder import claim_run_folder, run_lock
 
 
 class NonFiniteLossError(RuntimeError):
@@ -148,6 +149,8 @@ class Run:
     scaler: torch.amp.GradScaler
     hooks: list[Hook]
     iteration: int = 0
+    skipped: int = 0  # steps dropped for a non-finite loss (nan_policy: skip)
+    skipped_in_a_row: int = 0
 
     @property
     def main(self) -> bool:
@@ -243,21 +246,29 @@ def absolute_paths(cfg: Config) -> Config:
 def set_up(cfg: Config, out: Path, console: Console, hooks: list[Hook] | None, resume: bool) -> Run:
     """Check and build everything the run needs (device, data, model, optimizer, methods)
     before anything is written."""
-    rank, world, local_rank = init_distributed(cfg.train.device)
-    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+    kind = resolve_device(cfg.train.device)
+    rank, world, local_rank = init_distributed(kind)
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            "train.device is cuda but no CUDA device is available (use --set train.device=cpu)"
+            "train.device is cuda but no CUDA device is available (use --set train.device=auto)"
         )
-    device = torch.device(f"cuda:{local_rank}" if cfg.train.device == "cuda" else "cpu")
+    device = torch.device(f"cuda:{local_rank}" if kind == "cuda" else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     main = rank == 0
-    train_set = load_dataset(cfg.data.train)
-    val_set = load_dataset(cfg.data.val) if cfg.data.val.ann else None
+    max_pixels = cfg.data.max_image_pixels
+    train_set = load_dataset(cfg.data.train, max_pixels)
+    val_set = load_dataset(cfg.data.val, max_pixels) if cfg.data.val.ann else None
     for split, dataset in (("train", train_set), ("val", val_set)):
         if dataset is not None:
             verify_dataset_images(dataset, cfg.data.max_image_pixels, console, main, split)
     notes = train_set.notes + (val_set.notes if val_set else [])
+    hooks = build_hooks(cfg.methods) if hooks is None else hooks
+    for hook in hooks:
+        notes += hook.setup(cfg)
+    if cfg.train.device == "auto":
+        found = "a CUDA device" if kind == "cuda" else "no CUDA device"
+        notes.append(f"train.device auto: training on {kind} ({found})")
     if warmup_length(cfg.train) < cfg.train.warmup_iters:
         notes.append(
             f"train.warmup_iters {cfg.train.warmup_iters} clipped to "
@@ -288,8 +299,7 @@ def set_up(cfg: Config, out: Path, console: Console, hooks: list[Hook] | None, r
     return Run(
         cfg, out, console, rank, world, device, train_set, val_set, model, train_model, params,
         optimizer, scheduler,
-        torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda"),
-        build_hooks(cfg.methods) if hooks is None else hooks,
+        torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda"), hooks,
     )  # fmt: skip
 
 
@@ -386,6 +396,7 @@ def step(run: Run, state: TrainState, stream: DataStream) -> dict:
     hooks. Returns its log record. A non-finite loss stops before the step."""
     start = time.perf_counter()
     state.metrics, state.iteration, stream.wait = {}, run.iteration, 0.0
+    position = stream.position
     batch = stream.draw()
     for hook in run.hooks:
         batch = hook.before_step(state, batch)
@@ -399,29 +410,26 @@ def step(run: Run, state: TrainState, stream: DataStream) -> dict:
     for hook in run.hooks:
         losses = hook.loss(state, losses, output.stats)
     loss = sum(losses.values())
-    if any_rank(not bool(torch.isfinite(loss)), run.device):
-        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-        kept = (
-            f"the last good checkpoint {run.ckpt_path} is kept"
-            if run.ckpt_path.exists()
-            else "no checkpoint was written yet"
-        )
-        raise NonFiniteLossError(
-            f"non-finite loss at iteration {run.iteration + 1} ({terms}); {kept}"
-        )
+    finite = not any_rank(not bool(torch.isfinite(loss)), run.device)
     run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    if run.cfg.train.clip_grad_norm:
-        run.scaler.unscale_(run.optimizer)
-        torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.clip_grad_norm)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
+    if finite:
+        run.skipped_in_a_row = 0
+        run.scaler.scale(loss).backward()
+        if run.cfg.train.clip_grad_norm:
+            run.scaler.unscale_(run.optimizer)
+            torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.clip_grad_norm)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        skip_or_stop(run, stream, losses, position)
     lr = run.optimizer.param_groups[0]["lr"]
     run.scheduler.step()
     run.iteration += 1
     state.iteration = run.iteration
     for hook in run.hooks:
         hook.after_step(state)
+    if run.skipped:
+        state.metrics["skipped_steps"] = run.skipped
     return {
         "iter": run.iteration,
         "loss": loss.item(),
@@ -431,6 +439,32 @@ def step(run: Run, state: TrainState, stream: DataStream) -> dict:
         "data_time": stream.wait,
         **_plain(state.metrics),
     }
+
+
+def skip_or_stop(run: Run, stream: DataStream, losses: dict[str, Tensor], position: int) -> None:
+    """A non-finite loss (the weights are still those of the last finite step): under
+    `nan_policy: skip` the step is dropped and counted, unless too many were dropped in a
+    row; otherwise training stops, naming the iteration and the non-finite terms, keeping
+    the last good checkpoint, or writing one from these weights when there was none yet."""
+    cfg = run.cfg.train
+    bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items() if not torch.isfinite(v))
+    if cfg.nan_policy == "skip" and run.skipped_in_a_row < cfg.max_skipped_steps:
+        run.skipped += 1
+        run.skipped_in_a_row += 1
+        return
+    if run.ckpt_path.exists():
+        kept = f"the last good checkpoint {run.ckpt_path} is kept"
+    elif run.iteration > 0:
+        stream.position = position  # the batches of the failed step are drawn again on --resume
+        save(run, stream)
+        kept = f"the weights after iteration {run.iteration} were saved to {run.ckpt_path}"
+    else:
+        kept = "nothing was trained yet"
+    many = f" ({run.skipped_in_a_row} steps skipped in a row)" if run.skipped_in_a_row else ""
+    raise NonFiniteLossError(
+        f"non-finite loss at iteration {run.iteration + 1}{many}: {bad or 'the total'}; {kept}"
+        "; lower train.lr, raise train.warmup_iters or set train.clip_grad_norm"
+    )
 
 
 def save(run: Run, stream: DataStream) -> None:

@@ -32,12 +32,35 @@ def read_metrics(path: Path) -> list[dict]:
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {number} is not JSON ({exc.msg})") from exc
+                raise ValueError(f"{path}: line {number} is not JSON ({exc.msg})") from None
+            check_row(row, path, number)
+            rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no logged iterations yet")
     return rows
+
+
+REQUIRED = ("iter", "loss", "lr")
+
+
+def check_row(row, path: Path, number: int) -> None:
+    """A metrics line is an object with iter, loss and lr, whose values are numbers, lists of
+    numbers or null (strings are labels: skipped); one line naming the file, line and key."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{path}: line {number} is a JSON {type(row).__name__}, not an object")
+    for key in REQUIRED:
+        if key not in row:
+            raise ValueError(f"{path}: line {number} has no '{key}'")
+    for key, value in row.items():
+        items = value if isinstance(value, list) else [value]
+        numeric = all(v is None or isinstance(v, (int, float)) for v in items)
+        scalar = key in REQUIRED or key.startswith("loss")
+        if scalar and (not numeric or isinstance(value, list) or value is None and key in REQUIRED):
+            raise ValueError(f"{path}: line {number}: '{key}' is {value!r}, not a number")
+        if isinstance(value, list) and not numeric:
+            raise ValueError(f"{path}: line {number}: '{key}' holds {value!r}, not numbers")
 
 
 def plot_run(run: str | Path, out: str | Path | None = None) -> list[Path]:

@@ -16,23 +16,6 @@ RUN_FILES = ("last.pt", "metrics.jsonl", "config.yaml", "eval.json")
 LOCK = ".lock"
 
 
-def check_writable(*paths: Path | None) -> None:
-    """Before any work: create each output file's folder if needed and check that it can be
-    written there (None: an output not asked for)."""
-    for path in paths:
-        if path is None:
-            continue
-        folder = path if path.is_dir() else path.parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ValueError(
-                f"{path}: cannot create the folder {folder} ({exc.strerror})"
-            ) from None
-        if not os.access(folder, os.W_OK):
-            raise ValueError(f"{path}: the folder {folder} is not writable")
-
-
 def claim_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse a folder holding another run unless resuming or overwriting; on overwrite, remove
     that run's files (and only them)."""

@@ -37,14 +37,16 @@ def test_report_pairs_arms_by_seed_with_the_baseline_spread(tmp_path):
     assert arm["collage_fraction"] == pytest.approx(1 / 3) and arm["dst_tau"] == 0.2
     assert arm["small_loss_share"] == pytest.approx(0.2)
     assert "frcnn_multiscale" not in result["arms"] and "| frcnn_ms | -" in text
-    assert "APs +2.2 (+3.0, +1.5; spread 2.0)" in text  # 2.25 rounds half to even
+    # 2.25 rounds half to even; t(0.975, 1) = 12.706: two seeds give a wide interval
+    assert "APs +2.2 [-7.3, +11.8] (+3.0, +1.5; spread 2.0)" in text
+    assert aps["resolved"] is False
     # an arm with one seed missing is reported on the seed it has, paired on that seed
     (tmp_path / "frcnn_dst/seed1/eval.json").unlink()
     text = study.report(["dst"], tmp_path, [0, 1])
     result = json.loads((tmp_path / "results.json").read_text())
     assert [r["seed"] for r in result["arms"]["frcnn_dst"]] == [0]
     assert result["studies"]["dst"]["frcnn_dst"]["APs"]["diffs"] == pytest.approx([3.0])
-    assert "seeds [0] only" in text and "APs +3.0 (+3.0; spread 2.0)" in text
+    assert "seeds [0] only" in text and "APs +3.0 [one seed] (+3.0; spread 2.0)" in text
 
 
 def test_snip_study_pairs_each_test_with_its_baselines(tmp_path):
@@ -125,3 +127,21 @@ def test_a_start_trained_again_has_the_same_fingerprint(tmp_path, synth_set):
     ckpt["model"][name] = ckpt["model"][name] + 1e-6  # one weight moved: another start
     save_checkpoint(ckpt, tmp_path / "c.pt")
     assert study.weights_fingerprint(tmp_path / "c.pt") != first
+
+
+def test_the_interval_on_scripted_differences():
+    """mean +- t(0.975, n - 1) * sd / sqrt(n), with t from the textbook table."""
+    mean, low, high = study.paired_interval([1.0, 2.0, 3.0])  # sd 1, t(2) = 4.303
+    assert mean == 2.0 and (low, high) == pytest.approx((2 - 4.303 / 3**0.5, 2 + 4.303 / 3**0.5))
+    diffs = [0.8, 1.1, 0.9, 1.4, 1.0]  # 5 seeds, all positive, little spread
+    mean, low, high = study.paired_interval(diffs)
+    assert low > 0 and high == pytest.approx(2 * mean - low)
+    assert study.paired_interval([2.0]) == (2.0, None, None)
+    assert study.t_975(4) == 2.776 and study.t_975(30) == 2.042
+    assert study.t_975(60) == pytest.approx(2.000, abs=1e-3)  # the expansion past the table
+    assert study.t_975(120) == pytest.approx(1.980, abs=1e-3)
+    base = [{"AP": 30.0}] * 5
+    arm = [{"AP": 30.0 + d} for d in diffs]
+    assert study.paired(arm, base, "AP", base)["resolved"] is True
+    flip = [{"AP": 30.0 + d} for d in (1.0, -0.5, 0.8, -0.2, 0.4)]
+    assert study.paired(flip, base, "AP", base)["resolved"] is False

@@ -72,7 +72,7 @@ def test_bench_latency_report(checkpoints, tmp_path, monkeypatch):
         code, out = invoke(
             "bench", "latency", base, "--backend", "torch,onnxruntime", "--input-size", "128x128",
             "--iters", 1, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "r3.json",
-            "--data", "--max-ap-drop", limit,
+            "--data", "--max-ap-drop", limit, "--overwrite",
         )  # fmt: skip
         assert code == code_wanted, out
     assert "onnxruntime: AP -0.8 against its checkpoint" in out

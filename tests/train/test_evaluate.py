@@ -101,3 +101,34 @@ def test_perfect_and_empty_detections(synth_set):
     )
     assert metrics["AP"] == pytest.approx(100.0) and metrics["AP90"] == pytest.approx(100.0)
     assert coco_metrics(ds.coco, []) == dict.fromkeys(METRIC_KEYS, 0.0)
+
+
+def test_a_model_whose_classes_are_listed_in_another_order_is_scored_by_name(synth_set, tmp_path):
+    """The same set under other category ids, listed in reverse: a model trained on the
+    original order, matched by class name, scores what it scores on the original (checked on
+    detections near the truth); names that differ are refused."""
+    from podkit.train.evaluate import model_category_ids
+
+    original = load_dataset(
+        DatasetConfig("coco", str(synth_set / "annotations/val.json"), str(synth_set / "val"))
+    )
+    model_classes = original.classes
+    dets = noisy_detections(original)  # labels in the model's (original) order
+    image_ids = [r.image_id for r in original.records]
+    expected = coco_metrics(original.coco, to_coco_results(dets, image_ids, original.category_ids))
+    val = json.loads((synth_set / "annotations/val.json").read_text())
+    new_id = {c["id"]: 1000 - c["id"] for c in val["categories"]}  # reverses the id order
+    val["categories"] = [{**c, "id": new_id[c["id"]]} for c in val["categories"]]
+    for a in val["annotations"]:
+        a["category_id"] = new_id[a["category_id"]]
+    (tmp_path / "reordered.json").write_text(json.dumps(val))
+    reordered = load_dataset(
+        DatasetConfig("coco", str(tmp_path / "reordered.json"), str(synth_set / "val"))
+    )
+    assert reordered.classes == model_classes[::-1]
+    ids = model_category_ids(reordered, model_classes, "model.pt")
+    assert coco_metrics(reordered.coco, to_coco_results(dets, image_ids, ids)) == expected
+    by_position = to_coco_results(dets, image_ids, reordered.category_ids)
+    assert coco_metrics(reordered.coco, by_position)["AP"] < expected["AP"] / 2  # unmatched
+    with pytest.raises(ValueError, match="reordered.json: classes .* differ from the ones"):
+        model_category_ids(reordered, [f"x{i}" for i in range(len(model_classes))], "model.pt")

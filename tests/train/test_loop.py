@@ -26,10 +26,15 @@ class CtrlCAt(Hook):
 
 
 class PoisonLoss(Hook):
+    """A NaN classification loss at the third iteration (`every`: from it on)."""
+
     name = "poison"
 
+    def __init__(self, every: bool = False) -> None:
+        self.every = every
+
     def loss(self, state, losses, stats):
-        if state.iteration == 2:  # the third iteration
+        if state.iteration == 2 or self.every and state.iteration > 2:
             return {**losses, "loss_cls": losses["loss_cls"] * float("nan")}
         return losses
 
@@ -107,10 +112,30 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(synth_set, tmp_path
     cfg = tiny_config(synth_set, "train.checkpoint_every=1", max_iter=5)
     with pytest.raises(
         NonFiniteLossError,
-        match=r"non-finite loss at iteration 3 \(.*loss_cls=nan.*\); the last good checkpoint .*last.pt is kept",
+        match=r"non-finite loss at iteration 3: loss_cls=nan; the last good checkpoint .*last.pt is kept",
     ):
         train(cfg, tmp_path / "run", hooks=[PoisonLoss()])
     assert load_checkpoint(tmp_path / "run/last.pt")["iteration"] == 2
+
+
+def test_non_finite_loss_before_any_checkpoint_saves_the_last_good_weights(synth_set, tmp_path):
+    cfg = tiny_config(synth_set, max_iter=5)  # checkpoint_every 0: only at the end
+    with pytest.raises(NonFiniteLossError, match=r"weights after iteration 2 were saved to"):
+        train(cfg, tmp_path / "run", hooks=[PoisonLoss()])
+    ckpt = load_checkpoint(tmp_path / "run/last.pt")
+    assert ckpt["iteration"] == 2 and ckpt["data_position"] == 2  # the failed batch comes again
+    assert all(bool(torch.isfinite(v).all()) for v in ckpt["model"].values())
+
+
+def test_nan_policy_skip_drops_the_step_and_counts_it(synth_set, tmp_path):
+    cfg = tiny_config(synth_set, "train.nan_policy=skip", max_iter=4)
+    result = train(cfg, tmp_path / "run", hooks=[PoisonLoss()])
+    assert result.status == "finished" and result.iteration == 4
+    rows = losses_of(tmp_path / "run")
+    assert [r.get("skipped_steps", 0) for r in rows] == [0, 0, 1, 1]
+    cfg = tiny_config(synth_set, "train.nan_policy=skip", "train.max_skipped_steps=1", max_iter=6)
+    with pytest.raises(NonFiniteLossError, match=r"1 steps skipped in a row"):
+        train(cfg, tmp_path / "run2", hooks=[PoisonLoss(every=True)])
 
 
 def test_num_classes_mismatch_is_a_clear_error(synth_set, tmp_path):

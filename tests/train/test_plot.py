@@ -42,6 +42,6 @@ def test_plot_writes_a_png_per_thing_shown(tmp_path):
 def test_plot_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         plot_run(tmp_path)
-    (tmp_path / "metrics.jsonl").write_text('{"iter": 1}\n{oops\n')
+    (tmp_path / "metrics.jsonl").write_text('{"iter": 1, "loss": 1, "lr": 0.1}\n{oops\n')
     with pytest.raises(ValueError, match="line 2 is not JSON"):
         plot_run(tmp_path)

@@ -3,7 +3,9 @@
 After each iteration the share of the loss owed to small objects (GT area < 32^2 in the
 image as fed) is the feedback: when it is at most `tau`, the next batch is a collage, each
 image made of k = grid^2 source images downscaled (nearest) into the cells of the padded
-batch size, boxes scaled and shifted. The feedback starts at 0, so the first batch is a
+batch size, each keeping its aspect ratio (one scale factor, the largest that fits the cell),
+boxes scaled and shifted. A collage has the canvas of a regular batch, so it costs a
+regular iteration (plus k - 1 extra images loaded). The feedback starts at 0, so the first batch is a
 collage. A collage batch of B images draws k batches from the data stream (the reference
 keeps a second loader drawing k times more); resume and the distributed sampler stay exact
 because the stream is a function of its position. Under DDP the ratio is reduced over all
@@ -38,7 +40,10 @@ FEEDBACKS = ("reg", "cls", "joint", "input", "always", "random")
 
 
 def make_collage(batches: list[Batch], grid: int, min_box_size: float = 0.0) -> Batch:
-    """Image i of the result tiles image i of each of the grid^2 batches, row by row."""
+    """Image i of the result tiles image i of each of the grid^2 batches, row by row, on the
+    first batch's canvas. Each source image (its own pixels, not its batch's padding) is
+    scaled by one factor, the largest that fits its cell, so objects keep their aspect
+    ratio; the rest of the cell stays zero, like the padding of a batch."""
     k = grid * grid
     if len(batches) != k:
         raise ValueError(f"a {grid}x{grid} collage needs {k} batches, got {len(batches)}")
@@ -50,13 +55,17 @@ def make_collage(batches: list[Batch], grid: int, min_box_size: float = 0.0) -> 
     for i in range(n):
         boxes, labels, ignore = [], [], []
         for j, batch in enumerate(batches):
-            src = batch.images.tensor[i : i + 1]
+            h, w = batch.images.sizes[i]
+            src = batch.images.tensor[i : i + 1, :, :h, :w]
+            factor = min(ch / h, cw / w)
+            nh, nw = max(1, min(ch, round(h * factor))), max(1, min(cw, round(w * factor)))
             row, col = divmod(j, grid)
-            out[i, :, row * ch : (row + 1) * ch, col * cw : (col + 1) * cw] = F.interpolate(
-                src, size=(ch, cw), mode="nearest"
+            y0, x0 = row * ch, col * cw
+            out[i, :, y0 : y0 + nh, x0 : x0 + nw] = F.interpolate(
+                src, size=(nh, nw), mode="nearest"
             )[0]
-            scale = src.new_tensor([cw / src.shape[-1], ch / src.shape[-2]] * 2)
-            shift = src.new_tensor([col * cw, row * ch] * 2)
+            scale = src.new_tensor([nw / w, nh / h] * 2)
+            shift = src.new_tensor([x0, y0] * 2)
             target = batch.targets[i]
             b = target["boxes"] * scale + shift
             keep = ((b[:, 2] - b[:, 0]) >= min_box_size) & ((b[:, 3] - b[:, 1]) >= min_box_size)

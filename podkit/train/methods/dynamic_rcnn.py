@@ -6,7 +6,14 @@ IoU threshold (positive = negative threshold) becomes max(initial_iou, mean of t
 Dynamic SmoothL1: each iteration records the (K_beta * images)-th smallest mean(|dx|, |dy|)
 of the sampled positives' normalised regression targets; every C iterations beta becomes
 min(initial_beta, median of the record). An iteration without positives records nothing, and
-a median of ~0 leaves beta unchanged (MMDetection let it collapse to 0).
+a median of ~0 leaves beta unchanged (MMDetection's DynamicRoIHead keeps its beta below
+EPS = 1e-15; its first version had no such guard and let beta fall to 0).
+
+Both statistics are taken over the proposals only, as the paper states: the ground-truth
+boxes that the R-CNN head adds to its proposals (IoU 1, regression target exactly 0) are left
+out (RoIHeads.sample). With them, the K_beta * images smallest targets of a batch are those
+zero rows whenever an image has K_beta or more GTs sampled, the median is 0 and beta never
+moves; `beta_zero_share` (logged at each update) says how often a statistic was still ~0.
 
 K_I and K_beta belong to the paper's 512 RoIs per image (section 5.5: K_I = 75 is ~15 % of
 the RoI batch). Left unset, they are scaled to the detector's RoI batch R:
@@ -28,6 +35,8 @@ import torch
 from podkit.models.output import TrainingStats
 from podkit.train.distributed import all_reduce_sum
 from podkit.train.hooks import Hook, TrainState
+
+ZERO = 1e-6  # a beta statistic at or below this is ~0: it would make SmoothL1 an L1 loss
 
 
 class DynamicRCNN(Hook):
@@ -52,6 +61,7 @@ class DynamicRCNN(Hook):
         self.initial_iou, self.initial_beta = initial_iou, initial_beta
         self.iou_threshold, self.beta = initial_iou, initial_beta
         self.beta_statistic: float | None = None  # the last update's median, for the log
+        self.beta_zero_share: float | None = None  # the last interval's share of ~0 statistics
         self.iou_history: list[float] = []
         self.beta_history: list[float] = []
 
@@ -110,7 +120,9 @@ class DynamicRCNN(Hook):
             if self.beta_history:
                 median = statistics.median(self.beta_history)
                 self.beta_statistic = median
-                if median > 1e-6:
+                zeros = sum(b <= ZERO for b in self.beta_history)
+                self.beta_zero_share = zeros / len(self.beta_history)
+                if median > ZERO:
                     self.beta = min(self.initial_beta, median)
             self.iou_history.clear()
             self.beta_history.clear()
@@ -120,12 +132,14 @@ class DynamicRCNN(Hook):
             state.metrics["beta"] = self.beta
             if self.beta_statistic is not None:  # what beta followed (it caps at initial_beta)
                 state.metrics["beta_statistic"] = self.beta_statistic
+                state.metrics["beta_zero_share"] = self.beta_zero_share
 
     def state_dict(self) -> dict:
         return {
             "iou_threshold": self.iou_threshold,
             "beta": self.beta,
             "beta_statistic": self.beta_statistic,
+            "beta_zero_share": self.beta_zero_share,
             "iou_history": list(self.iou_history),
             "beta_history": list(self.beta_history),
         }
@@ -134,6 +148,7 @@ class DynamicRCNN(Hook):
         if state:
             self.iou_threshold, self.beta = state["iou_threshold"], state["beta"]
             self.beta_statistic = state.get("beta_statistic")  # absent in older checkpoints
+            self.beta_zero_share = state.get("beta_zero_share")
             self.iou_history, self.beta_history = (
                 list(state["iou_history"]),
                 list(state["beta_history"]),

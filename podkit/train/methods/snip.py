@@ -2,9 +2,11 @@
 
 Train on an image pyramid, but at each resolution only on the objects whose size suits it:
 each resolution has a valid range of object size, sqrt(area) in ORIGINAL-image pixels.
-The paper trains on image-resolution pairs that hold a valid GT, so each image of a batch
-gets a resolution drawn among those where it has one (an image with none anywhere gets any):
-at equal iterations SNIP sees as many images as multi-scale training, none dropped. Images
+The paper trains on image-resolution pairs that hold a valid GT, one resolution per
+mini-batch: each batch goes to a resolution drawn among those where one of its images has a
+valid GT (an image without one there trains as background with its objects ignored), so a
+batch is never a padded mix of sizes under train-mode BatchNorm. `mix_resolutions: true`
+gives each image its own resolution instead (drawn among its valid ones). Images
 are resized from how they were loaded: load them at the largest resolution
 (`data.min_size=[<largest>]`). GTs out of range move to the target's `ignore` boxes, so
 anchors with IoU > 0.3 to them are neither positive nor negative (RPN and RetinaNet,
@@ -27,16 +29,16 @@ chip x chip windows that cover its valid objects greedily: the window (best of
 objects, again until every valid object lies in a chip (at most `max_chips` per image);
 each chip is an image of the batch, so that resolution costs at most chip^2 pixels each.
 
-Pyramids: `coco` (the paper's), `synthetic` (the built-in set), or `fit:SIZE`: three
-resolutions at 2x, 1x and 0.5x a test size SIZE for images about SIZE px, with valid
-ranges that put objects at 20-100 px as fed at every resolution (models/pyramid.py).
+Pyramids: `auto` (the default: fit:SIZE at the recipe's data.test_min_size), `coco` (the
+paper's, for COCO-sized images loaded at 1400 px), `synthetic` (the built-in set), or
+`fit:SIZE`: three resolutions at 2x, 1x and 0.5x a test size SIZE for images about SIZE px,
+with valid ranges that put objects at 20-100 px as fed at every resolution (models/pyramid.py).
 """
 
 from __future__ import annotations
 
 import math
 import random
-import warnings
 
 import torch
 from torch import Tensor
@@ -197,7 +199,8 @@ class SNIP(Hook):
 
     def __init__(
         self,
-        pyramid: str | list = "coco",
+        pyramid: str | list = "auto",
+        mix_resolutions: bool = False,
         seed: int = 0,
         size_divisible: int = 32,
         chip_size: int | None = None,
@@ -210,28 +213,52 @@ class SNIP(Hook):
                 f"snip: anchor_rule must be negatives (only negatives near an invalid GT are "
                 f"ignored) or paper (every anchor near one), got {anchor_rule!r}"
             )
-        self.pyramid = get_pyramid(pyramid)
+        self.spec, self.mix_resolutions = pyramid, mix_resolutions
+        self.pyramid: tuple[Resolution, ...] = () if pyramid == "auto" else get_pyramid(pyramid)
         self.size_divisible = size_divisible
         self.chip_size, self.chip_candidates, self.max_chips = chip_size, chip_candidates, max_chips
         self.exclude = anchor_rule == "paper"
         self.rng = random.Random(seed)
-        self.largest = max(range(len(self.pyramid)), key=lambda k: self.pyramid[k].min_size)
         self._last: tuple[list[int], int] = ([], 0)  # each image's resolution, valid objects
-        self._warned = False
+
+    @property
+    def largest(self) -> int:
+        return max(range(len(self.pyramid)), key=lambda k: self.pyramid[k].min_size)
+
+    def setup(self, cfg) -> list[str]:
+        """`auto`: the pyramid fitted to the recipe's test size (fit:data.test_min_size). A
+        note when the images are loaded smaller than the largest resolution needs."""
+        if self.spec == "auto":
+            self.pyramid = get_pyramid("auto", cfg.data.test_min_size)
+        res = self.pyramid[self.largest]
+        if max(cfg.data.min_size) * 1.05 < res.min_size:
+            return [
+                f"snip: images are loaded at up to {max(cfg.data.min_size)} px and upsampled to "
+                f"{res.min_size} for the largest resolution; load them there "
+                f"(data.min_size=[{res.min_size}], data.max_size={res.max_size})"
+            ]
+        return []
 
     def before_step(self, state: TrainState, batch: Batch) -> Batch:
-        """Each image at a resolution where it has a valid GT (drawn among those)."""
-        choices = []
+        """The batch at one resolution (the paper's mini-batches), drawn among those where an
+        image of it has a valid GT; with `mix_resolutions`, each image at its own."""
+        if not self.pyramid:
+            raise ValueError("snip: pyramid 'auto' is resolved by setup(cfg) before training")
+        valid = []
         for i, target in enumerate(batch.targets):
             scale = fed_scale(batch, i)
-            valid = [
+            valid.append([
                 k
                 for k, res in enumerate(self.pyramid)
                 if bool(in_range(target["boxes"], scale, res.train_range).any())
-            ]
-            choices.append(self.rng.choice(valid or range(len(self.pyramid))))
+            ])  # fmt: skip
+        everywhere = range(len(self.pyramid))
+        if self.mix_resolutions:
+            choices = [self.rng.choice(v or everywhere) for v in valid]
+        else:
+            held = sorted({k for v in valid for k in v})
+            choices = [self.rng.choice(held or everywhere)] * len(valid)
         resolutions = [self.pyramid[k] for k in choices]
-        self._warn_if_upsampling(batch)
         resized, scales = resize_batch(batch, resolutions, self.size_divisible)
         resized.targets = [
             mark_invalid(t, s, res, self.exclude)
@@ -244,22 +271,6 @@ class SNIP(Hook):
             )  # fmt: skip
         self._last = (choices, sum(len(t["boxes"]) for t in resized.targets))
         return resized
-
-    def _warn_if_upsampling(self, batch: Batch) -> None:
-        """Once: the images are loaded smaller than the largest resolution needs."""
-        res = self.pyramid[self.largest]
-        h, w = batch.images.sizes[0]
-        oh, ow = batch.meta[0]["original_size"]
-        wanted = resize_scale(oh, ow, res.min_size, res.max_size) * oh
-        if not self._warned and wanted > 1.05 * h:
-            warnings.warn(
-                f"snip: images are loaded at {h} px and upsampled to {round(wanted)} for the "
-                f"{res.min_size} resolution; load them at the largest resolution "
-                f"(data.min_size=[{self.pyramid[self.largest].min_size}], "
-                f"data.max_size={self.pyramid[self.largest].max_size})",
-                stacklevel=2,
-            )
-            self._warned = True
 
     def after_step(self, state: TrainState) -> None:
         choices, valid_objects = self._last

@@ -218,3 +218,23 @@ def test_tau_auto_is_the_median_feedback_of_the_first_iterations():
         DynamicScaleTraining(tau="median")
     with pytest.raises(ValueError, match="auto"):
         DynamicScaleTraining(tau="auto", feedback="always")
+
+
+def test_collage_cells_keep_each_images_aspect_ratio():
+    """The canvas is the first batch's (64x128: cells 32x64). A square image, and a wide one
+    padded square by its batch, go into their cells scaled by one factor each: their square
+    objects stay square, and the padding of a batch never becomes image."""
+    wide = painted_batch((64, 128), [[(16, 16, 48, 48)]], 1)
+    square = painted_batch((128, 128), [[(32, 32, 96, 96)]], 2)
+    padded = torch.zeros(1, 3, 128, 128)
+    padded[..., :64, :] = painted_batch((64, 128), [[(16, 16, 48, 48)]], 3).images.tensor
+    padded_wide = Batch(ImageBatch(padded, [(64, 128)], [(64, 128)]), wide.targets, wide.meta)
+    collage = make_collage([wide, square, padded_wide, square], 2)
+    boxes = collage.targets[0]["boxes"]
+    sides = boxes[:, 2:] - boxes[:, :2]
+    assert torch.allclose(sides[:, 0], sides[:, 1]), boxes  # every object stays square
+    assert boxes[1].tolist() == [64 + 8, 8, 64 + 24, 24]  # the square image scaled 1/4
+    assert boxes[2].tolist() == [8, 32 + 8, 24, 32 + 24]  # the padded wide one 1/2: its cell
+    cell = collage.images.tensor[0, 0, :32, 64:]
+    assert bool((cell[:, 32:] == 0).all())  # right of the square image: empty
+    assert int((cell == 2).sum()) == 16 * 16

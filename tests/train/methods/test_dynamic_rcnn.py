@@ -68,6 +68,7 @@ def test_updates_every_interval_with_clamps_and_guard():
         "iou_threshold": hook.iou_threshold,
         "beta": 0.25,
         "beta_statistic": 0.0,  # the collapsed median it refused
+        "beta_zero_share": 1.0,  # every statistic of the interval was ~0 (1e-9 too)
     }
 
 
@@ -154,3 +155,23 @@ def test_ddp_rank_without_positives_keeps_the_statistic(tmp_path):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert report["iou_history"] == pytest.approx([0.9])
         assert report["beta_history"] == pytest.approx([0.3])  # mean(|0.2|, |0.4|)
+
+
+def test_the_statistics_leave_the_ground_truth_rows_out():
+    """The R-CNN head adds each GT to its proposals (IoU 1, regression target 0): Dynamic
+    R-CNN's statistics are over the proposals, as the paper's, so no row of the positives'
+    targets is the zero of a GT and every IoU belongs to a proposal."""
+    heads = build_detector(tiny_model_config("faster_rcnn_fpn", 3)).roi_heads.train()
+    gt = torch.tensor([[10.0, 10, 50, 60], [70, 20, 110, 90], [20, 80, 60, 120]])
+    shifted = torch.cat([gt + 2, gt - 3])  # overlapping proposals: positives, non-zero targets
+    far = torch.tensor([[200.0, 200, 230, 240]] * 20)  # negatives
+    proposals = torch.cat([shifted, far])
+    target = {"boxes": gt, "labels": torch.tensor([0, 1, 2])}
+    *_, ious, pos = heads.sample([proposals], [target])
+    assert len(ious[0]) == len(proposals)  # the 3 GT rows are not among them
+    assert float(ious[0][: len(shifted)].min()) > 0.5 and float(ious[0].max()) < 1.0
+    assert len(pos) == len(shifted)  # every shifted proposal, and no GT row
+    assert bool((pos[:, :2].abs().mean(dim=1) > 0).all())
+    hook = DynamicRCNN(k_iou=1, k_beta=1)
+    _, beta = hook.statistics(TrainingStats(proposal_ious=ious, pos_reg_targets=pos, num_images=1))
+    assert beta > 0  # with the GT rows in, the smallest target is 0 and beta could never move

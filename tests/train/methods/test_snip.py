@@ -56,8 +56,7 @@ def test_valid_range_marking_in_original_pixels():
     sides = [8, 24, 36, 60]  # as fed; original 4, 12, 18, 30
     batch = batch_of([[square(50, 50, s) for s in sides]], original=(50, 50))
     hook = SNIP(pyramid=[[200, 1000, 10, 20]])
-    with pytest.warns(UserWarning, match="upsampled to 200"):  # loaded at 100, fed at 200
-        out = hook.before_step(TrainState(0, 1, None, None), batch)
+    out = hook.before_step(TrainState(0, 1, None, None), batch)
     target = out.targets[0]
     assert out.images.sizes == [(200, 200)] and out.images.tensor.shape[-2:] == (224, 224)
     # valid: originals 12 and 18, now x4 -> 48 and 72 px sides
@@ -70,10 +69,31 @@ def test_valid_range_marking_in_original_pixels():
     assert target["boxes"][0, :2].tolist() == pytest.approx([100 - 24, 100 - 24])
 
 
-def test_each_image_trains_at_a_resolution_where_it_has_a_valid_gt():
-    """Image-resolution pairs with a valid GT (the paper): no image leaves the batch."""
+def test_one_resolution_per_batch_where_an_image_has_a_valid_gt():
+    """The paper's mini-batches hold one resolution: drawn among those where an image of the
+    batch has a valid GT; an image without one there trains with its objects ignored."""
+    small, large = square(30, 30, 10), square(50, 50, 80)
+    hook = SNIP(pyramid=[[100, 1000, 0, 20], [50, 1000, 20, math.inf], [25, 1000, 500, 600]])
+    state = TrainState(0, 1, None, None)
+    seen = set()
+    for _ in range(20):
+        out = hook.before_step(state, batch_of([[small], [large]]))
+        hook.after_step(state)
+        resolution = state.metrics["snip_resolution"]
+        assert len(set(resolution)) == 1 and resolution[0] in (100, 50)  # never the empty 25
+        assert len(set(out.images.sizes)) == 1  # no padded mix of sizes
+        seen.add(resolution[0])
+        # the image invalid at the drawn resolution keeps its object as an ignore region
+        assert sorted(len(t["boxes"]) for t in out.targets) == [0, 1]
+        assert sum(len(t["ignore"]) for t in out.targets) == 1
+    assert seen == {100, 50}
+
+
+def test_mixed_resolutions_give_each_image_one_where_it_has_a_valid_gt():
+    """mix_resolutions: each image of the batch at its own valid resolution."""
     small, large, edge = square(30, 30, 10), square(50, 50, 80), square(50, 50, 20)
-    hook = SNIP(pyramid=[[100, 1000, 0, 20], [50, 1000, 20, math.inf]], seed=1)
+    hook = SNIP(pyramid=[[100, 1000, 0, 20], [50, 1000, 20, math.inf]], seed=1,
+                mix_resolutions=True)  # fmt: skip
     state = TrainState(0, 1, None, None)
     for _ in range(6):
         out = hook.before_step(state, batch_of([[small], [large]]))
@@ -88,6 +108,19 @@ def test_each_image_trains_at_a_resolution_where_it_has_a_valid_gt():
         hook.after_step(state)
         seen.add(state.metrics["snip_resolution"][0])
     assert seen == {100, 50}
+
+
+def test_the_default_pyramid_is_fitted_to_the_recipes_test_size(synth_set):
+    cfg = tiny_config(synth_set)  # test size 128, loaded at 128
+    hook = SNIP()
+    notes = hook.setup(cfg)
+    assert [r.min_size for r in hook.pyramid] == [256, 128, 64]  # fit:128
+    assert notes and "upsampled to 256" in notes[0] and "data.min_size=[256]" in notes[0]
+    cfg.data.min_size = [256]
+    assert SNIP().setup(cfg) == []
+    coco = get_pyramid("coco")
+    assert coco[1].rpn_range == (0, 160)  # the paper's RPN at 800 px
+    assert get_pyramid("synthetic")[1].rpn_range == pytest.approx((0, 160 * 256 / 800))
 
 
 def test_rpn_range_gives_the_rpn_its_own_valid_gts():
