@@ -308,9 +308,12 @@ def summarise(run: Path, test: str = "single") -> dict:
         actions = [r["rlo_action"] for r in log if r.get("rlo_action") is not None]
         out["rlo_action_counts"] = {a: actions.count(a) for a in sorted(set(actions))}
         out["rlo_final_probs"] = log[-1]["rlo_probs"]
-    if any("iou_threshold" in r for r in log):
-        out["final_iou_threshold"] = log[-1]["iou_threshold"]
-        out["final_beta"] = log[-1]["beta"]
+    if any("iou_threshold" in r or "beta" in r for r in log):  # DLA / DSL log one each
+        out["final_iou_threshold"] = log[-1].get("iou_threshold")
+        out["final_beta"] = log[-1].get("beta")
+        zeros = [r["beta_zero_share"] for r in log if r.get("beta_zero_share") is not None]
+        if zeros:  # how often the beta statistic was ~0 (GT rows left out: rarely)
+            out["beta_zero_share"] = statistics.mean(zeros)
     if (run / "scales.json").exists():
         out["learned_scale"] = summarise_scales(run)
     return out
@@ -466,11 +469,11 @@ def _cell(values: list[float | None]) -> str:
 
 
 def _extra(runs: list[dict]) -> str:
-    keys = ("collage_fraction", "dst_tau", "final_iou_threshold", "final_beta")
+    keys = ("collage_fraction", "dst_tau", "final_iou_threshold", "final_beta", "beta_zero_share")
     parts = [
         f"{k} {[round(r[k], 3) for r in runs if r.get(k) is not None]}"
         for k in keys
-        if k in runs[0]
+        if runs[0].get(k) is not None
     ]
     parts += [f"{k} {[r[k] for r in runs]}" for k in ("rlo_action_counts", "rlo_final_probs",
               "learned_scale") if k in runs[0]]  # fmt: skip
