@@ -465,6 +465,24 @@ def decompose(
 
 @app.command()
 @user_errors
+def convert(
+    weights: Path = typer.Argument(..., help="The other framework's weights file."),
+    source: str = typer.Option(..., "--from", help="torchvision, detectron2 or mmdet."),
+    arch: str = typer.Option(..., "--arch", help="The source's own name for the model."),
+    out: Path = typer.Option(..., "--out", help="The podkit checkpoint to write (.pt)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+) -> None:
+    """A model zoo's detector as a podkit checkpoint (eval, predict, export, train from it)."""
+    from podkit.convert import convert_weights
+
+    check_output(out, "--out", (".pt",), [weights], overwrite)
+    convert_weights(
+        weights, source, arch, out, log=lambda line: console.print(line, highlight=False)
+    )
+
+
+@app.command()
+@user_errors
 def export(
     checkpoint: Path = typer.Argument(..., help="A podkit checkpoint (baseline, GSL or FD)."),
     target: str = typer.Option(..., "--target", help="onnx, tvm or tensorrt."),

@@ -30,6 +30,9 @@ FORMATS = ("coco", "voc")
 MERGES = ("soft_nms_linear", "soft_nms_gaussian", "nms")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 ANCHOR_MODES = ("config", "auto", "fitted")
+# how far apart a level's anchors lie: "nominal", the level's stride; "floor", the input's
+# size // the level's feature size per axis (torchvision's AnchorGenerator)
+ANCHOR_STRIDES = ("nominal", "floor")
 
 
 class ConfigRangeError(ValueError):
@@ -56,6 +59,7 @@ class RPNConfig:
 
     anchor_sizes: tuple[tuple[float, ...], ...] = ((32,), (64,), (128,), (256,), (512,))
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_stride: str = "nominal"  # one of ANCHOR_STRIDES
     pre_nms_top_n_train: int = 2000
     pre_nms_top_n_test: int = 1000
     post_nms_top_n_train: int = 1000
@@ -77,6 +81,9 @@ class RPNConfig:
             "aspect_ratios",
             bool(self.aspect_ratios) and min(self.aspect_ratios) > 0,
             "positive ratios",
+        )
+        require(
+            self, "anchor_stride", self.anchor_stride in ANCHOR_STRIDES, " or ".join(ANCHOR_STRIDES)
         )
         for key in (
             "pre_nms_top_n_train",
@@ -104,6 +111,9 @@ class RoIHeadConfig:
 
     pooler_resolution: int | None = None
     sampling_ratio: int | None = None
+    # RoIAlign's sampling grid: true samples at roi * scale - 0.5 (Detectron2, MMDetection),
+    # false at roi * scale with RoIs of at least one cell (torchvision's MultiScaleRoIAlign)
+    aligned: bool = True
     representation_size: int = 1024
     batch_size_per_image: int = 512
     positive_fraction: float = 0.25
@@ -149,7 +159,11 @@ class RetinaNetConfig:
 
     anchor_base_sizes: tuple[float, ...] = (32, 64, 128, 256, 512)
     anchor_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+    # explicit sizes per level, replacing base x scales (torchvision truncates its sizes to
+    # integers: (32, 40, 50), (64, 80, 101), ...)
+    anchor_sizes: tuple[tuple[float, ...], ...] | None = None
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_stride: str = "nominal"  # one of ANCHOR_STRIDES
     num_convs: int = 4
     head_norm: str | None = None  # "gn": GroupNorm in the towers (trains faster from scratch)
     fg_iou_threshold: float = 0.5
@@ -168,6 +182,9 @@ class RetinaNetConfig:
         for key in ("anchor_base_sizes", "anchor_scales", "aspect_ratios"):
             values = getattr(self, key)
             require(self, key, bool(values) and min(values) > 0, "a list of positive numbers")
+        require(
+            self, "anchor_stride", self.anchor_stride in ANCHOR_STRIDES, " or ".join(ANCHOR_STRIDES)
+        )
         require(self, "num_convs", self.num_convs >= 0, "an integer >= 0")
         require(self, "head_norm", self.head_norm in (None, "gn"), "null or gn")
         for key in (
@@ -194,7 +211,11 @@ class ModelConfig:
     depth: int = 50
     width: float = 1.0
     num_classes: int = 80
+    # the category id `predict` writes for each label (a converted COCO model's own ids);
+    # None: 1..num_classes
+    category_ids: list[int] | None = None
     norm: str = "frozen"
+    norm_eps: float = 1e-5  # every BatchNorm's eps (torchvision's COCO weights use 0)
     freeze_at: int = 2
     fpn_channels: int = 256
     gsl: bool = False  # 3x3 convs of gsl_stages learn their dilation (POD's GSL)
@@ -219,6 +240,13 @@ class ModelConfig:
         require(self, "width", 0 < self.width <= 4, "in (0, 4]")
         require(self, "num_classes", self.num_classes >= 1, "an integer >= 1")
         require(self, "norm", self.norm in NORMS, f"one of {', '.join(NORMS)}")
+        require(self, "norm_eps", 0 <= self.norm_eps < 1, "in [0, 1)")
+        require(
+            self,
+            "category_ids",
+            self.category_ids is None or len(self.category_ids) == self.num_classes,
+            "null or one id per class (model.num_classes of them)",
+        )
         require(self, "freeze_at", 0 <= self.freeze_at <= 5, "in 0..5")
         require(self, "fpn_channels", self.fpn_channels >= 1, "an integer >= 1")
         require(

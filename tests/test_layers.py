@@ -17,6 +17,7 @@ LAYERS = {
     "train": 3,
     "pod": 3,
     "export": 3,
+    "convert": 3,
     "bench": 4,
     "cli": 5,
     "demo": 5,

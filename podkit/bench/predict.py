@@ -84,7 +84,7 @@ def predict_images(
     detections, image_ids = predict_at(
         detector, records, cfg, device, cfg.data.test_min_size, cfg.data.max_size, progress
     )
-    category_ids = list(range(1, len(classes) + 1))
+    category_ids = cfg.model.category_ids or list(range(1, len(classes) + 1))
     out.mkdir(parents=True, exist_ok=True)
     (out / "detections.json").write_text(
         json.dumps(to_coco_results(detections, image_ids, category_ids))

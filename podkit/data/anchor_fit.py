@@ -76,7 +76,7 @@ def best_anchor_iou(
             continue
         h, w = (-(-v // size_divisible) * size_divisible for v in (h, w))
         grids = [
-            generator.compute(i, (-(-h // s), -(-w // s)), s, "cpu")
+            generator.compute(i, (-(-h // s), -(-w // s)), (s, s), "cpu")
             for i, s in enumerate(layout.strides)
         ]
         iou = box_iou(torch.as_tensor(boxes, dtype=torch.float32), torch.cat(grids))

@@ -64,7 +64,9 @@ def _onnx_nms(boxes, scores, groups, iou_threshold: float, score_threshold: floa
     return op.Reshape(op.Slice(selected, [2], [3], [1]), [-1])
 
 
-def _onnx_roi_align(features, rois, output_size: int, spatial_scale: float, sampling_ratio: int):
+def _onnx_roi_align(
+    features, rois, output_size: int, spatial_scale: float, sampling_ratio: int, aligned: bool
+):
     from onnxscript import opset18 as op
 
     batch = op.Cast(op.Reshape(op.Slice(rois, [0], [1], [1]), [-1]), to=7)  # int64
@@ -77,7 +79,7 @@ def _onnx_roi_align(features, rois, output_size: int, spatial_scale: float, samp
         output_width=output_size,
         sampling_ratio=max(sampling_ratio, 0),
         spatial_scale=spatial_scale,
-        coordinate_transformation_mode="half_pixel",
+        coordinate_transformation_mode="half_pixel" if aligned else "output_half_pixel",
     )
 
 

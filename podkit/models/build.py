@@ -13,7 +13,13 @@ from podkit.config import ModelConfig, RetinaNetConfig, RoIHeadConfig, RPNConfig
 from podkit.models.backbone import C4Backbone, FPNBackbone
 from podkit.models.faster_rcnn import FasterRCNN
 from podkit.models.gsl import to_gsl
-from podkit.models.resnet import DEPTHS, ResNet, load_resnet_weights, make_stage
+from podkit.models.resnet import (
+    DEPTHS,
+    FrozenBatchNorm2d,
+    ResNet,
+    load_resnet_weights,
+    make_stage,
+)
 from podkit.models.retinanet import RetinaNet
 from podkit.models.roi_heads import Res5Head, RoIHeads, TwoMLPHead
 from podkit.models.rpn import RPN
@@ -60,7 +66,9 @@ def build_detector(cfg: ModelConfig) -> nn.Module:
         kind, blocks = DEPTHS[cfg.depth]
         res5 = make_stage(body.block, body.out_channels[-1], body.planes[3], blocks[3], 2, cfg.norm)
         head = Res5Head(res5, body.planes[3] * body.block.expansion)
-        pooler = MultiScaleRoIAlign(roi_cfg.pooler_resolution or 14, _sampling(roi_cfg, 0))
+        pooler = MultiScaleRoIAlign(
+            roi_cfg.pooler_resolution or 14, _sampling(roi_cfg, 0), aligned=roi_cfg.aligned
+        )
         model = FasterRCNN(
             backbone,
             RPN(backbone.out_channels, rpn_cfg),
@@ -70,7 +78,7 @@ def build_detector(cfg: ModelConfig) -> nn.Module:
         backbone = FPNBackbone(body, cfg.fpn_channels, [0, 1, 2, 3], extra="maxpool")
         roi_cfg = cfg.roi_heads
         resolution = roi_cfg.pooler_resolution or 7
-        pooler = MultiScaleRoIAlign(resolution, _sampling(roi_cfg, 2))
+        pooler = MultiScaleRoIAlign(resolution, _sampling(roi_cfg, 2), aligned=roi_cfg.aligned)
         head = TwoMLPHead(cfg.fpn_channels * resolution**2, roi_cfg.representation_size)
         # the R-CNN stage pools from P2-P5 (the FPN paper's level mapping), never from P6
         roi_heads = RoIHeads(pooler, head, cfg.num_classes, roi_cfg, pool_levels=4)
@@ -82,6 +90,7 @@ def build_detector(cfg: ModelConfig) -> nn.Module:
                 model.roi_heads.box_head, cfg.backbone_weights, {"layer4.": "res5."}
             )
         body.freeze(cfg.freeze_at)
+    set_norm_eps(model, cfg.norm_eps)
     if cfg.gsl and cfg.fd_plan:
         raise ValueError(
             "model.gsl and model.fd_plan exclude each other: FD is what GSL decomposes into"
@@ -110,6 +119,14 @@ def read_plan(plan: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
     ):
         raise ValueError(f"{path}: not a plan (a list of {{name, parts, ...}})")
     return data
+
+
+def set_norm_eps(model: nn.Module, eps: float) -> None:
+    """Every BatchNorm of the detector (frozen or trained) at `eps`: a converted model keeps
+    its source's (torchvision's COCO Faster R-CNN and RetinaNet use 0)."""
+    for module in model.modules():
+        if isinstance(module, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+            module.eps = eps
 
 
 def _sampling(cfg: RoIHeadConfig, default: int) -> int:

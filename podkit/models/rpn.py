@@ -60,7 +60,9 @@ class RPN(nn.Module):
     def __init__(self, in_channels: int, config: RPNConfig) -> None:
         super().__init__()
         self.config = config
-        self.anchor_generator = AnchorGenerator(config.anchor_sizes, config.aspect_ratios)
+        self.anchor_generator = AnchorGenerator(
+            config.anchor_sizes, config.aspect_ratios, config.anchor_stride
+        )
         self.head = RPNHead(in_channels, self.anchor_generator.num_anchors_per_location)
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.matcher = Matcher(

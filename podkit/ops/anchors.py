@@ -18,7 +18,9 @@ def cell_anchors(sizes: tuple[float, ...], aspect_ratios: tuple[float, ...]) -> 
 
 
 class AnchorGenerator(nn.Module):
-    """Anchors per level: `sizes[i]` and `aspect_ratios` on a grid of stride `strides[i]`.
+    """Anchors per level: `sizes[i]` and `aspect_ratios` on a grid of stride `strides[i]`
+    (`stride_rule` "nominal"), or at the input's size // the level's feature size per axis
+    ("floor": torchvision's AnchorGenerator, 59 px instead of 64 on P6 of a 416 px wide input).
 
     The grid for a given (feature size, stride) is computed once and cached, so a training
     run at fixed input sizes builds its anchors once.
@@ -28,10 +30,12 @@ class AnchorGenerator(nn.Module):
         self,
         sizes: tuple[tuple[float, ...], ...],
         aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
+        stride_rule: str = "nominal",
     ) -> None:
         super().__init__()
         self.sizes = sizes
         self.aspect_ratios = aspect_ratios
+        self.stride_rule = stride_rule
         self.cell = [cell_anchors(s, aspect_ratios) for s in sizes]
         self._cache: dict[tuple, Tensor] = {}
 
@@ -39,7 +43,9 @@ class AnchorGenerator(nn.Module):
     def num_anchors_per_location(self) -> int:
         return len(self.sizes[0]) * len(self.aspect_ratios)
 
-    def grid_anchors(self, level: int, size: tuple[int, int], stride: int, device) -> Tensor:
+    def grid_anchors(
+        self, level: int, size: tuple[int, int], stride: tuple[int, int], device
+    ) -> Tensor:
         """(H * W * A, 4) anchors, location-major then anchor, as the heads lay them out."""
         if torch.compiler.is_compiling():  # symbolic sizes (export): no cache
             return self.compute(level, size, stride, device)
@@ -48,11 +54,11 @@ class AnchorGenerator(nn.Module):
             self._cache[key] = self.compute(level, size, stride, device)
         return self._cache[key]
 
-    def compute(self, level: int, size: tuple[int, int], stride: int, device) -> Tensor:
-        """`grid_anchors` without the cache."""
+    def compute(self, level: int, size: tuple[int, int], stride: tuple[int, int], device) -> Tensor:
+        """`grid_anchors` without the cache; `stride` is (y, x)."""
         h, w = size
-        shift_x = torch.arange(w, dtype=torch.float32, device=device) * stride
-        shift_y = torch.arange(h, dtype=torch.float32, device=device) * stride
+        shift_x = torch.arange(w, dtype=torch.float32, device=device) * stride[1]
+        shift_y = torch.arange(h, dtype=torch.float32, device=device) * stride[0]
         sy, sx = torch.meshgrid(shift_y, shift_x, indexing="ij")
         shifts = torch.stack((sx, sy, sx, sy), dim=-1).reshape(-1, 1, 4)
         return (shifts + self.cell[level].to(device)[None]).reshape(-1, 4)
@@ -60,7 +66,13 @@ class AnchorGenerator(nn.Module):
     def forward(
         self, feature_sizes: list[tuple[int, int]], strides: list[int], device
     ) -> list[Tensor]:
+        """Each level's anchors; the (padded) input's size is the first level's size x its
+        stride."""
+        steps = [(s, s) for s in strides]
+        if self.stride_rule == "floor":
+            height, width = (n * strides[0] for n in feature_sizes[0])
+            steps = [(height // h, width // w) for h, w in feature_sizes]
         return [
-            self.grid_anchors(i, size, stride, device)
-            for i, (size, stride) in enumerate(zip(feature_sizes, strides, strict=True))
+            self.grid_anchors(i, size, step, device)
+            for i, (size, step) in enumerate(zip(feature_sizes, steps, strict=True))
         ]

@@ -113,16 +113,21 @@ def roi_align(
 
 @torch.library.custom_op("podkit::roi_align", mutates_args=())
 def roi_align_op(
-    features: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int
+    features: Tensor,
+    rois: Tensor,
+    output_size: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
 ) -> Tensor:
-    """`roi_align` (aligned=True) as one opaque op, so a traced graph keeps it as one node
-    (ONNX RoiAlign, half_pixel: podkit.export.wrap). It has no autograd: training calls
-    `roi_align` itself."""
-    return roi_align(features, rois, output_size, spatial_scale, sampling_ratio)
+    """`roi_align` as one opaque op, so a traced graph keeps it as one node (ONNX RoiAlign:
+    half_pixel when aligned, output_half_pixel when not: podkit.export.wrap). It has no
+    autograd: training calls `roi_align` itself."""
+    return roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
 
 
 @roi_align_op.register_fake
-def _roi_align_fake(features, rois, output_size, spatial_scale, sampling_ratio):
+def _roi_align_fake(features, rois, output_size, spatial_scale, sampling_ratio, aligned):
     return features.new_empty((rois.shape[0], features.shape[1], output_size, output_size))
 
 
@@ -139,10 +144,12 @@ class MultiScaleRoIAlign(nn.Module):
         sampling_ratio: int = 2,
         canonical_size: int = 224,
         canonical_level: int = 4,
+        aligned: bool = True,
     ) -> None:
         super().__init__()
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
         self.canonical_size = canonical_size
         self.canonical_level = canonical_level
 
@@ -157,9 +164,9 @@ class MultiScaleRoIAlign(nn.Module):
     def forward(self, features: list[Tensor], rois: Tensor, strides: list[int]) -> Tensor:
         # traced (export, torch.compile): the opaque op; eager: the function, with autograd
         pool = roi_align_op if torch.compiler.is_compiling() else roi_align
-        size, ratio = self.output_size, self.sampling_ratio
+        size, ratio, aligned = self.output_size, self.sampling_ratio, self.aligned
         if len(features) == 1:
-            return pool(features[0], rois, size, 1.0 / strides[0], ratio)
+            return pool(features[0], rois, size, 1.0 / strides[0], ratio, aligned)
         levels = self.levels(rois[:, 1:], strides)
         pooled = features[0].new_zeros((rois.shape[0], features[0].shape[1], size, size))
         for level, (feature, stride) in enumerate(zip(features, strides, strict=True)):
@@ -167,6 +174,6 @@ class MultiScaleRoIAlign(nn.Module):
             # RoI is pooled from its own level only
             index = torch.where(levels == level)[0]
             pooled = pooled.index_put(
-                (index,), pool(feature, rois[index], size, 1.0 / stride, ratio)
+                (index,), pool(feature, rois[index], size, 1.0 / stride, ratio, aligned)
             )
         return pooled

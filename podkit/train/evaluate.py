@@ -56,13 +56,16 @@ def coco_from_records(records: list[Record], classes: list[str], category_ids: l
 def to_coco_results(
     detections: list[dict], image_ids: list[int], category_ids: list[int]
 ) -> list[dict]:
-    """Detections (original pixels, contiguous labels) as COCO result entries (xywh)."""
+    """Detections (original pixels, contiguous labels) as COCO result entries (xywh); a label
+    whose category id is None is left out."""
     results = []
     for det, image_id in zip(detections, image_ids, strict=True):
         boxes = det["boxes"].tolist()
         for box, score, label in zip(
             boxes, det["scores"].tolist(), det["labels"].tolist(), strict=True
         ):
+            if category_ids[label] is None:  # a class the ground truth does not have
+                continue
             results.append(
                 {
                     "image_id": int(image_id),
@@ -180,14 +183,15 @@ def evaluate(
 
 def model_category_ids(dataset: LoadedDataset, classes: list[str], source) -> list[int]:
     """The category id of each of the model's labels, matched by class name: the data set's
-    own ids when the names agree, reordered when only their order differs, and one line
+    own ids when the names agree, matched by name when the model knows every class of the set
+    (in another order, or more classes: a COCO model's others are None, not scored), one line
     naming both lists when the names differ (same ids, other names would be scored against
     the wrong classes). A model without recorded names is matched by position."""
     if not classes or list(classes) == dataset.classes:
         return dataset.category_ids
-    if sorted(classes) == sorted(dataset.classes) and len(set(classes)) == len(classes):
+    if set(dataset.classes) <= set(classes):  # the model's other classes are not scored
         by_name = dict(zip(dataset.classes, dataset.category_ids, strict=True))
-        return [by_name[name] for name in classes]
+        return [by_name.get(name) if classes.count(name) == 1 else None for name in classes]
     raise ValueError(
         f"{dataset.source}: classes {dataset.classes[:6]} differ from the ones {source} was "
         f"trained on {list(classes)[:6]}; evaluate on a set with the model's classes"
@@ -216,8 +220,10 @@ def evaluate_on_val(
         )
     category_ids = model_category_ids(dataset, classes or [], source)
     if category_ids != dataset.category_ids and console is not None:
-        console.print(f"note: {dataset.source} lists the model's classes in another order; "
-                      "detections are matched to them by name")  # fmt: skip
+        unscored = sum(c is None for c in category_ids)
+        console.print(f"note: {dataset.source} lists the model's classes in another order"
+                      + (f" ({unscored} of the model's classes are not in it)" if unscored else "")
+                      + "; detections are matched to them by name")  # fmt: skip
     metrics = evaluate(model, dataset, cfg, device, category_ids=category_ids)
     if console is not None:
         console.print(format_metrics(metrics))

@@ -89,13 +89,23 @@ def build_model_for(cfg: Config, num_classes: int, load_init: bool = True) -> tu
     return model, report
 
 
+# the layers whose shape follows the number of classes (R-CNN predictor, RetinaNet classifier)
+CLASS_SPECIFIC = ("roi_heads.predictor.cls_score.", "roi_heads.predictor.bbox_pred.",
+                  "head.cls_logits.")  # fmt: skip
+
+
 def load_model_weights(model: nn.Module, path: str | Path, allow_partial: bool = False) -> str:
-    """Initialise from another podkit checkpoint. Every shared weight must have the same shape;
-    a residual block or a head left wholly at its initial values is refused unless
+    """Initialise from another podkit checkpoint (a converted COCO detector too). Every
+    shared weight must have the same shape, except the class-specific layers of a model with
+    another number of classes, which keep their initial values (the report names them); a
+    residual block or a head left wholly at its initial values is refused unless
     `allow_partial`. Returns a one-line report of what was loaded."""
     state = load_checkpoint(path)["model"]
     own = model.state_dict()
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    per_class = [k for k in bad if k.startswith(CLASS_SPECIFIC)]
+    bad = [k for k in bad if k not in per_class]
+    state = {k: v for k, v in state.items() if k not in per_class}
     if bad:
         raise ValueError(
             f"{path}: {len(bad)} weights differ in shape from this model, e.g. {bad[0]}"
@@ -107,7 +117,9 @@ def load_model_weights(model: nn.Module, path: str | Path, allow_partial: bool =
     own = {k: v for k, v in own.items() if not k.endswith("num_batches_tracked")}
     missing = [k for k in missing if k in own]
     report = f"init_from {path}: loaded {len(own) - len(missing)} of {len(own)} tensors"
-    absent = _absent_units(own, set(missing))
+    if per_class:
+        report += f"; re-initialised for this model's classes: {', '.join(per_class)}"
+    absent = _absent_units(own, set(missing) - set(per_class))
     if absent:
         report += f"; not in the checkpoint, left at their initial values: {', '.join(absent[:6])}"
         report += ", ..." if len(absent) > 6 else ""
