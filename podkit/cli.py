@@ -500,7 +500,13 @@ def export(
     int8: bool = typer.Option(
         False, "--int8", help="ONNX / TensorRT: INT8 QDQ, calibrated on training images."
     ),
-    calib: int = typer.Option(64, "--calib", help="--int8: calibration images (training set)."),
+    calib: int = typer.Option(64, "--calib", help="--int8: how many calibration images."),
+    calib_data: list[str] = typer.Option(
+        [],
+        "--calib-data",
+        help="--int8: calibrate on these images (files, folders, globs; or a COCO json, then "
+        "its image folder) instead of the checkpoint's training set.",
+    ),
     batch: int = typer.Option(1, "--batch", help="Images per call (NMS per image)."),
     dynamic_batch: bool = typer.Option(
         False, "--dynamic-batch", help="ONNX: any number of images per call (not with --batch)."
@@ -524,6 +530,8 @@ def export(
     suffix = get_backend(target).suffix
     sidecars = () if suffix == ".onnx" else (SIDECAR,)
     check_output(out, "--out", (suffix,), [checkpoint, tune_db], overwrite, sidecars)
+    if calib_data and not int8:
+        raise ValueError("--calib-data calibrates INT8: add --int8")
     if fp16 and int8:
         raise ValueError("--fp16 and --int8: choose one precision")
     if dynamic_batch and batch != 1:
@@ -532,7 +540,7 @@ def export(
     report = export_checkpoint(
         checkpoint, target, out, parse_size(input_size), dynamic, nms, precision, check,
         check_only, device, tune_trials, tune_db, log=console.print,
-        batch=None if dynamic_batch else batch, calib=calib,
+        batch=None if dynamic_batch else batch, calib=calib, calib_data=calib_data or None,
     )  # fmt: skip
     if check_only:
         raise typer.Exit(1 if report["audit"] else 0)

@@ -8,6 +8,7 @@ with the list of valid ones, so a typo never silently trains the wrong thing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -571,6 +572,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ValueError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if math.isfinite(value):
                 return float(value)

@@ -27,6 +27,8 @@ def test_yaml_then_overrides_with_types(tmp_path):
 def test_int_given_for_float_is_accepted_and_dump_round_trips(tmp_path):
     cfg = load_config(None, ["train.lr=1", "model.width=0.25"])
     assert cfg.train.lr == 1.0
+    # YAML 1.1 reads exponents without a dot as strings: still numbers here
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == 0.001
     dump_config(cfg, tmp_path / "out.yaml")
     assert load_config(tmp_path / "out.yaml") == cfg
     assert from_dict(Config, to_dict(cfg), "") == cfg

@@ -135,6 +135,7 @@ def export_checkpoint(
     onnx_path: str | Path | None = None,
     batch: int | None = 1,
     calib: int = 64,
+    calib_data: list[str] | None = None,
 ) -> dict:
     """Export a checkpoint to `target` at `out`; returns what was written and checked.
 
@@ -142,7 +143,8 @@ def export_checkpoint(
     reused, as the latency benchmark's cache does for all backends of a checkpoint), else a
     temporary one, so no file of the user's is ever replaced. `precision` fp16 / int8 turns
     that FP32 file into a half-precision or an INT8 QDQ one (calibrated on `calib` training
-    images, see precision.py) before the target is built. With `check` the artefact runs on
+    images, see precision.py; `calib_data`: other images, precision.calibration_records)
+    before the target is built. With `check` the artefact runs on
     sample images and must match PyTorch (ParityError otherwise; the artefact stays for
     inspection); a reduced-precision artefact's detections differ by design, so its check is
     reported, not enforced: its accuracy is what `podkit eval` measures. `check_only`
@@ -185,7 +187,9 @@ def export_checkpoint(
     out = Path(out) if out is not None else None
     with tempfile.TemporaryDirectory(prefix="podkit-export-") as scratch:
         onnx_path = Path(onnx_path or Path(scratch) / "model.onnx")
-        model, _, ckpt, _ = load_detector(checkpoint)
+        model, cfg, ckpt, _ = load_detector(checkpoint)
+        if precision == "int8":  # the calibration images exist, before minutes of export
+            calib_records = reduced.calibration_records(cfg, calib_data)
         if onnx_path.is_file():
             log(f"{checkpoint}: reusing {onnx_path}")
             wrapper = ExportWrapper(model.cpu().eval(), nms=nms)
@@ -202,10 +206,13 @@ def export_checkpoint(
         if precision != "fp32":
             reduced_path = Path(scratch) / f"model_{precision}.onnx"
             if precision == "int8":
-                log(f"calibrating INT8 on {calib} training images")
+                source = "--calib-data" if calib_data else "training"
+                log(f"calibrating INT8 on {min(calib, len(calib_records))} {source} images")
                 fed_size = None if dynamic else input_size
                 images = list(
-                    reduced.calibration_images(ckpt["config"], fed_size, calib, batch=batch or 1)
+                    reduced.calibration_images(
+                        ckpt["config"], fed_size, calib, batch=batch or 1, records=calib_records
+                    )
                 )
                 report["int8"] = reduced.quantize_int8(
                     onnx_path, reduced_path, images, for_tensorrt=target == "tensorrt"

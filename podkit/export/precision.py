@@ -46,20 +46,25 @@ FP16_KEEP_FLOAT = ["NonMaxSuppression", "RoiAlign", "TopK", "Resize", "GridSampl
 
 
 def calibration_images(
-    config: dict, input_size: tuple[int, int] | None, count: int, seed: int = 0, batch: int = 1
+    config: dict,
+    input_size: tuple[int, int] | None,
+    count: int,
+    seed: int = 0,
+    batch: int = 1,
+    records: list | None = None,
 ) -> Iterator[np.ndarray]:
-    """`count` training images of a checkpoint's `config`, drawn at random, as an artefact
-    of `input_size` (None: dynamic) taking `batch` images is fed: resized, fitted and
-    padded as at inference, in (batch, 3, H, W) groups (the last filled with blanks)."""
+    """`count` of `records` (default: calibration_records of the checkpoint's `config`) drawn
+    at random, as an artefact of `input_size` (None: dynamic) taking `batch` images is fed:
+    resized, fitted and padded as at inference, in (batch, 3, H, W) groups (the last filled
+    with blanks)."""
     from podkit.config import config_from_dict
-    from podkit.data import load_dataset
     from podkit.data.loader import DetectionDataset, eval_batches, make_loader
     from podkit.export.common import artefact_input, stack_inputs
 
     if count < 1:
         raise ValueError(f"--calib {count}: at least one calibration image is needed")
     cfg = config_from_dict(config)
-    records = load_dataset(cfg.data.train, cfg.data.max_image_pixels).records
+    records = records if records is not None else calibration_records(cfg, None)
     picked = random.Random(seed).sample(records, min(count, len(records)))
     batches = eval_batches(len(picked), 1, cfg.data.test_min_size)
     loader = make_loader(
@@ -72,6 +77,33 @@ def calibration_images(
     ]
     for first in range(0, len(arrays), batch):
         yield stack_inputs(arrays[first : first + batch], batch)
+
+
+def calibration_records(cfg, calib_data: list[str] | None) -> list:
+    """The calibration images: `calib_data` (image files, folders or globs; or a COCO json
+    followed by its image folder), else the checkpoint's recorded training set, which a
+    checkpoint from another machine or another framework may not have (one line says so)."""
+    from podkit.data import load_dataset
+    from podkit.data.coco import load_coco
+    from podkit.data.images import find_images, image_records
+
+    limit = cfg.data.max_image_pixels
+    if calib_data and calib_data[0].endswith(".json"):
+        if len(calib_data) != 2:
+            raise ValueError(
+                f"--calib-data {calib_data[0]}: give the COCO json and its image folder"
+            )
+        return load_coco(calib_data[0], calib_data[1], limit)[0]
+    if calib_data:
+        return image_records(find_images(calib_data), limit, "--calib-data")
+    train = cfg.data.train
+    if not train.ann or not Path(train.ann).exists():
+        where = f"{train.ann} is not on this machine" if train.ann else "it records no training set"
+        raise ValueError(
+            f"--int8 calibrates on the checkpoint's training images, but {where}: give "
+            "--calib-data (an image folder, or a COCO json and its image folder)"
+        )
+    return load_dataset(train, limit).records
 
 
 def head_outputs(model) -> list[str]:
