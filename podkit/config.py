@@ -27,6 +27,8 @@ RESNET_DEPTHS = (18, 34, 50, 101)
 NORMS = ("frozen", "bn", "gn")
 DEVICES = ("auto", "cpu", "cuda")  # auto: cuda where there is one, else the CPU
 NAN_POLICIES = ("stop", "skip")
+# where a run's scalars go: metrics.jsonl always; TensorBoard event files and MLflow on request
+RUN_LOGS = ("jsonl", "tensorboard", "mlflow")
 FORMATS = ("coco", "voc")
 MERGES = ("soft_nms_linear", "soft_nms_gaussian", "nms")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -338,6 +340,20 @@ class DataConfig:
 
 
 @dataclass
+class EMAConfig:
+    """An exponential moving average of the weights, evaluated, saved and exported in their
+    place (Ultralytics' ModelEMA): after each step ema = d * ema + (1 - d) * weights, with
+    d = decay * (1 - exp(-updates / warmup)), so the average follows the weights closely early on."""
+
+    decay: float = 0.9998
+    warmup: int = 2000
+
+    def __post_init__(self) -> None:
+        require(self, "decay", 0 < self.decay < 1, "in (0, 1)")
+        require(self, "warmup", self.warmup >= 1, "an integer >= 1")
+
+
+@dataclass
 class TrainConfig:
     max_iter: int = 90000
     batch_size: int = 16  # images per iteration, over all processes
@@ -364,6 +380,11 @@ class TrainConfig:
     # on, stopping after `max_skipped_steps` skipped in a row
     nan_policy: str = "stop"
     max_skipped_steps: int = 10
+    ema: EMAConfig | None = None  # null: the trained weights themselves
+    # RUN/best.pt: the weights that scored highest on this eval.json key (AP, AP50, APs, ...)
+    # at the periodic (eval_every) and final evaluations; null: no best.pt
+    best_metric: str | None = None
+    log: list[str] = field(default_factory=lambda: ["jsonl"])  # any of RUN_LOGS
 
     def __post_init__(self) -> None:
         for key in ("max_iter", "batch_size", "log_every"):
@@ -387,6 +408,7 @@ class TrainConfig:
         require(self, "device", self.device in DEVICES, f"one of {', '.join(DEVICES)}")
         require(self, "nan_policy", self.nan_policy in NAN_POLICIES, "stop or skip")
         require(self, "max_skipped_steps", self.max_skipped_steps >= 1, "an integer >= 1")
+        require(self, "log", set(self.log) <= set(RUN_LOGS), f"a list of {', '.join(RUN_LOGS)}")
 
 
 def resolve_device(name: str) -> str:

@@ -10,6 +10,7 @@ leaving the last good checkpoint in place.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -17,7 +18,7 @@ import random
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,10 +43,12 @@ from podkit.models.checkpoint import load_checkpoint, save_checkpoint
 from podkit.models.output import TrainingStats
 from podkit.outputs import check_writable
 from podkit.train.distributed import any_rank, barrier, init_distributed
-from podkit.train.evaluate import evaluate, format_metrics
+from podkit.train.ema import ModelEMA
+from podkit.train.evaluate import METRIC_KEYS, evaluate, format_metrics
 from podkit.train.hooks import Hook, TrainState
 from podkit.train.methods import build_hooks
 from podkit.train.run_folder import claim_run_folder, run_lock
+from podkit.train.run_log import check_run_logs, open_run_logs
 
 
 class NonFiniteLossError(RuntimeError):
@@ -160,9 +163,12 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     hooks: list[Hook]
+    ema: ModelEMA | None = None  # train.ema: the averaged weights
     iteration: int = 0
     skipped: int = 0  # steps dropped for a non-finite loss (nan_policy: skip)
     skipped_in_a_row: int = 0
+    logs: list = field(default_factory=list)  # TensorBoard / MLflow (train.log)
+    best: dict | None = None  # {"metric", "value", "iteration"} of RUN/best.pt
 
     @property
     def main(self) -> bool:
@@ -230,12 +236,19 @@ def train(
             dump_config(run.cfg, run.out / "config.yaml")
             if not resume:
                 (run.out / "metrics.jsonl").write_text("")  # a fresh run starts a fresh log
-        stream = DataStream(run, position)
-        status = run_iterations(run, stream)
-        save(run, stream)
-        metrics = None
-        if status == "finished" and run.val_set is not None:
-            metrics = _evaluate_to(run.out / "eval.json", run)
+            run.logs = open_run_logs(run.cfg.train.log, run.out, to_dict(run.cfg), resume)
+        try:
+            stream = DataStream(run, position)
+            status = run_iterations(run, stream)
+            save(run, stream)
+            metrics = None
+            if status == "finished" and run.val_set is not None:
+                metrics = _evaluate_to(run.out / "eval.json", run)
+        finally:
+            for log in run.logs:
+                log.close()
+    if run.ema is not None:  # the detector the run delivers: the averaged weights
+        run.model.load_state_dict(run.ema.state_dict())
     return TrainResult(status, run.iteration, metrics, run.model)
 
 
@@ -286,6 +299,12 @@ def set_up(cfg: Config, out: Path, console: Console, hooks: list[Hook] | None, r
             f"train.warmup_iters {cfg.train.warmup_iters} clipped to "
             f"{warmup_length(cfg.train)}, a quarter of train.max_iter {cfg.train.max_iter}"
         )
+    best = cfg.train.best_metric
+    if best is not None and best not in METRIC_KEYS:
+        raise ValueError(f"train.best_metric: one of {', '.join(METRIC_KEYS)}, got {best!r}")
+    if best is not None and val_set is None:
+        raise ValueError("train.best_metric needs a validation set: set data.val.ann")
+    check_run_logs(cfg.train.log)
     if cfg.model.anchors == "auto":
         cfg, line = fit_config_anchors(cfg, train_set.records)
         notes.append(line)
@@ -308,10 +327,12 @@ def set_up(cfg: Config, out: Path, console: Console, hooks: list[Hook] | None, r
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None
         )
+    ema = cfg.train.ema and ModelEMA(model, cfg.train.ema.decay, cfg.train.ema.warmup)
     return Run(
         cfg, out, console, rank, world, device, train_set, val_set, model, train_model, params,
         optimizer, scheduler,
         torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda"), hooks,
+        ema or None,
     )  # fmt: skip
 
 
@@ -332,7 +353,8 @@ def restore(run: Run) -> int:
     data stream's position. A checkpoint of another model is refused in one line."""
     ckpt = load_checkpoint(run.ckpt_path)
     try:
-        run.model.load_state_dict(ckpt["model"])
+        # with EMA, "model" holds the average and "trained_model" the weights being trained
+        run.model.load_state_dict(ckpt.get("trained_model", ckpt["model"]))
         run.optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError) as exc:
         raise ValueError(
@@ -342,6 +364,13 @@ def restore(run: Run) -> int:
     run.scheduler.load_state_dict(ckpt["scheduler"])
     for hook in run.hooks:
         hook.load_state_dict(ckpt["hooks"].get(hook.name, {}))
+    if run.ema is not None:  # EMA switched on at --resume starts from the weights
+        run.ema.load(ckpt["model"], ckpt.get("ema_updates", 0))
+    best = run.out / "best.pt"
+    if run.cfg.train.best_metric and best.exists():  # best.pt may be newer than last.pt
+        run.best = load_checkpoint(best).get("best")
+        if run.best and run.best["metric"] != run.cfg.train.best_metric:
+            run.best = None  # another metric now: the next evaluation starts a new best
     run.iteration = ckpt["iteration"]
     torch.set_rng_state(ckpt["rng"]["torch"][run.rank % len(ckpt["rng"]["torch"])])
     random.setstate(ckpt["rng"]["python"])
@@ -381,6 +410,8 @@ def run_iterations(run: Run, stream: DataStream) -> str:
                 ):
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
+                    for log in run.logs:
+                        log.scalars(record)
                 progress.update(task, completed=run.iteration, loss=record["loss"], lr=record["lr"])
                 if run.main and not run.console.is_terminal and run.iteration % cfg.log_every == 0:
                     _print_line(run, record, progress.tasks[0].elapsed or 0.0, first)
@@ -432,6 +463,8 @@ def step(run: Run, state: TrainState, stream: DataStream) -> dict:
             torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.clip_grad_norm)
         run.scaler.step(run.optimizer)
         run.scaler.update()
+        if run.ema is not None:
+            run.ema.update(run.model)
     else:
         skip_or_stop(run, stream, losses, position)
     lr = run.optimizer.param_groups[0]["lr"]
@@ -484,9 +517,15 @@ def save(run: Run, stream: DataStream) -> None:
     (their RNG states are gathered)."""
     rng = _gather_rng()
     if run.main:
+        ema = run.ema
+        trained = (
+            {"trained_model": run.model.state_dict(), "ema_updates": ema.updates} if ema else {}
+        )
         save_checkpoint(
             {
-                "model": run.model.state_dict(),
+                # what eval, export and init_from read: the average when there is one
+                "model": ema.state_dict() if ema else run.model.state_dict(),
+                **trained,
                 "optimizer": run.optimizer.state_dict(),
                 "scheduler": run.scheduler.state_dict(),
                 "hooks": {h.name: h.state_dict() for h in run.hooks},
@@ -549,14 +588,38 @@ def _print_line(run: Run, record: dict, elapsed: float, first: int) -> None:
 
 
 def _evaluate_to(path: Path, run: Run) -> dict | None:
-    """Rank 0 evaluates the whole validation set while the others wait."""
+    """Rank 0 evaluates the whole validation set (the EMA weights with train.ema) while the
+    others wait, and keeps RUN/best.pt by train.best_metric."""
     metrics = None
     if run.main:
-        metrics = evaluate(run.model, run.val_set, run.cfg, run.device)
+        with (
+            run.ema.applied_to(run.model) if run.ema else contextlib.nullcontext(run.model) as model
+        ):
+            metrics = evaluate(model, run.val_set, run.cfg, run.device)
+            keep_best(run, model, metrics)
         path.write_text(json.dumps(metrics, indent=2))
         run.console.print(f"{path}: {format_metrics(metrics)}")
+        for log in run.logs:
+            log.evaluation(metrics, run.iteration)
     barrier()
     return metrics
+
+
+def keep_best(run: Run, model: nn.Module, metrics: dict) -> None:
+    """RUN/best.pt: the evaluated weights, when they beat every earlier evaluation of the run
+    on train.best_metric (a checkpoint eval, predict and export take as they take last.pt)."""
+    key = run.cfg.train.best_metric
+    if key is None or (run.best is not None and metrics[key] <= run.best["value"]):
+        return
+    run.best = {"metric": key, "value": metrics[key], "iteration": run.iteration}
+    save_checkpoint(
+        {"model": model.state_dict(), "config": to_dict(run.cfg), "iteration": run.iteration,
+         "classes": run.train_set.classes, "best": run.best},
+        run.out / "best.pt",
+    )  # fmt: skip
+    run.console.print(
+        f"{run.out / 'best.pt'}: {key} {metrics[key]:.2f} at iteration {run.iteration}"
+    )
 
 
 def _gather_rng() -> list[torch.Tensor]:

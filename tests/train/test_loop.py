@@ -52,12 +52,14 @@ AUGMENTED = [
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["train.amp=true", "train.channels_last=true"], AUGMENTED],
-    ids=["fp32", "bf16", "augmented"],
-)
+    [[], ["train.amp=true", "train.channels_last=true"], AUGMENTED,
+     ["train.ema={decay: 0.9, warmup: 2}"]],
+    ids=["fp32", "bf16", "augmented", "ema"],
+)  # fmt: skip
 def test_interrupted_and_resumed_run_logs_the_same_losses(synth_set, tmp_path, extra):
-    """Also under bf16 autocast with channels_last (the tiny recipes' CPU mode), and with
-    every augmentation and fitted anchors (the resumed run must not refit them)."""
+    """Also under bf16 autocast with channels_last (the tiny recipes' CPU mode), with every
+    augmentation and fitted anchors (the resumed run must not refit them), and with the
+    weights' moving average (the resumed run continues the average and the trained weights)."""
     cfg = tiny_config(synth_set, "data.min_size=[96, 128]", "data.flip=0.5", *extra, max_iter=6)
     straight = train(cfg, tmp_path / "straight")
     assert straight.status == "finished" and straight.iteration == 6
