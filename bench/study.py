@@ -113,9 +113,13 @@ ARMS = {
         "frcnn_drcnn_dsl", "faster_rcnn_fpn", [{"name": "dynamic_rcnn", "assign": False}]
     ),
     "frcnn_drcnn": Arm("frcnn_drcnn_both", "faster_rcnn_fpn", [{"name": "dynamic_rcnn"}]),
+    # the weights' moving average (train.ema), scaled to the 1200-iteration schedule
+    "frcnn_ema": Arm(
+        "frcnn_ema", "faster_rcnn_fpn", overrides=("train.ema={decay: 0.999, warmup: 200}",)
+    ),
     "retina": Arm("retinanet_baseline", "retinanet"),
     "retina_dst": Arm("retinanet_dst", "retinanet", [{"name": "dst", "tau": "auto"}]),
-    # interval 10: 120 weight updates in 1200 iterations (the paper's alpha of 50 gives 24)
+    # interval 10: 120 weight updates in 1200 iterations (an interval of 50 would give 24)
     "retina_avw": Arm("retinanet_avw", "retinanet", [{"name": "avw", "interval": 10}]),
     "retina_rlo": Arm("retinanet_rlo", "retinanet", [{"name": "rlo", "interval": 10}]),
     # multi-scale training on SNIP's own pyramid, every object valid at every resolution
@@ -149,6 +153,7 @@ STUDIES = {
         ("single",),
     ),
     "loss_balance": (("retina", "retina_avw", "retina_rlo"), ("AP", "APs", "APl"), ("single",)),
+    "ema": (("frcnn", "frcnn_ema"), ("AP", "APs", "AP90"), ("single",)),
     "snip": (
         ("frcnn", "frcnn_ms", "frcnn_mst", "frcnn_snip"),
         ("APs", "AP", "APl"),
@@ -173,6 +178,7 @@ BASELINES = {
     "frcnn_dla": ("frcnn",),
     "frcnn_dsl": ("frcnn",),
     "frcnn_drcnn": ("frcnn", "frcnn_dla"),
+    "frcnn_ema": ("frcnn",),
     "retina_dst": ("retina",),
     "retina_avw": ("retina",),
     "retina_rlo": ("retina",),

@@ -148,3 +148,32 @@ def test_data_synth_refuses_a_folder_holding_a_set(tmp_path):
     assert (tmp_path / "s/annotations/train.json").read_bytes() == before
     assert invoke(*args, "--seed", 5, "--overwrite")[0] == 0
     assert (tmp_path / "s/annotations/train.json").read_bytes() != before
+
+
+def test_predict_sees_an_exif_rotated_photo_as_displayed(tiny_run, synth_set, tmp_path):
+    """A stored image with EXIF orientation 6 and the same pixels saved already turned give
+    the same sizes and the same boxes: both are read in the displayed frame."""
+    import numpy as np
+    from PIL import Image
+
+    raw = np.asarray(Image.open(next((synth_set / "val").iterdir())).convert("RGB"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed turned 90 degrees clockwise
+    Image.fromarray(np.ascontiguousarray(np.rot90(raw, k=1))).save(
+        tmp_path / "stored.png", exif=exif.tobytes()
+    )
+    Image.fromarray(raw).save(tmp_path / "shown.png")
+    found = {}
+    for name in ("stored", "shown"):
+        code, text = invoke("predict", tiny_run / "last.pt", tmp_path / f"{name}.png",
+                            "--out", tmp_path / name, "--no-draw")  # fmt: skip
+        assert code == 0, text
+        image = json.loads((tmp_path / name / "images.json").read_text())["images"][0]
+        found[name] = (
+            (image["width"], image["height"]),
+            json.loads((tmp_path / name / "detections.json").read_text()),
+        )
+    assert found["stored"][0] == found["shown"][0] == (raw.shape[1], raw.shape[0])
+    boxes = [[d["bbox"] for d in found[n][1]] for n in ("stored", "shown")]
+    assert len(boxes[0]) == len(boxes[1]) > 0
+    assert np.allclose(boxes[0], boxes[1], atol=1e-3)
