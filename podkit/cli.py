@@ -332,6 +332,13 @@ def info(
         ("train sizes", f"min {get('data', 'min_size')} max {get('data', 'max_size')}"),
         ("holds", ", ".join(sorted(ckpt))),
     ]
+    source = ckpt.get("converted_from")
+    if source:  # `podkit convert`: no podkit training yet
+        rows[4] = ("converted from", f"{source['source']} {source['arch']} ({source['file']})")
+    if ckpt.get("best"):
+        rows.insert(
+            5, ("best", "{metric} {value:.2f} at iteration {iteration}".format(**ckpt["best"]))
+        )
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)

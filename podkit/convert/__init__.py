@@ -12,6 +12,8 @@ POD flow take it like any podkit checkpoint.
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +33,20 @@ def read_weights(path: Path, source: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it reads fine
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a torch file, or a pickle holding code
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        text = str(exc)
+        code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if code:
+            raise ValueError(
+                f"{path}: a pickle that would run code ({code[1]}), not a weights file for "
+                f"--from {source}; it was not run"
+            ) from None
         raise ValueError(
             f"{path}: not a readable weights file for --from {source} (truncated, not a "
-            f"PyTorch file, or a pickle that would run code: {first})"
+            f"PyTorch file, or a pickle the weights-only loader refuses: {type(exc).__name__})"
         ) from None
     if isinstance(data, dict) and "state_dict" in data and "meta" in data:
         raise ValueError(

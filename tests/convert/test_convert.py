@@ -39,6 +39,8 @@ def test_convert_through_the_cli_and_its_refusals(torchvision_files, tmp_path):
     ckpt = load_checkpoint(out)
     assert len(ckpt["classes"]) == 90 and ckpt["classes"][0] == "person"
     assert ckpt["converted_from"]["arch"] == "fasterrcnn_resnet50_fpn"
+    code, text = invoke("info", out)
+    assert code == 0 and "converted from" in text and "torchvision fasterrcnn_resnet50_fpn" in text
     one_line_error(*invoke(*args, "--out", out), "exists; pass --overwrite")
     one_line_error(*invoke(*args, "--out", source), "--out must end in .pt")
     as_pt = tmp_path / "weights.pt"
@@ -60,9 +62,9 @@ def test_convert_through_the_cli_and_its_refusals(torchvision_files, tmp_path):
             return (print, ("this pickle ran code",))
 
     hostile = tmp_path / "hostile.pth"
-    hostile.write_bytes(pickle.dumps({"model": RunsCode()}))
+    hostile.write_bytes(pickle.dumps({"model": RunsCode()}, protocol=2))
     code, text = invoke("convert", hostile, *args[2:], "--out", tmp_path / "z.pt")
-    one_line_error(code, text, "hostile.pth", "would run code")
+    one_line_error(code, text, "hostile.pth: a pickle that would run code (", "print)")
     assert "this pickle ran code" not in text
     mmdet = tmp_path / "mmdet.pth"
     torch.save({"meta": {}, "state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, mmdet)

@@ -14,6 +14,7 @@ from podkit.train import loop
 from podkit.train.ema import ModelEMA
 from podkit.train.loop import train
 from tests.conftest import tiny_config
+from tests.e2e.test_cli import invoke
 from tests.train.test_loop import losses_of
 
 
@@ -81,6 +82,8 @@ def test_best_checkpoint_is_the_best_evaluation_and_survives_resume(
     at_4 = load_checkpoint(run / "iter_4.pt")["model"]
     assert all(torch.equal(best["model"][k], at_4[k]) for k in at_4)
     assert best["classes"] and best["config"]["train"]["best_metric"] == "AP"
+    code, text = invoke("info", run / "best.pt")
+    assert code == 0 and "AP 3.00 at iteration 4" in text
 
 
 def test_best_metric_must_be_a_metric_with_a_validation_set(synth_set, tmp_path):
