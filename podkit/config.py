@@ -36,6 +36,9 @@ ANCHOR_MODES = ("config", "auto", "fitted")
 # how far apart a level's anchors lie: "nominal", the level's stride; "floor", the input's
 # size // the level's feature size per axis (torchvision's AnchorGenerator)
 ANCHOR_STRIDES = ("nominal", "floor")
+# RetinaNet's P6/P7: from P5 with a ReLU before P7 (RetinaNet paper, torchvision v1), from C5
+# (Detectron2), from C5 without the ReLU (MMDetection)
+RETINANET_EXTRA = ("p6p7", "p6p7_c5", "p6p7_c5_linear")
 
 
 class ConfigRangeError(ValueError):
@@ -63,6 +66,8 @@ class RPNConfig:
     anchor_sizes: tuple[tuple[float, ...], ...] = ((32,), (64,), (128,), (256,), (512,))
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     anchor_stride: str = "nominal"  # one of ANCHOR_STRIDES
+    # anchor corners rounded to whole pixels (torchvision); false: exact (Detectron2, MMDetection)
+    anchor_round: bool = True
     pre_nms_top_n_train: int = 2000
     pre_nms_top_n_test: int = 1000
     post_nms_top_n_train: int = 1000
@@ -167,6 +172,8 @@ class RetinaNetConfig:
     anchor_sizes: tuple[tuple[float, ...], ...] | None = None
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     anchor_stride: str = "nominal"  # one of ANCHOR_STRIDES
+    anchor_round: bool = True  # as RPNConfig.anchor_round
+    extra_levels: str = "p6p7"  # one of RETINANET_EXTRA
     num_convs: int = 4
     head_norm: str | None = None  # "gn": GroupNorm in the towers (trains faster from scratch)
     fg_iou_threshold: float = 0.5
@@ -187,6 +194,9 @@ class RetinaNetConfig:
             require(self, key, bool(values) and min(values) > 0, "a list of positive numbers")
         require(
             self, "anchor_stride", self.anchor_stride in ANCHOR_STRIDES, " or ".join(ANCHOR_STRIDES)
+        )
+        require(
+            self, "extra_levels", self.extra_levels in RETINANET_EXTRA, " or ".join(RETINANET_EXTRA)
         )
         require(self, "num_convs", self.num_convs >= 0, "an integer >= 0")
         require(self, "head_norm", self.head_norm in (None, "gn"), "null or gn")

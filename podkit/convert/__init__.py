@@ -20,35 +20,67 @@ from typing import Any
 import torch
 
 from podkit.config import config_from_dict, to_dict
-from podkit.convert import torchvision
+from podkit.convert import mmdet, torchvision
 from podkit.models import build_detector
 from podkit.models.checkpoint import save_checkpoint
 
-SOURCES = {"torchvision": torchvision.ARCHS}
+SOURCES = {"torchvision": torchvision.ARCHS, "mmdet": mmdet.ARCHS}
+
+
+# framework classes a checkpoint's training record ("meta", "message_hub") may hold: read as
+# inert placeholders (never constructed, never called), so the weights beside them load
+RECORD_MODULES = ("mmengine.", "mmcv.", "mmdet.", "numpy.")
+
+
+class Inert:
+    """Stands for a framework object of a checkpoint's training record: takes any arguments
+    and state, does nothing with them."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+def torch_load(path: Path, source: str):
+    """`torch.load(weights_only=True)`; framework objects of the training record (RECORD_MODULES)
+    become Inert; any other global is refused as code, naming it."""
+    inert: list = []
+    for _ in range(2):
+        try:
+            with warnings.catch_warnings(), torch.serialization.safe_globals(inert):
+                warnings.simplefilter("ignore")  # torch warns about pickle protocols it reads
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, not a torch file, or a pickle holding code
+            refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+            if refused is None:
+                raise ValueError(
+                    f"{path}: not a readable weights file for --from {source} (truncated, not "
+                    f"a PyTorch file, or a pickle the weights-only loader refuses: "
+                    f"{type(exc).__name__})"
+                ) from None
+            try:
+                names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            except Exception:  # not a zip checkpoint: a bare pickle
+                names = [refused[1]]
+            code = [n for n in names if not n.startswith(RECORD_MODULES)]
+            if code or inert:
+                raise ValueError(
+                    f"{path}: a pickle that would run code ({(code or names)[0]}), not a "
+                    f"weights file for --from {source}; it was not run"
+                ) from None
+            inert = [(Inert, name) for name in names]
+    raise AssertionError("unreachable")
 
 
 def read_weights(path: Path, source: str) -> dict[str, torch.Tensor]:
-    """The state dict in `path`, read without unpickling code; wrappers around it
+    """The state dict in `path`, read without running code in it; wrappers around it
     ({"model": ...}, {"state_dict": ...}) are opened, and the other zoos' layouts named."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols it reads fine
-            warnings.simplefilter("ignore")
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, not a torch file, or a pickle holding code
-        text = str(exc)
-        code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if code:
-            raise ValueError(
-                f"{path}: a pickle that would run code ({code[1]}), not a weights file for "
-                f"--from {source}; it was not run"
-            ) from None
-        raise ValueError(
-            f"{path}: not a readable weights file for --from {source} (truncated, not a "
-            f"PyTorch file, or a pickle the weights-only loader refuses: {type(exc).__name__})"
-        ) from None
-    if isinstance(data, dict) and "state_dict" in data and "meta" in data:
+    data = torch_load(path, source)
+    if isinstance(data, dict) and "state_dict" in data and "meta" in data and source != "mmdet":
         raise ValueError(
             f"{path}: an MMDetection checkpoint (state_dict + meta), not --from {source}"
         )

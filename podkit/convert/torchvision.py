@@ -17,12 +17,10 @@ Read against torchvision/models/detection/{faster_rcnn,retinanet,rpn,roi_heads}.
 
 from __future__ import annotations
 
-import re
-
-import torch
 from torch import Tensor
 
 from podkit.convert.coco import TORCHVISION_LABELS
+from podkit.convert.rename import Renames, normalisation, rename
 
 CLASSES = TORCHVISION_LABELS[1:]  # 90 labels, "N/A" where COCO skips an id
 CATEGORY_IDS = list(range(1, 91))
@@ -51,7 +49,7 @@ DATA = {"min_size": [800], "max_size": 1333, "test_min_size": 800}
 
 # source name pattern -> podkit name (Conv2dNormActivation wrappers `.0` optional: older
 # torchvision saved the bare convs)
-RENAMES = [
+RENAMES: Renames = [
     (r"^backbone\.fpn\.inner_blocks\.(\d+)(\.0)?\.", r"backbone.fpn.lateral.\1."),
     (r"^backbone\.fpn\.layer_blocks\.(\d+)(\.0)?\.", r"backbone.fpn.output.\1."),
     (r"^backbone\.fpn\.extra_blocks\.(p6|p7)\.", r"backbone.fpn.\1."),
@@ -64,14 +62,6 @@ RENAMES = [
 ]  # fmt: skip
 
 
-def rename(key: str) -> str:
-    for pattern, repl in RENAMES:
-        key, n = re.subn(pattern, repl, key)
-        if n:
-            return key
-    return key
-
-
 # GeneralizedRCNNTransform's image_mean / image_std (RGB in [0, 1])
 PIXEL_MEAN, PIXEL_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -80,14 +70,11 @@ def convert_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """podkit's tensors from torchvision's: renamed; the predictor's background row moved
     last (classes) or dropped (boxes); RetinaNet's background channel of each anchor dropped;
     the transform's pixel normalisation as the backbone's."""
-    out = {
-        "backbone.normalize.mean": torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1),
-        "backbone.normalize.std": torch.tensor(PIXEL_STD).view(1, 3, 1, 1),
-    }
+    out = normalisation(PIXEL_MEAN, PIXEL_STD)
     for key, value in state.items():
         if key.endswith("num_batches_tracked"):
             continue  # BatchNorm's step counter (absent from the COCO weights' FrozenBN)
-        name = rename(key)
+        name = rename(key, RENAMES)
         if name.startswith("roi_heads.predictor.cls_score."):
             value = value[list(range(1, len(value))) + [0]]
         elif name.startswith("roi_heads.predictor.bbox_pred."):

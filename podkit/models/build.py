@@ -54,7 +54,7 @@ def build_detector(cfg: ModelConfig) -> nn.Module:
     c4 = cfg.arch == "faster_rcnn_c4"
     body = ResNet(cfg.depth, cfg.width, cfg.norm, cfg.freeze_at, num_stages=3 if c4 else 4)
     if cfg.arch == "retinanet":
-        backbone = FPNBackbone(body, cfg.fpn_channels, [1, 2, 3], extra="p6p7")
+        backbone = FPNBackbone(body, cfg.fpn_channels, [1, 2, 3], cfg.retinanet.extra_levels)
         model: nn.Module = RetinaNet(backbone, cfg.num_classes, cfg.retinanet)
     elif c4:
         backbone = C4Backbone(body)

@@ -5,12 +5,18 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+# extra levels -> how many levels they add
+FPN_EXTRA = {"maxpool": 1, "p6p7": 2, "p6p7_c5": 2, "p6p7_c5_linear": 2, "none": 0}
+
 
 class FPN(nn.Module):
     """P levels from C levels; `extra` adds coarser levels.
 
     extra = "maxpool": P6 = maxpool(P5) (Faster R-CNN, P2-P6).
     extra = "p6p7": P6 = conv3x3/2(P5), P7 = conv3x3/2(relu(P6)) (RetinaNet, P3-P7).
+    extra = "p6p7_c5": P6 from C5 instead (Detectron2, torchvision's RetinaNet v2).
+    extra = "p6p7_c5_linear": P6 from C5, P7 = conv3x3/2(P6) without the ReLU (MMDetection's
+    add_extra_convs="on_input").
     """
 
     def __init__(
@@ -21,21 +27,22 @@ class FPN(nn.Module):
         extra: str = "maxpool",
     ) -> None:
         super().__init__()
-        if extra not in ("maxpool", "p6p7", "none"):
+        if extra not in FPN_EXTRA:
             raise ValueError(f"unknown FPN extra levels {extra!r}")
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
         self.output = nn.ModuleList(
             nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels
         )
         self.extra = extra
-        if extra == "p6p7":
-            self.p6 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
+        if extra.startswith("p6p7"):
+            p6_in = in_channels[-1] if "c5" in extra else out_channels
+            self.p6 = nn.Conv2d(p6_in, out_channels, 3, 2, 1)
             self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight, a=1)
                 nn.init.zeros_(m.bias)
-        n_extra = {"maxpool": 1, "p6p7": 2, "none": 0}[extra]
+        n_extra = FPN_EXTRA[extra]
         self.strides = list(in_strides) + [in_strides[-1] * 2 ** (i + 1) for i in range(n_extra)]
         self.out_channels = out_channels
 
@@ -48,7 +55,7 @@ class FPN(nn.Module):
             outs.insert(0, self.output[i](last))
         if self.extra == "maxpool":
             outs.append(F.max_pool2d(outs[-1], 1, 2))
-        elif self.extra == "p6p7":
-            p6 = self.p6(outs[-1])
-            outs += [p6, self.p7(F.relu(p6))]
+        elif self.extra != "none":
+            p6 = self.p6(features[-1] if "c5" in self.extra else outs[-1])
+            outs += [p6, self.p7(p6 if self.extra.endswith("linear") else F.relu(p6))]
         return outs

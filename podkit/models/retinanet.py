@@ -83,7 +83,9 @@ class RetinaNet(nn.Module):
         sizes = config.anchor_sizes or tuple(
             tuple(b * s for s in config.anchor_scales) for b in config.anchor_base_sizes
         )
-        self.anchor_generator = AnchorGenerator(sizes, config.aspect_ratios, config.anchor_stride)
+        self.anchor_generator = AnchorGenerator(
+            sizes, config.aspect_ratios, config.anchor_stride, config.anchor_round
+        )
         self.head = RetinaNetHead(
             backbone.out_channels,
             self.anchor_generator.num_anchors_per_location,

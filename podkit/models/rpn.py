@@ -61,7 +61,7 @@ class RPN(nn.Module):
         super().__init__()
         self.config = config
         self.anchor_generator = AnchorGenerator(
-            config.anchor_sizes, config.aspect_ratios, config.anchor_stride
+            config.anchor_sizes, config.aspect_ratios, config.anchor_stride, config.anchor_round
         )
         self.head = RPNHead(in_channels, self.anchor_generator.num_anchors_per_location)
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))

@@ -6,15 +6,19 @@ import torch
 from torch import Tensor, nn
 
 
-def cell_anchors(sizes: tuple[float, ...], aspect_ratios: tuple[float, ...]) -> Tensor:
-    """Anchors centred on (0, 0): one per (ratio, size), ratio = height / width, area = size^2."""
+def cell_anchors(
+    sizes: tuple[float, ...], aspect_ratios: tuple[float, ...], rounded: bool = True
+) -> Tensor:
+    """Anchors centred on (0, 0): one per (ratio, size), ratio = height / width, area = size^2;
+    corners rounded to whole pixels (torchvision) or exact (Detectron2, MMDetection)."""
     scales = torch.as_tensor(sizes, dtype=torch.float32)
     ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
     h_ratios = torch.sqrt(ratios)
     w_ratios = 1 / h_ratios
     ws = (w_ratios[:, None] * scales[None, :]).reshape(-1)
     hs = (h_ratios[:, None] * scales[None, :]).reshape(-1)
-    return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
+    anchors = torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+    return anchors.round() if rounded else anchors
 
 
 class AnchorGenerator(nn.Module):
@@ -31,12 +35,13 @@ class AnchorGenerator(nn.Module):
         sizes: tuple[tuple[float, ...], ...],
         aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
         stride_rule: str = "nominal",
+        rounded: bool = True,
     ) -> None:
         super().__init__()
         self.sizes = sizes
         self.aspect_ratios = aspect_ratios
         self.stride_rule = stride_rule
-        self.cell = [cell_anchors(s, aspect_ratios) for s in sizes]
+        self.cell = [cell_anchors(s, aspect_ratios, rounded) for s in sizes]
         self._cache: dict[tuple, Tensor] = {}
 
     @property

@@ -9,22 +9,24 @@ import torch
 from rich.console import Console
 
 from podkit.config import config_from_dict, load_config, to_dict
-from podkit.convert.torchvision import ARCHS as TORCHVISION_ARCHS
+from podkit.convert import SOURCES
 from podkit.models import build_detector
 from podkit.models.checkpoint import load_checkpoint, load_detector
 from podkit.ops.image_batch import ImageBatch
 from podkit.train.loop import load_model_weights, train
 from tests.conftest import ROOT, tiny_overrides
-from tests.convert.conftest import ARCHS, inputs
+from tests.convert.conftest import inputs
 from tests.e2e.test_cli import invoke
 from tests.e2e.test_reliability import one_line_error
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_the_recipe_builds_the_converted_model(arch):
-    """configs/converted/torchvision_ARCH.yaml trains the model `convert` writes."""
-    recipe = load_config(ROOT / f"configs/converted/torchvision_{arch}.yaml")
-    converted = config_from_dict({"model": TORCHVISION_ARCHS[arch][0]})
+@pytest.mark.parametrize(
+    "source,arch", [(source, arch) for source, archs in SOURCES.items() for arch in archs]
+)
+def test_the_recipe_builds_the_converted_model(source, arch):
+    """configs/converted/SOURCE_ARCH.yaml trains the model `convert` writes."""
+    recipe = load_config(ROOT / f"configs/converted/{source}_{arch}.yaml")
+    converted = config_from_dict({"model": SOURCES[source][arch][0]})
     ours, theirs = to_dict(recipe.model), to_dict(converted.model)
     ours.pop("category_ids"), theirs.pop("category_ids")
     assert ours == theirs

@@ -136,3 +136,21 @@ def test_the_mode_alone_decides_losses_or_detections(arch):
         assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
     with pytest.raises(ValueError, match="training mode needs targets"):
         model.train()(images)
+
+
+@pytest.mark.parametrize("extra", ["p6p7", "p6p7_c5", "p6p7_c5_linear"])
+def test_retinanet_extra_levels_as_each_framework_builds_them(extra):
+    """P6 from P5 or C5, P7 from P6 with or without a ReLU between, computed by hand."""
+    import torch.nn.functional as F
+
+    from podkit.models.fpn import FPN
+
+    torch.manual_seed(0)
+    fpn = FPN([8, 16], [16, 32], 4, extra)
+    c4, c5 = torch.randn(1, 8, 8, 8), torch.randn(1, 16, 4, 4)
+    p4, p5, p6, p7 = fpn([c4, c5])
+    source = c5 if "c5" in extra else p5
+    expected6 = F.conv2d(source, fpn.p6.weight, fpn.p6.bias, stride=2, padding=1)
+    into7 = expected6 if extra.endswith("linear") else F.relu(expected6)
+    torch.testing.assert_close(p6, expected6)
+    torch.testing.assert_close(p7, F.conv2d(into7, fpn.p7.weight, fpn.p7.bias, stride=2, padding=1))

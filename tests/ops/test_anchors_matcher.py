@@ -50,3 +50,20 @@ def test_sampler_respects_budget_and_fraction():
     pos, neg = BalancedSampler(64, 0.5)(torch.tensor([1] * 3 + [0] * 10))
     assert pos.sum() == 3 and neg.sum() == 10
     assert box_area(torch.tensor([[0.0, 0, 2, 3]])).item() == 6
+
+
+def test_exact_anchors_and_the_floor_stride_rule():
+    """Unrounded anchors are MMDetection's / Detectron2's floats (centre -/+ half the size:
+    w = size / sqrt(ratio), h = size * sqrt(ratio)); the floor rule spaces a level's anchors
+    at the input size // its feature size (torchvision: 416 // 7 = 59 on a 7-wide P6)."""
+    exact = cell_anchors((32.0,), (0.5, 2.0), rounded=False)
+    for row, ratio in zip(exact, (0.5, 2.0), strict=True):
+        w, h = 32 / ratio**0.5, 32 * ratio**0.5
+        assert row.tolist() == pytest.approx([-w / 2, -h / 2, w / 2, h / 2], abs=1e-5)
+    assert cell_anchors((32.0,), (0.5,)).tolist() == [[-23.0, -11.0, 23.0, 11.0]]
+    gen = AnchorGenerator(((32.0,), (64.0,)), (1.0,), stride_rule="floor")
+    _, p6 = gen([(80, 104), (5, 7)], [4, 64], "cpu")  # a 320 x 416 input
+    centres_x = ((p6[:7, 0] + p6[:7, 2]) / 2).tolist()
+    assert centres_x == [59.0 * i for i in range(7)]
+    centres_y = ((p6[::7, 1] + p6[::7, 3]) / 2).tolist()
+    assert centres_y == [64.0 * i for i in range(5)]
