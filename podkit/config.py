@@ -229,6 +229,8 @@ class ModelConfig:
     category_ids: list[int] | None = None
     norm: str = "frozen"
     norm_eps: float = 1e-5  # every BatchNorm's eps (torchvision's COCO weights use 0)
+    # a bottleneck's stride on its first 1x1 conv (Detectron2's MSRA-based models), not the 3x3
+    stride_in_1x1: bool = False
     freeze_at: int = 2
     fpn_channels: int = 256
     gsl: bool = False  # 3x3 convs of gsl_stages learn their dilation (POD's GSL)
@@ -254,6 +256,8 @@ class ModelConfig:
         require(self, "num_classes", self.num_classes >= 1, "an integer >= 1")
         require(self, "norm", self.norm in NORMS, f"one of {', '.join(NORMS)}")
         require(self, "norm_eps", 0 <= self.norm_eps < 1, "in [0, 1)")
+        require(self, "stride_in_1x1", not self.stride_in_1x1 or self.depth >= 50,
+                "false for depths 18 and 34 (no 1x1 conv in their blocks)")  # fmt: skip
         require(
             self,
             "category_ids",

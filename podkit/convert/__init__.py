@@ -2,7 +2,8 @@
 
 Each source (one file each: its architectures, the podkit options under which podkit
 computes what the source computes, and the renaming of its tensors) is a row of SOURCES.
-A file is read without running code (`torch.load(weights_only=True)`), every source tensor
+A file is read without running code (`torch.load(weights_only=True)`; a Detectron2 `.pkl`
+by an unpickler that admits numpy arrays only), every source tensor
 must land in exactly one podkit tensor of the same shape and every podkit tensor must be
 set: anything else is one line naming the file and what was expected. The checkpoint holds
 the config (every option spelled out, the source's values recorded), the class names and
@@ -20,11 +21,15 @@ from typing import Any
 import torch
 
 from podkit.config import config_from_dict, to_dict
-from podkit.convert import mmdet, torchvision
+from podkit.convert import detectron2, mmdet, torchvision
 from podkit.models import build_detector
 from podkit.models.checkpoint import save_checkpoint
 
-SOURCES = {"torchvision": torchvision.ARCHS, "mmdet": mmdet.ARCHS}
+SOURCES = {
+    "torchvision": torchvision.ARCHS,
+    "detectron2": detectron2.ARCHS,
+    "mmdet": mmdet.ARCHS,
+}
 
 
 # framework classes a checkpoint's training record ("meta", "message_hub") may hold: read as
@@ -79,7 +84,10 @@ def read_weights(path: Path, source: str) -> dict[str, torch.Tensor]:
     ({"model": ...}, {"state_dict": ...}) are opened, and the other zoos' layouts named."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")
-    data = torch_load(path, source)
+    if source == "detectron2" and path.suffix == ".pkl":
+        data = detectron2.read_pkl(path)
+    else:
+        data = torch_load(path, source)
     if isinstance(data, dict) and "state_dict" in data and "meta" in data and source != "mmdet":
         raise ValueError(
             f"{path}: an MMDetection checkpoint (state_dict + meta), not --from {source}"

@@ -52,7 +52,7 @@ def tiny_model_config(arch: str, num_classes: int) -> ModelConfig:
 def build_detector(cfg: ModelConfig) -> nn.Module:
     """A Faster R-CNN (FPN or C4) or RetinaNet as the config says, with weights if given."""
     c4 = cfg.arch == "faster_rcnn_c4"
-    body = ResNet(cfg.depth, cfg.width, cfg.norm, cfg.freeze_at, num_stages=3 if c4 else 4)
+    body = ResNet(cfg.depth, cfg.width, cfg.norm, cfg.freeze_at, 3 if c4 else 4, cfg.stride_in_1x1)
     if cfg.arch == "retinanet":
         backbone = FPNBackbone(body, cfg.fpn_channels, [1, 2, 3], cfg.retinanet.extra_levels)
         model: nn.Module = RetinaNet(backbone, cfg.num_classes, cfg.retinanet)
@@ -64,7 +64,10 @@ def build_detector(cfg: ModelConfig) -> nn.Module:
         )
         roi_cfg = cfg.roi_heads
         kind, blocks = DEPTHS[cfg.depth]
-        res5 = make_stage(body.block, body.out_channels[-1], body.planes[3], blocks[3], 2, cfg.norm)
+        res5 = make_stage(
+            body.block, body.out_channels[-1], body.planes[3], blocks[3], 2, cfg.norm,
+            cfg.stride_in_1x1,
+        )  # fmt: skip
         head = Res5Head(res5, body.planes[3] * body.block.expansion)
         pooler = MultiScaleRoIAlign(
             roi_cfg.pooler_resolution or 14, _sampling(roi_cfg, 0), aligned=roi_cfg.aligned

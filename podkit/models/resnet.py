@@ -2,7 +2,8 @@
 
 Module names follow torchvision's layout (conv1, bn1, layer1..layer4, downsample.0/1), so
 ImageNet weights saved from torchvision load by name from a local file. The stride of a
-bottleneck sits on its 3x3 conv ("ResNet v1.5"), as in torchvision and Detectron2.
+bottleneck sits on its 3x3 conv ("ResNet v1.5", torchvision and MMDetection), or on its first
+1x1 conv (`stride_in_1x1`: the MSRA weights behind Detectron2's model zoo).
 """
 
 from __future__ import annotations
@@ -80,11 +81,14 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int, norm: str) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int, norm: str, stride_in_1x1: bool = False
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, stride_1x1, bias=False)
         self.bn1 = make_norm(norm, planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride_3x3, 1, bias=False)
         self.bn2 = make_norm(norm, planes)
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
         self.bn3 = make_norm(norm, planes * 4)
@@ -108,10 +112,18 @@ def _downsample(inplanes: int, outplanes: int, stride: int, norm: str) -> nn.Mod
 
 
 def make_stage(
-    block: type, inplanes: int, planes: int, blocks: int, stride: int, norm: str
+    block: type,
+    inplanes: int,
+    planes: int,
+    blocks: int,
+    stride: int,
+    norm: str,
+    stride_in_1x1: bool = False,
 ) -> nn.Sequential:
-    """One ResNet stage (torchvision's `layerN`): the first block carries the stride."""
-    layers = [block(inplanes, planes, stride, norm)]
+    """One ResNet stage (torchvision's `layerN`): the first block carries the stride (on its
+    1x1 conv with `stride_in_1x1`, bottlenecks only)."""
+    first = {"stride_in_1x1": True} if stride_in_1x1 else {}
+    layers = [block(inplanes, planes, stride, norm, **first)]
     layers += [block(planes * block.expansion, planes, 1, norm) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
@@ -131,6 +143,7 @@ class ResNet(nn.Module):
         norm: str = "frozen",
         freeze_at: int = 2,
         num_stages: int = 4,
+        stride_in_1x1: bool = False,
     ) -> None:
         super().__init__()
         if depth not in DEPTHS:
@@ -149,8 +162,9 @@ class ResNet(nn.Module):
         self.strides: list[int] = []
         inplanes = base
         for i in range(num_stages):
+            stride = 1 if i == 0 else 2
             stage = make_stage(
-                self.block, inplanes, self.planes[i], blocks[i], 1 if i == 0 else 2, norm
+                self.block, inplanes, self.planes[i], blocks[i], stride, norm, stride_in_1x1
             )
             self.add_module(f"layer{i + 1}", stage)
             inplanes = self.planes[i] * self.block.expansion
