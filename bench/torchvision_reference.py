@@ -4,8 +4,8 @@ Run in an environment that has torchvision (it does not load beside podkit's CPU
     python3 -m venv ~/tvref && ~/tvref/bin/pip install torch==2.14.0 torchvision==0.29.1 numpy
     ~/tvref/bin/python bench/torchvision_reference.py --out tests/convert/torchvision_reference.npz
 
-For each architecture: the model built as its COCO weights run (FrozenBatchNorm with eps 0,
-as torchvision's builders set for the COCO_V1 weights), its tensors set from
+For each architecture: the model built as its COCO weights run (v1: FrozenBatchNorm with eps
+0, as torchvision's builders set for the COCO_V1 weights; v2: BatchNorm in eval mode), its tensors set from
 bench/reference_inputs.tensor_for, two generated scenes fed at their own size (no resize, no
 padding), and what torchvision computes: the RPN's proposals (Faster R-CNN) and the final
 detections. podkit never computes any of it.
@@ -20,7 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from torchvision.models.detection import fasterrcnn_resnet50_fpn, retinanet_resnet50_fpn
+from torchvision.models.detection import (
+    fasterrcnn_resnet50_fpn,
+    fasterrcnn_resnet50_fpn_v2,
+    retinanet_resnet50_fpn,
+)
 from torchvision.ops import FrozenBatchNorm2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,6 +32,7 @@ from reference_inputs import IMAGE_SIZE, SEEDS, scene, tensor_for  # noqa: E402
 
 BUILDERS = {
     "fasterrcnn_resnet50_fpn": fasterrcnn_resnet50_fpn,
+    "fasterrcnn_resnet50_fpn_v2": fasterrcnn_resnet50_fpn_v2,
     "retinanet_resnet50_fpn": retinanet_resnet50_fpn,
 }
 
@@ -45,7 +50,8 @@ def frozen(module: torch.nn.Module, eps: float) -> torch.nn.Module:
 def build(arch: str) -> torch.nn.Module:
     h, w = IMAGE_SIZE
     model = BUILDERS[arch](weights=None, weights_backbone=None, min_size=h, max_size=w)
-    frozen(model.backbone.body, eps=0.0)
+    if not arch.endswith("_v2"):  # v1's COCO weights: FrozenBN with eps 0; v2 keeps BatchNorm
+        frozen(model.backbone.body, eps=0.0)
     state = {
         k: torch.from_numpy(np.array(tensor_for(f"{arch}/{k}", tuple(v.shape))))
         for k, v in model.state_dict().items()

@@ -38,6 +38,7 @@ ANCHOR_MODES = ("config", "auto", "fitted")
 ANCHOR_STRIDES = ("nominal", "floor")
 # RetinaNet's P6/P7: from P5 with a ReLU before P7 (RetinaNet paper, torchvision v1), from C5
 # (Detectron2), from C5 without the ReLU (MMDetection)
+BOX_HEADS = ("2fc", "4conv1fc")  # the FPN R-CNN's box head (RoIHeadConfig.box_head)
 RETINANET_EXTRA = ("p6p7", "p6p7_c5", "p6p7_c5_linear")
 
 
@@ -68,6 +69,7 @@ class RPNConfig:
     anchor_stride: str = "nominal"  # one of ANCHOR_STRIDES
     # anchor corners rounded to whole pixels (torchvision); false: exact (Detectron2, MMDetection)
     anchor_round: bool = True
+    head_convs: int = 1  # 3x3 convs of the shared head (torchvision's v2 models: 2)
     pre_nms_top_n_train: int = 2000
     pre_nms_top_n_test: int = 1000
     post_nms_top_n_train: int = 1000
@@ -93,6 +95,7 @@ class RPNConfig:
         require(
             self, "anchor_stride", self.anchor_stride in ANCHOR_STRIDES, " or ".join(ANCHOR_STRIDES)
         )
+        require(self, "head_convs", self.head_convs >= 1, "an integer >= 1")
         for key in (
             "pre_nms_top_n_train",
             "pre_nms_top_n_test",
@@ -122,6 +125,10 @@ class RoIHeadConfig:
     # RoIAlign's sampling grid: true samples at roi * scale - 0.5 (Detectron2, MMDetection),
     # false at roi * scale with RoIs of at least one cell (torchvision's MultiScaleRoIAlign)
     aligned: bool = True
+    # the FPN box head: "2fc" (two FCs of representation_size) or "4conv1fc" (four 3x3 convs
+    # with box_head_norm, one FC: torchvision's v2 model)
+    box_head: str = "2fc"
+    box_head_norm: str = "bn"
     representation_size: int = 1024
     batch_size_per_image: int = 512
     positive_fraction: float = 0.25
@@ -134,6 +141,8 @@ class RoIHeadConfig:
     ignore_iou_threshold: float | None = None  # None: the head's current iou_threshold
 
     def __post_init__(self) -> None:
+        require(self, "box_head", self.box_head in BOX_HEADS, " or ".join(BOX_HEADS))
+        require(self, "box_head_norm", self.box_head_norm in NORMS, f"one of {', '.join(NORMS)}")
         require(
             self,
             "pooler_resolution",
@@ -231,6 +240,7 @@ class ModelConfig:
     norm_eps: float = 1e-5  # every BatchNorm's eps (torchvision's COCO weights use 0)
     # a bottleneck's stride on its first 1x1 conv (Detectron2's MSRA-based models), not the 3x3
     stride_in_1x1: bool = False
+    fpn_norm: str | None = None  # a norm after each FPN conv (torchvision's v2 models: bn)
     freeze_at: int = 2
     fpn_channels: int = 256
     gsl: bool = False  # 3x3 convs of gsl_stages learn their dilation (POD's GSL)
@@ -256,6 +266,9 @@ class ModelConfig:
         require(self, "num_classes", self.num_classes >= 1, "an integer >= 1")
         require(self, "norm", self.norm in NORMS, f"one of {', '.join(NORMS)}")
         require(self, "norm_eps", 0 <= self.norm_eps < 1, "in [0, 1)")
+        require(
+            self, "fpn_norm", self.fpn_norm in (None, *NORMS), f"null or one of {', '.join(NORMS)}"
+        )
         require(self, "stride_in_1x1", not self.stride_in_1x1 or self.depth >= 50,
                 "false for depths 18 and 34 (no 1x1 conv in their blocks)")  # fmt: skip
         require(

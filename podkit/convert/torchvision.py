@@ -44,11 +44,26 @@ RETINANET = {
         "topk_candidates": 1000, "nms_threshold": 0.5, "detections_per_image": 300,
     },
 }  # fmt: skip
+# v2 (torchvision's "improved" Faster R-CNN): BatchNorm in the backbone (eps 1e-5, not the v1
+# weights' 0) and after every FPN conv, two convs in the RPN head, and a box head of four 3x3
+# convs with BatchNorm and one FC; everything else as v1
+FASTER_RCNN_V2 = {
+    **FASTER_RCNN, "norm_eps": 1e-5, "fpn_norm": "frozen",
+    "rpn": {**FASTER_RCNN["rpn"], "head_convs": 2},
+    "roi_heads": {**FASTER_RCNN["roi_heads"], "box_head": "4conv1fc", "box_head_norm": "frozen"},
+}  # fmt: skip
 # torchvision's transform: 800 px shorter side, 1333 longer
 DATA = {"min_size": [800], "max_size": 1333, "test_min_size": 800}
 
 # source name pattern -> podkit name (Conv2dNormActivation wrappers `.0` optional: older
 # torchvision saved the bare convs)
+V2_RENAMES: Renames = [  # Conv2dNormActivation's conv (.0) and norm (.1) kept apart
+    (r"^backbone\.fpn\.inner_blocks\.(\d+)\.", r"backbone.fpn.lateral.\1."),
+    (r"^backbone\.fpn\.layer_blocks\.(\d+)\.", r"backbone.fpn.output.\1."),
+    (r"^rpn\.head\.conv\.(\d+)\.0\.", lambda m: f"rpn.head.conv.{2 * int(m[1])}."),
+    (r"^roi_heads\.box_head\.([0-3])\.", r"roi_heads.box_head.convs.\1."),
+    (r"^roi_heads\.box_head\.5\.", "roi_heads.box_head.fc."),
+]
 RENAMES: Renames = [
     (r"^backbone\.fpn\.inner_blocks\.(\d+)(\.0)?\.", r"backbone.fpn.lateral.\1."),
     (r"^backbone\.fpn\.layer_blocks\.(\d+)(\.0)?\.", r"backbone.fpn.output.\1."),
@@ -66,7 +81,7 @@ RENAMES: Renames = [
 PIXEL_MEAN, PIXEL_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def convert_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def convert_state(state: dict[str, Tensor], renames: Renames | None = None) -> dict[str, Tensor]:
     """podkit's tensors from torchvision's: renamed; the predictor's background row moved
     last (classes) or dropped (boxes); RetinaNet's background channel of each anchor dropped;
     the transform's pixel normalisation as the backbone's."""
@@ -74,7 +89,7 @@ def convert_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     for key, value in state.items():
         if key.endswith("num_batches_tracked"):
             continue  # BatchNorm's step counter (absent from the COCO weights' FrozenBN)
-        name = rename(key, RENAMES)
+        name = rename(key, (renames or []) + RENAMES)
         if name.startswith("roi_heads.predictor.cls_score."):
             value = value[list(range(1, len(value))) + [0]]
         elif name.startswith("roi_heads.predictor.bbox_pred."):
@@ -89,5 +104,11 @@ def convert_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
 # arch -> (model config, data sizes, classes, the state conversion)
 ARCHS = {
     "fasterrcnn_resnet50_fpn": (FASTER_RCNN, DATA, CLASSES, convert_state),
+    "fasterrcnn_resnet50_fpn_v2": (
+        FASTER_RCNN_V2,
+        DATA,
+        CLASSES,
+        lambda state: convert_state(state, V2_RENAMES),
+    ),
     "retinanet_resnet50_fpn": (RETINANET, DATA, CLASSES, convert_state),
 }

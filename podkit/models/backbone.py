@@ -27,7 +27,14 @@ class Normalize(nn.Module):
 class FPNBackbone(nn.Module):
     """ResNet C-levels `in_levels` (0 = C2 ... 3 = C5) through an FPN."""
 
-    def __init__(self, body: ResNet, out_channels: int, in_levels: list[int], extra: str) -> None:
+    def __init__(
+        self,
+        body: ResNet,
+        out_channels: int,
+        in_levels: list[int],
+        extra: str,
+        norm: str | None = None,
+    ) -> None:
         super().__init__()
         self.normalize = Normalize()
         self.body = body
@@ -37,6 +44,7 @@ class FPNBackbone(nn.Module):
             [body.strides[i] for i in in_levels],
             out_channels,
             extra,
+            norm,
         )
         self.strides = self.fpn.strides
         self.out_channels = out_channels

@@ -21,7 +21,7 @@ from podkit.models.resnet import (
     make_stage,
 )
 from podkit.models.retinanet import RetinaNet
-from podkit.models.roi_heads import Res5Head, RoIHeads, TwoMLPHead
+from podkit.models.roi_heads import ConvFCHead, Res5Head, RoIHeads, TwoMLPHead
 from podkit.models.rpn import RPN
 from podkit.models.split_conv import apply_plan
 from podkit.ops import MultiScaleRoIAlign
@@ -54,7 +54,9 @@ def build_detector(cfg: ModelConfig) -> nn.Module:
     c4 = cfg.arch == "faster_rcnn_c4"
     body = ResNet(cfg.depth, cfg.width, cfg.norm, cfg.freeze_at, 3 if c4 else 4, cfg.stride_in_1x1)
     if cfg.arch == "retinanet":
-        backbone = FPNBackbone(body, cfg.fpn_channels, [1, 2, 3], cfg.retinanet.extra_levels)
+        backbone = FPNBackbone(
+            body, cfg.fpn_channels, [1, 2, 3], cfg.retinanet.extra_levels, cfg.fpn_norm
+        )
         model: nn.Module = RetinaNet(backbone, cfg.num_classes, cfg.retinanet)
     elif c4:
         backbone = C4Backbone(body)
@@ -78,11 +80,16 @@ def build_detector(cfg: ModelConfig) -> nn.Module:
             RoIHeads(pooler, head, cfg.num_classes, roi_cfg),
         )
     else:
-        backbone = FPNBackbone(body, cfg.fpn_channels, [0, 1, 2, 3], extra="maxpool")
+        backbone = FPNBackbone(body, cfg.fpn_channels, [0, 1, 2, 3], "maxpool", cfg.fpn_norm)
         roi_cfg = cfg.roi_heads
         resolution = roi_cfg.pooler_resolution or 7
         pooler = MultiScaleRoIAlign(resolution, _sampling(roi_cfg, 2), aligned=roi_cfg.aligned)
-        head = TwoMLPHead(cfg.fpn_channels * resolution**2, roi_cfg.representation_size)
+        head = (
+            ConvFCHead(cfg.fpn_channels, resolution, 4, roi_cfg.representation_size,
+                       roi_cfg.box_head_norm)
+            if roi_cfg.box_head == "4conv1fc"
+            else TwoMLPHead(cfg.fpn_channels * resolution**2, roi_cfg.representation_size)
+        )  # fmt: skip
         # the R-CNN stage pools from P2-P5 (the FPN paper's level mapping), never from P6
         roi_heads = RoIHeads(pooler, head, cfg.num_classes, roi_cfg, pool_levels=4)
         model = FasterRCNN(backbone, RPN(cfg.fpn_channels, cfg.rpn), roi_heads)

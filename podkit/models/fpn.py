@@ -5,6 +5,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from podkit.models.resnet import make_norm
+
 # extra levels -> how many levels they add
 FPN_EXTRA = {"maxpool": 1, "p6p7": 2, "p6p7_c5": 2, "p6p7_c5_linear": 2, "none": 0}
 
@@ -25,14 +27,21 @@ class FPN(nn.Module):
         in_strides: list[int],
         out_channels: int,
         extra: str = "maxpool",
+        norm: str | None = None,
     ) -> None:
         super().__init__()
         if extra not in FPN_EXTRA:
             raise ValueError(f"unknown FPN extra levels {extra!r}")
-        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
-        self.output = nn.ModuleList(
-            nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels
-        )
+
+        def conv(cin: int, k: int) -> nn.Module:
+            """A conv with a bias, or (with `norm`: torchvision's v2 FPN) conv + norm."""
+            if norm is None:
+                return nn.Conv2d(cin, out_channels, k, padding=k // 2)
+            layer = nn.Conv2d(cin, out_channels, k, padding=k // 2, bias=False)
+            return nn.Sequential(layer, make_norm(norm, out_channels))
+
+        self.lateral = nn.ModuleList(conv(c, 1) for c in in_channels)
+        self.output = nn.ModuleList(conv(out_channels, 3) for _ in in_channels)
         self.extra = extra
         if extra.startswith("p6p7"):
             p6_in = in_channels[-1] if "c5" in extra else out_channels
@@ -41,7 +50,8 @@ class FPN(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight, a=1)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         n_extra = FPN_EXTRA[extra]
         self.strides = list(in_strides) + [in_strides[-1] * 2 ** (i + 1) for i in range(n_extra)]
         self.out_channels = out_channels

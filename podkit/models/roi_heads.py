@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from podkit.config import RoIHeadConfig
 from podkit.models.output import TrainingStats, element_weights, per_level_sum
+from podkit.models.resnet import make_norm
 from podkit.ops import (
     BalancedSampler,
     BoxCoder,
@@ -40,6 +41,31 @@ class TwoMLPHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(self.fc7(F.relu(self.fc6(x.flatten(1)))))
+
+
+class ConvFCHead(nn.Module):
+    """`num_convs` 3x3 convs (each with a norm, then ReLU) on the pooled features, then one
+    fully connected layer (torchvision's v2 box head: 4 convs with BatchNorm, 1 FC)."""
+
+    def __init__(
+        self, channels: int, resolution: int, num_convs: int, fc_size: int, norm: str
+    ) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            *(
+                nn.Sequential(
+                    nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                    make_norm(norm, channels),
+                    nn.ReLU(inplace=True),
+                )
+                for _ in range(num_convs)
+            )
+        )
+        self.fc = nn.Linear(channels * resolution**2, fc_size)
+        self.out_features = fc_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.fc(self.convs(x).flatten(1)))
 
 
 class Res5Head(nn.Module):

@@ -24,14 +24,17 @@ from podkit.ops.target import Target
 
 
 class RPNHead(nn.Module):
-    """3x3 conv + ReLU shared by all levels, then objectness (A) and deltas (4A) per location."""
+    """3x3 conv + ReLU shared by all levels (`convs` of them: torchvision's v2 models have 2),
+    then objectness (A) and deltas (4A) per location."""
 
-    def __init__(self, in_channels: int, num_anchors: int) -> None:
+    def __init__(self, in_channels: int, num_anchors: int, convs: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        conv = [nn.Conv2d(in_channels, in_channels, 3, padding=1) for _ in range(convs)]
+        # one conv keeps its flat name (rpn.head.conv), more are rpn.head.conv.0, .2, ...
+        self.conv = conv[0] if convs == 1 else nn.Sequential(*_with_relus(conv)[:-1])
         self.cls_logits = nn.Conv2d(in_channels, num_anchors, 1)
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 1)
-        for layer in (self.conv, self.cls_logits, self.bbox_pred):
+        for layer in (*conv, self.cls_logits, self.bbox_pred):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.zeros_(layer.bias)
 
@@ -42,6 +45,10 @@ class RPNHead(nn.Module):
             logits.append(self.cls_logits(t))
             deltas.append(self.bbox_pred(t))
         return logits, deltas
+
+
+def _with_relus(layers: list[nn.Module]) -> list[nn.Module]:
+    return [m for layer in layers for m in (layer, nn.ReLU())]
 
 
 def flatten_level(x: Tensor, channels_per_anchor: int) -> Tensor:
@@ -63,7 +70,9 @@ class RPN(nn.Module):
         self.anchor_generator = AnchorGenerator(
             config.anchor_sizes, config.aspect_ratios, config.anchor_stride, config.anchor_round
         )
-        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors_per_location)
+        self.head = RPNHead(
+            in_channels, self.anchor_generator.num_anchors_per_location, config.head_convs
+        )
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.matcher = Matcher(
             config.fg_iou_threshold, config.bg_iou_threshold, allow_low_quality_matches=True

@@ -12,7 +12,7 @@ from tests.conftest import bench_script
 
 REFERENCE = Path(__file__).with_name("torchvision_reference.npz")
 inputs = bench_script("reference_inputs")
-ARCHS = ("fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn")
+ARCHS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn")
 
 
 def torchvision_state(arch: str) -> dict:
