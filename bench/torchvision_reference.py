@@ -47,8 +47,9 @@ def frozen(module: torch.nn.Module, eps: float) -> torch.nn.Module:
     return module
 
 
-def build(arch: str) -> torch.nn.Module:
-    h, w = IMAGE_SIZE
+def build(arch: str, size: tuple[int, int] = IMAGE_SIZE) -> torch.nn.Module:
+    """torchvision's `arch` with the regenerated weights, fed at `size` (H, W) unresized."""
+    h, w = size
     model = BUILDERS[arch](weights=None, weights_backbone=None, min_size=h, max_size=w)
     if not arch.endswith("_v2"):  # v1's COCO weights: FrozenBN with eps 0; v2 keeps BatchNorm
         frozen(model.backbone.body, eps=0.0)

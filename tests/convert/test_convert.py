@@ -102,13 +102,14 @@ def test_gsl_from_a_converted_model_starts_as_the_model(converted):
 
 
 def test_finetuning_on_other_classes_reinitialises_the_predictor(converted, synth_set, tmp_path):
-    """The recipe with model.init_from = the converted COCO model, on a 10-class set: every
-    tensor loads but the predictor's, which the start-up note names."""
+    """The recipe with model.init_from = the converted COCO model and a training method, on a
+    10-class set: every tensor loads but the predictor's, which the start-up note names."""
     path = converted["fasterrcnn_resnet50_fpn"]
     cfg = load_config(
         ROOT / "configs/converted/torchvision_fasterrcnn_resnet50_fpn.yaml",
         [*(o for o in tiny_overrides(synth_set, max_iter=1) if not o.startswith("model.")),
          f"model.init_from={path}", "data.val.ann=",
+         "methods=[{name: dynamic_rcnn, interval: 1}]",
          "model.num_classes=10", "train.eval_every=0"],
     )  # fmt: skip
     log = io.StringIO()
@@ -131,3 +132,34 @@ def test_a_converted_model_exports_with_parity(converted, tmp_path):
                         "--out", out, "--input-size", "320x416")  # fmt: skip
     assert code == 0, text
     assert "parity" in text and out.exists()
+
+
+def test_a_converted_model_scores_and_predicts_in_cocos_ids(converted, synth_set, tmp_path):
+    """A set labelled with three COCO categories (COCO's ids): eval matches the model's
+    classes by name (the others are not scored), predict writes COCO's ids."""
+    import json
+
+    from podkit.convert.coco import TORCHVISION_LABELS
+
+    names = {1: "person", 3: "car", 18: "dog"}
+    val = json.loads((synth_set / "annotations/val.json").read_text())
+    ids = [c["id"] for c in val["categories"]]
+    remap = {old: list(names)[i % 3] for i, old in enumerate(ids)}
+    val["categories"] = [{"id": i, "name": n} for i, n in names.items()]
+    val["annotations"] = [{**a, "category_id": remap[a["category_id"]]} for a in val["annotations"]]
+    (tmp_path / "coco_named.json").write_text(json.dumps(val))
+    path = converted["fasterrcnn_resnet50_fpn"]
+    sets = ["--set", f"data.val.ann={tmp_path / 'coco_named.json'}", "--set",
+            f"data.val.images={synth_set / 'val'}", "--set", "data.test_min_size=128",
+            "--set", "data.max_size=160"]  # fmt: skip
+    code, out = invoke("eval", path, "--out", tmp_path / "eval.json", *sets)
+    assert code == 0, out
+    assert "matched to them by name" in " ".join(out.split())
+    assert "AP" in json.loads((tmp_path / "eval.json").read_text())
+    image = next((synth_set / "val").iterdir())
+    code, out = invoke("predict", path, image, "--out", tmp_path / "pred", "--no-draw")
+    assert code == 0, out
+    found = {d["category_id"] for d in json.loads((tmp_path / "pred/detections.json").read_text())}
+    assert found and found <= {
+        i for i, n in enumerate(TORCHVISION_LABELS) if n not in ("N/A", "__background__")
+    }
