@@ -3,11 +3,11 @@
 Run: .venv/bin/python bench/deploy_latency.py --arch faster_rcnn_fpn --size 512 \
          --tune-trials 16 --out runs/bench/deploy_r50fpn
 Writes three checkpoints (GSL at fractional scales like learned ones, FD decomposed from them
-with weight transfer, as bench/pod_speed.py), then `podkit bench latency` on them. Targets
-(issue 5): FD / baseline <= 1.03 on onnxruntime and TVM; onnxruntime <= 0.9x torch eager;
+with weight transfer, as bench/pod_speed.py), then `podkit bench latency` on them. Targets:
+FD / baseline <= 1.03 on onnxruntime and TVM; onnxruntime <= 0.9x torch eager;
 TVM after tuning vs onnxruntime and vs the measured matmul peak.
 
-INT8 (issue 14): `--precision fp32,int8 --backend onnxruntime --models baseline,FD
+INT8: `--precision fp32,int8 --backend onnxruntime --models baseline,FD
 --calib-data data/scale` calibrates on that COCO set's training images (the weights are
 untrained: the figure is the speed; AP is measured on a trained model, docs/benchmarks.md).
 On a GPU: `--device cuda --backend torch,torch-compile,onnxruntime,tensorrt` (gpu_check.sh).

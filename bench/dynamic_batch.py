@@ -1,4 +1,4 @@
-"""Latency per image of a dynamic-batch ONNX artefact against static-batch ones (issue 14).
+"""Latency per image of a dynamic-batch ONNX artefact against static-batch ones.
 
     .venv/bin/python bench/dynamic_batch.py runs/study/frcnn_baseline/seed0/last.pt \
         --input-size 448x640 --batch 8 --iters 10 --out runs/bench/dynamic_batch

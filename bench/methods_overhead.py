@@ -1,4 +1,4 @@
-"""Training-time overhead of each method vs the baseline, measured side by side (issues 6, 7).
+"""Training-time overhead of each method vs the baseline, measured side by side.
 
 Run: .venv/bin/python bench/methods_overhead.py [--iters 40] [--rounds 3] [--out runs/overhead]
 (needs `podkit data synth data/synth`). Short runs of the tiny Faster R-CNN FPN recipe

@@ -1,5 +1,5 @@
 """Where an exported detector spends its time on onnxruntime: per node type, beside the
-backbone alone (issue 17).
+backbone alone.
 
 Run: .venv/bin/python bench/ort_profile.py --arch faster_rcnn_fpn --size 512x512 \
          --out runs/profile/r50fpn_512

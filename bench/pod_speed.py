@@ -2,8 +2,8 @@
 
 Run: .venv/bin/python bench/pod_speed.py [--arch faster_rcnn_fpn] [--depth 50] [--size 512] [--repeats 5]
 GSL runs at fractional scales like the paper's learned ones (drawn uniformly from 0.5-3.0
-per direction, seeded) and FD is decomposed from the same scales (channel multiple 16). Targets
-(issue 4): GSL step and eval <= 1.5x baseline, FD eval <= 1.03x baseline.
+per direction, seeded) and FD is decomposed from the same scales (channel multiple 16). Targets:
+GSL step and eval <= 1.5x baseline, FD eval <= 1.03x baseline.
 """
 
 from __future__ import annotations

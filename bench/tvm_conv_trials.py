@@ -1,4 +1,4 @@
-"""How TVM's tuned convolutions improve with trials, beside onnxruntime (issue 17).
+"""How TVM's tuned convolutions improve with trials, beside onnxruntime.
 
 Run: .venv/bin/python bench/tvm_conv_trials.py --budgets 16 32 64 --out runs/bench/tvm_conv_trials
 

@@ -1,4 +1,4 @@
-"""Where a TVM-compiled detector spends its time: per kernel kind, beside onnxruntime (issue 17).
+"""Where a TVM-compiled detector spends its time: per kernel kind, beside onnxruntime.
 
 Run: .venv/bin/python bench/tvm_profile.py runs/profile/r50fpn_512/detector.onnx \
          --size 512 --tune-db runs/bench/tvm_r50/tvm_db --out runs/profile/tvm_r50fpn_512
