@@ -268,6 +268,17 @@ def eval_(
     merge: str | None = typer.Option(
         None, "--merge", help="soft_nms_linear (default), soft_nms_gaussian or nms."
     ),
+    tile: int | None = typer.Option(
+        None,
+        "--tile",
+        help="Sliced inference: SIZE x SIZE tiles (a multiple of 32) at their own pixels.",
+    ),
+    overlap: float = typer.Option(
+        0.2, "--overlap", help="--tile: overlap of neighbouring tiles, in [0, 1)."
+    ),
+    tile_whole: bool = typer.Option(
+        False, "--tile-whole", help="--tile: add the whole image at the test size (large objects)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
     """COCO metrics (AP, AP50, AP75, APs/m/l, AP60-AP90) of a checkpoint or an exported
@@ -281,10 +292,20 @@ def eval_(
     overrides += ["eval.snip=true"] if snip else []
     overrides += [f"eval.pyramid={pyramid}"] if pyramid else []
     overrides += [f"eval.merge={merge}"] if merge else []
+    overrides += tile_overrides(tile, overlap, tile_whole)
     check_output(out, "--out", (".json",), [checkpoint], overwrite)
     metrics = evaluate_path(checkpoint, overrides, console=console)
     write_text(out, json.dumps(metrics, indent=2))
     console.print(f"wrote {out}")
+
+
+def tile_overrides(tile: int | None, overlap: float, whole: bool) -> list[str]:
+    """--tile / --overlap / --tile-whole as eval.tile (checked there: one line when out of range)."""
+    if tile is None:
+        if whole or overlap != 0.2:
+            raise ValueError("--overlap and --tile-whole go with --tile SIZE")
+        return []
+    return [f"eval.tile={{size: {tile}, overlap: {overlap}, whole: {str(whole).lower()}}}"]
 
 
 @app.command()
@@ -572,6 +593,17 @@ def predict(
     set_: list[str] = typer.Option(
         [], "--set", help="Override the saved config, e.g. --set data.test_min_size=640."
     ),
+    tile: int | None = typer.Option(
+        None,
+        "--tile",
+        help="Sliced inference: SIZE x SIZE tiles (a multiple of 32) at their own pixels.",
+    ),
+    overlap: float = typer.Option(
+        0.2, "--overlap", help="--tile: overlap of neighbouring tiles, in [0, 1)."
+    ),
+    tile_whole: bool = typer.Option(
+        False, "--tile-whole", help="--tile: add the whole image at the test size (large objects)."
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace the files of an earlier prediction in --out."
     ),
@@ -583,11 +615,12 @@ def predict(
 
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must lie in [0, 1], got {score_threshold}")
+    overrides = [*set_, *tile_overrides(tile, overlap, tile_whole)]
     check_writable(out)
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("predict", total=None)
+        task = progress.add_task("predict", total=None)  # images (tiled: one per image)
         summary = predict_images(
-            model, images, out, score_threshold, per_image_json, draw, set_,
+            model, images, out, score_threshold, per_image_json, draw, overrides,
             lambda n: progress.advance(task, n), overwrite,
         )  # fmt: skip
     console.print(

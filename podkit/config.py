@@ -448,6 +448,21 @@ def resolve_device(name: str) -> str:
 
 
 @dataclass
+class TileConfig:
+    """Sliced inference (eval.tile): `size` x `size` tiles fed at their own pixels, stepping by
+    size * (1 - overlap); `whole` adds the whole image at the test size (for objects larger
+    than the overlap). ops/tiles.py says how their detections merge."""
+
+    size: int = 640
+    overlap: float = 0.2
+    whole: bool = False
+
+    def __post_init__(self) -> None:
+        require(self, "size", self.size >= 32 and self.size % 32 == 0, "a multiple of 32, >= 32")
+        require(self, "overlap", 0 <= self.overlap < 1, "in [0, 1)")
+
+
+@dataclass
 class EvalConfig:
     batch_size: int = 2
     max_images: int | None = None
@@ -456,6 +471,7 @@ class EvalConfig:
     # auto (fit:SIZE at data.test_min_size), a preset (coco, synthetic), fit:SIZE, or rows
     pyramid: str | list[list[float]] = "auto"
     merge: str = "soft_nms_linear"  # soft_nms_linear | soft_nms_gaussian | nms
+    tile: TileConfig | None = None  # sliced inference on large images; null: whole images
 
     def __post_init__(self) -> None:
         require(self, "batch_size", self.batch_size >= 1, "an integer >= 1")

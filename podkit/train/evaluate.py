@@ -13,9 +13,12 @@ from pycocotools.cocoeval import COCOeval
 from podkit.config import Config
 from podkit.data import LoadedDataset, load_dataset
 from podkit.data.loader import DetectionDataset, eval_batches, make_loader
-from podkit.data.records import Record
+from podkit.data.records import Record, load_image
+from podkit.data.transforms import to_tensor
 from podkit.models.output import Detector
 from podkit.models.pyramid import get_pyramid, keep_in_range, merge_detections
+from podkit.ops.image_batch import ImageBatch
+from podkit.ops.tiles import inner_edge_contact, merge_tiles, tile_grid
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP60", "AP70", "AP80", "AP90")
 
@@ -111,6 +114,8 @@ def predict(
     size, or with `eval.multiscale` / `eval.snip` at every resolution of `eval.pyramid`,
     merged (SNIP keeps each resolution's detections inside its test range first)."""
     records = dataset.records[: cfg.eval.max_images] if cfg.eval.max_images else dataset.records
+    if cfg.eval.tile is not None:
+        return predict_tiled(model, records, cfg, device, progress)
     if not (cfg.eval.multiscale or cfg.eval.snip):
         return predict_at(
             model, records, cfg, device, cfg.data.test_min_size, cfg.data.max_size, progress
@@ -128,6 +133,50 @@ def predict(
         for dets in zip(*per_resolution, strict=True)
     ]
     return merged, image_ids
+
+
+@torch.inference_mode()
+def predict_tiled(
+    model: Detector, records: list[Record], cfg: Config, device, progress=None
+) -> tuple[list[dict], list[int]]:
+    """Detections of each image sliced into `eval.tile` tiles fed at their own pixels
+    (`eval.batch_size` tiles a call), shifted back to the image and merged (ops/tiles.py),
+    with the whole image at the test size too when `eval.tile.whole`."""
+    tile = cfg.eval.tile
+    whole = None
+    if tile.whole:
+        whole, _ = predict_at(
+            model, records, cfg, device, cfg.data.test_min_size, cfg.data.max_size
+        )
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    if was_training:
+        model.eval()
+    detections = []
+    for i, record in enumerate(records):
+        image = to_tensor(load_image(record.file))
+        height, width = image.shape[-2:]
+        grid = tile_grid(height, width, tile.size, tile.overlap)
+        parts, cut = [], []
+        for first in range(0, len(grid), cfg.eval.batch_size):
+            group = grid[first : first + cfg.eval.batch_size]
+            crops = [image[:, y0:y1, x0:x1] for x0, y0, x1, y1 in group]
+            batch = ImageBatch.from_tensors(crops, cfg.data.size_divisible).to(device)
+            for (x0, y0, x1, y1), det in zip(group, model(batch).detections, strict=True):
+                shift = torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
+                det = {k: v.cpu() for k, v in det.items()}
+                det["boxes"] = det["boxes"] + shift
+                parts.append(det)
+                cut.append(inner_edge_contact(det["boxes"], (x0, y0, x1, y1), height, width))
+        if whole is not None:
+            parts.append(whole[i])
+            cut.append(torch.zeros(len(whole[i]["scores"]), dtype=torch.bool))
+        merged = {k: torch.cat([p[k] for p in parts]) for k in ("boxes", "scores", "labels")}
+        detections.append(merge_tiles(merged, torch.cat(cut)))
+        if progress is not None:
+            progress(1)
+    if was_training:
+        model.train()
+    return detections, [r.image_id for r in records]
 
 
 def _merge_iou(method: str) -> float:
