@@ -491,6 +491,24 @@ def decompose(
     console.print(f"wrote {out}")
 
 
+def predict_frames(model, video, out, every, score_threshold, draw, overrides, overwrite):
+    """`podkit predict MODEL VIDEO`: frames through podkit.bench.video, with a frame bar."""
+    from rich.progress import Progress
+
+    from podkit.bench.video import predict_video
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("frames", total=None)
+        summary = predict_video(
+            model, video, out, every, score_threshold, draw, overrides,
+            lambda done, total: progress.update(task, completed=done, total=total), overwrite,
+        )  # fmt: skip
+    console.print(
+        f"{summary['frames']} frames, {summary['detections']} detections; wrote "
+        f"{out / 'detections.json'}" + (f" and {out / 'drawn.mp4'}" if draw else "")
+    )
+
+
 @app.command()
 @user_errors
 def convert(
@@ -581,7 +599,9 @@ def predict(
     model: Path = typer.Argument(
         ..., help="A podkit checkpoint, or an artefact from podkit export (.onnx, .so, .engine)."
     ),
-    images: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+    images: list[str] = typer.Argument(
+        ..., help="Image files, folders or glob patterns; or one video file."
+    ),
     out: Path = typer.Option(..., "--out", help="Folder for detections.json, images.json, drawn/."),
     score_threshold: float = typer.Option(
         0.3, "--score-threshold", help="Drawn boxes and per-image JSON: this score and above."
@@ -604,19 +624,28 @@ def predict(
     tile_whole: bool = typer.Option(
         False, "--tile-whole", help="--tile: add the whole image at the test size (large objects)."
     ),
+    every: int = typer.Option(1, "--every", help="A video: detect every N-th frame."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace the files of an earlier prediction in --out."
     ),
 ) -> None:
-    """Detect objects on your own images: COCO results JSON and drawn images."""
+    """Detect objects on your own images or a video: COCO results JSON and drawn images (a
+    video: detections per frame, the frame index as image id, and OUT/drawn.mp4)."""
     from rich.progress import Progress
 
     from podkit.bench.predict import predict_images
+    from podkit.bench.video import is_video
 
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must lie in [0, 1], got {score_threshold}")
     overrides = [*set_, *tile_overrides(tile, overlap, tile_whole)]
     check_writable(out)
+    if len(images) == 1 and is_video(Path(images[0])):
+        predict_frames(model, Path(images[0]), out, every, score_threshold, draw, overrides,
+                       overwrite)  # fmt: skip
+        return
+    if every != 1:
+        raise ValueError("--every picks a video's frames: give one video file")
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("predict", total=None)  # images (tiled: one per image)
         summary = predict_images(
