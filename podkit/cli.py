@@ -88,7 +88,9 @@ def data_synth(
         help="standard (256 px, objects 8 px to most of the image), scale (the scale "
         "benchmark: 384-512 px, objects from 4 px; use with --val 1000) or sites (one class of "
         "dense 8-60 px vehicles in 320 px overhead tiles; training tiles from one site, "
-        "validation tiles from four others: a small real-like set with a domain shift).",
+        "validation tiles from four others: a small real-like set with a domain shift) or "
+        "aerial (2000-4000 px images, 30-90 objects of 6-40 px and a few large ones: for "
+        "--tile and data.tile).",
     ),
     seed: int = typer.Option(0, help="Seed: the same seed writes the same set."),
     overwrite: bool = typer.Option(
@@ -148,6 +150,7 @@ def data_stats(
     from podkit.config import DatasetConfig, load_config
     from podkit.data import load_dataset
     from podkit.data.stats import dataset_stats, write_stats
+    from podkit.data.tiles import tile_training_set
 
     if target.suffix in (".yaml", ".yml"):
         cfg = load_config(target)
@@ -162,6 +165,10 @@ def data_stats(
     loaded = {
         name: load_dataset(d, cfg.data.max_image_pixels) for name, d in splits.items() if d.ann
     }
+    if "train" in loaded:  # as data.tile feeds them: tiles of the training images
+        note = tile_training_set(loaded["train"], cfg.data.tile)
+        if note:
+            console.print(note, highlight=False)
     stats = dataset_stats(cfg, loaded)
     table = Table("", *[s.split for s in stats], title=f"{target} as fed")
     rows = [

@@ -340,6 +340,22 @@ class AugmentConfig:
 
 
 @dataclass
+class TrainTileConfig:
+    """Tiled training data (data.tile): each training image becomes its `size` x `size`
+    tiles (overlapping by `overlap`, the grid of sliced inference) with the boxes they hold;
+    a box with less than `min_visible` of its area inside a tile is an ignore region there."""
+
+    size: int = 640
+    overlap: float = 0.2
+    min_visible: float = 0.5
+
+    def __post_init__(self) -> None:
+        require(self, "size", self.size >= 32 and self.size % 32 == 0, "a multiple of 32, >= 32")
+        require(self, "overlap", 0 <= self.overlap < 1, "in [0, 1)")
+        require(self, "min_visible", 0 < self.min_visible <= 1, "in (0, 1]")
+
+
+@dataclass
 class DataConfig:
     train: DatasetConfig = field(default_factory=DatasetConfig)
     val: DatasetConfig = field(default_factory=DatasetConfig)
@@ -353,6 +369,7 @@ class DataConfig:
     aspect_grouping: bool = True
     max_image_pixels: int = 64_000_000  # larger images are refused (decompression bombs)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    tile: TrainTileConfig | None = None  # train on tiles of large images; null: whole images
 
     def __post_init__(self) -> None:
         require(

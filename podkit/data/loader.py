@@ -54,9 +54,10 @@ class DetectionDataset(Dataset):
 
     def load(self, index: int) -> Annotated:
         rec = self.records[index]
-        return Annotated(
-            load_image(rec.file), rec.boxes.copy(), rec.labels.copy(), rec.ignore.copy()
-        )
+        image = load_image(rec.file)
+        if rec.crop is not None:  # a tile (data.tile): its boxes are already in its pixels
+            image = image.crop(rec.crop)
+        return Annotated(image, rec.boxes.copy(), rec.labels.copy(), rec.ignore.copy())
 
     def __getitem__(self, sample: Sample) -> tuple[torch.Tensor, dict, dict]:
         rec = self.records[sample.index]

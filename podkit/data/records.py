@@ -24,6 +24,8 @@ class Record:
     boxes: np.ndarray  # (N, 4) float32, x1 y1 x2 y2
     labels: np.ndarray  # (N,) int64 in [0, num_classes)
     ignore: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    # (x0, y0, x1, y1): a tile of the file (data.tile); boxes and sizes are the tile's
+    crop: tuple[int, int, int, int] | None = None
 
 
 @dataclass

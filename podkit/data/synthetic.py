@@ -9,10 +9,12 @@ are small but only half of the images hold one. Boxes are the extent of each obj
 visible pixels; an object less than 35 % visible becomes a crowd (ignore) region.
 Deterministic from the seed.
 
-Presets: `standard` (the above, images of `size` +-15 %, 256 px by default) and `scale`, the
+Presets: `standard` (the above, images of `size` +-15 %, 256 px by default), `scale`, the
 scale benchmark: images of 384-512 px a side and objects from 4 px to most of the image
 (small 4-30 px, medium 34-90 px, large 100 px to 85 % of the shorter side), with the same
-imbalance: many small instances, but only about half of the images holding one.
+imbalance: many small instances, but only about half of the images holding one; and
+`aerial`: images of 2000-4000 px a side with 30-90 objects of 6-40 px, a few of 40-120 px
+and in half of the images one or two of 300-900 px (sliced inference, tiled training).
 """
 
 from __future__ import annotations
@@ -51,10 +53,20 @@ class SynthStyle:
     min_side: float
     max_side: float
     buckets: dict
+    suffix: str = ".png"  # aerial: ".jpg" (quality 95), a tenth of the PNG's size
+
+
+# aerial: many small objects (6-40 px), a few medium, some large ones (300-900 px)
+AERIAL = {
+    "large": (0.5, 1, 2, 300, 900),
+    "medium": (0.8, 3, 10, 40, 120),
+    "small": (1.0, 30, 90, 6, 40),
+}
 
 
 def preset_style(preset: str, size: int | None = None) -> SynthStyle:
-    """`standard` (images of `size` +-15 %, default 256) or `scale` (the scale benchmark)."""
+    """`standard` (images of `size` +-15 %, default 256), `scale` (the scale benchmark) or
+    `aerial` (2000-4000 px a side, AERIAL's objects: for sliced inference and tiled training)."""
     if preset == "standard":
         size = size or 256
         return SynthStyle(0.85 * size, 1.15 * size, BUCKETS)
@@ -62,7 +74,13 @@ def preset_style(preset: str, size: int | None = None) -> SynthStyle:
         if size is not None:
             raise ValueError("--size applies to the standard preset (scale: 384-512 px)")
         return SynthStyle(384, 512, {**BUCKETS, "small": (0.5, 2, 6, 4, 30)})
-    raise ValueError(f"unknown synthetic preset {preset!r}; choose standard, scale or sites")
+    if preset == "aerial":
+        if size is not None:
+            raise ValueError("--size applies to the standard preset (aerial: 2000-4000 px)")
+        return SynthStyle(2000, 4000, AERIAL, ".jpg")
+    raise ValueError(
+        f"unknown synthetic preset {preset!r}; choose standard, scale, aerial or sites"
+    )
 
 
 def _polygon(shape: str, w: int, h: int) -> list[tuple[float, float]] | None:
@@ -196,7 +214,7 @@ def synth_image(style: SynthStyle | int, rng: np.random.Generator) -> tuple[np.n
             region = img[y0 : y0 + oh, x0 : x0 + ow]
             region[mask] = texture(tex, ow, oh, rng)[mask]
             owner[y0 : y0 + oh, x0 : x0 + ow][mask] = len(objects)
-            objects.append((cls, int(mask.sum())))
+            objects.append((cls, int(mask.sum()), x0, y0, ow, oh))
     im = Image.fromarray(img.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(im)
     for _ in range(int(rng.integers(0, 4))):  # thin lines over everything: occlusion
@@ -206,11 +224,12 @@ def synth_image(style: SynthStyle | int, rng: np.random.Generator) -> tuple[np.n
             width=1,
         )
     anns = []
-    for k, (cls, full) in enumerate(objects):
-        ys, xs = np.nonzero(owner == k)
+    for k, (cls, full, x0, y0, ow, oh) in enumerate(objects):
+        ys, xs = np.nonzero(owner[y0 : y0 + oh, x0 : x0 + ow] == k)  # its pixels: in its rect
         if len(xs) == 0:
             continue
-        x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        x1, y1 = x0 + int(xs.min()), y0 + int(ys.min())
+        x2, y2 = x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1
         bw, bh = x2 - x1, y2 - y1
         crowd = len(xs) < 0.35 * full
         anns.append(
@@ -230,13 +249,21 @@ def write_split(
     """Writes OUT/split/*.png and OUT/annotations/split.json; returns the json path.
     `size`: a style, or the image size of the standard preset."""
     names = [name for name, _, _ in CLASSES]
+    suffix = size.suffix if isinstance(size, SynthStyle) else ".png"
     return write_coco_split(
-        out, split, count, seed, lambda i, rng: synth_image(size, rng), names, progress
+        out, split, count, seed, lambda i, rng: synth_image(size, rng), names, progress, suffix
     )
 
 
 def write_coco_split(
-    out: Path, split: str, count: int, seed: int, draw, categories: list[str], progress=None
+    out: Path,
+    split: str,
+    count: int,
+    seed: int,
+    draw,
+    categories: list[str],
+    progress=None,
+    suffix: str = ".png",
 ) -> Path:
     """Image i is `draw(i, rng)` -> (pixels, annotations) with rng seeded by (seed, split,
     i); writes OUT/split/*.png and OUT/annotations/split.json and returns the json path."""
@@ -246,8 +273,10 @@ def write_coco_split(
     images, annotations = [], []
     for i in range(count):
         pixels, anns = draw(i, np.random.default_rng([seed, split_key, i]))
-        name = f"{i:06d}.png"
-        Image.fromarray(pixels).save(out / split / name)
+        name = f"{i:06d}{suffix}"
+        Image.fromarray(pixels).save(
+            out / split / name, **({"quality": 95} if suffix == ".jpg" else {})
+        )
         images.append(
             {"id": i + 1, "file_name": name, "width": pixels.shape[1], "height": pixels.shape[0]}
         )

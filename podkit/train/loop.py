@@ -37,6 +37,7 @@ from podkit.config import Config, TrainConfig, dump_config, resolve_device, to_d
 from podkit.data import LoadedDataset, load_dataset
 from podkit.data.anchor_fit import fit_config_anchors
 from podkit.data.loader import Batch, DetectionDataset, make_loader, training_batches
+from podkit.data.tiles import tile_training_set
 from podkit.data.verify import verify_images
 from podkit.models import build_detector
 from podkit.models.checkpoint import load_checkpoint, save_checkpoint
@@ -288,6 +289,8 @@ def set_up(cfg: Config, out: Path, console: Console, hooks: list[Hook] | None, r
         if dataset is not None:
             verify_dataset_images(dataset, cfg.data.max_image_pixels, console, main, split)
     notes = train_set.notes + (val_set.notes if val_set else [])
+    tiled = tile_training_set(train_set, cfg.data.tile)
+    notes += [tiled] if tiled else []
     hooks = build_hooks(cfg.methods) if hooks is None else hooks
     for hook in hooks:
         notes += hook.setup(cfg)
