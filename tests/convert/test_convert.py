@@ -163,3 +163,34 @@ def test_a_converted_model_scores_and_predicts_in_cocos_ids(converted, synth_set
     assert found and found <= {
         i for i, n in enumerate(TORCHVISION_LABELS) if n not in ("N/A", "__background__")
     }
+
+
+def test_pod_flow_on_a_converted_model(converted, synth_set, tmp_path):
+    """GSL initialised from the converted Faster R-CNN (dilations at 1), `podkit scales` on
+    two training images, `podkit decompose`: the FD network detects what the converted
+    model detects (scales of 1 decompose into the plain convs)."""
+    from podkit.models.checkpoint import save_checkpoint
+
+    path = converted["fasterrcnn_resnet50_fpn"]
+    model, cfg, ckpt, _ = load_detector(path)
+    data = [f"data.train.ann={synth_set}/annotations/train.json", f"data.train.images={synth_set}/train",
+            "data.test_min_size=128", "data.max_size=160"]  # fmt: skip
+    gsl_cfg = config_from_dict(to_dict(cfg), ["model.gsl=true", *data])
+    gsl = build_detector(gsl_cfg.model)
+    load_model_weights(gsl, path)
+    save_checkpoint({"model": gsl.state_dict(), "config": to_dict(gsl_cfg),
+                     "classes": ckpt["classes"], "iteration": 0}, tmp_path / "gsl.pt")  # fmt: skip
+    code, out = invoke("scales", tmp_path / "gsl.pt", "--images", 2, "--out", tmp_path / "s.json")
+    assert code == 0, out
+    code, out = invoke("decompose", tmp_path / "gsl.pt", "--scales", tmp_path / "s.json",
+                       "--out", tmp_path / "fd.pt")  # fmt: skip
+    assert code == 0, out
+    fd, fd_cfg, _, _ = load_detector(tmp_path / "fd.pt")
+    assert fd_cfg.model.fd_plan
+    pixels = torch.from_numpy(inputs.scene(3, 128, 160)).permute(2, 0, 1)
+    batch = ImageBatch.from_tensors([pixels], 32)
+    with torch.inference_mode():
+        ours, theirs = model.eval()(batch).detections[0], fd.eval()(batch).detections[0]
+    assert len(ours["scores"]) > 5
+    torch.testing.assert_close(theirs["scores"], ours["scores"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(theirs["boxes"], ours["boxes"], atol=1e-2, rtol=1e-4)
