@@ -253,6 +253,20 @@ def train(
     console.print(f"done: {result.iteration} iterations, checkpoint {out / 'last.pt'}")
 
 
+# sliced inference, the same three options on eval and predict
+TILE_OPTION = typer.Option(
+    None,
+    "--tile",
+    help="Sliced inference: SIZE x SIZE tiles (a multiple of 32) at their own pixels.",
+)
+OVERLAP_OPTION = typer.Option(
+    0.2, "--overlap", help="--tile: overlap of neighbouring tiles, in [0, 1)."
+)
+TILE_WHOLE_OPTION = typer.Option(
+    False, "--tile-whole", help="--tile: add the whole image at the test size (large objects)."
+)
+
+
 @app.command("eval")
 @user_errors
 def eval_(
@@ -275,17 +289,9 @@ def eval_(
     merge: str | None = typer.Option(
         None, "--merge", help="soft_nms_linear (default), soft_nms_gaussian or nms."
     ),
-    tile: int | None = typer.Option(
-        None,
-        "--tile",
-        help="Sliced inference: SIZE x SIZE tiles (a multiple of 32) at their own pixels.",
-    ),
-    overlap: float = typer.Option(
-        0.2, "--overlap", help="--tile: overlap of neighbouring tiles, in [0, 1)."
-    ),
-    tile_whole: bool = typer.Option(
-        False, "--tile-whole", help="--tile: add the whole image at the test size (large objects)."
-    ),
+    tile: int | None = TILE_OPTION,
+    overlap: float = OVERLAP_OPTION,
+    tile_whole: bool = TILE_WHOLE_OPTION,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
     """COCO metrics (AP, AP50, AP75, APs/m/l, AP60-AP90) of a checkpoint or an exported
@@ -620,17 +626,9 @@ def predict(
     set_: list[str] = typer.Option(
         [], "--set", help="Override the saved config, e.g. --set data.test_min_size=640."
     ),
-    tile: int | None = typer.Option(
-        None,
-        "--tile",
-        help="Sliced inference: SIZE x SIZE tiles (a multiple of 32) at their own pixels.",
-    ),
-    overlap: float = typer.Option(
-        0.2, "--overlap", help="--tile: overlap of neighbouring tiles, in [0, 1)."
-    ),
-    tile_whole: bool = typer.Option(
-        False, "--tile-whole", help="--tile: add the whole image at the test size (large objects)."
-    ),
+    tile: int | None = TILE_OPTION,
+    overlap: float = OVERLAP_OPTION,
+    tile_whole: bool = TILE_WHOLE_OPTION,
     every: int = typer.Option(1, "--every", help="A video: detect every N-th frame."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace the files of an earlier prediction in --out."

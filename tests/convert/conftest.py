@@ -42,3 +42,17 @@ def torchvision_files(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
 @pytest.fixture(scope="session")
 def converted(torchvision_files) -> dict[str, Path]:
     return {arch: pair[1] for arch, pair in torchvision_files.items()}
+
+
+def assert_same_detections(model, other, seed: int, height: int, width: int, least: int) -> None:
+    """`other` detects on a generated scene what `model` detects (at least `least` boxes):
+    scores within 1e-4, boxes within 1e-2 px."""
+    from podkit.ops.image_batch import ImageBatch
+
+    pixels = torch.from_numpy(inputs.scene(seed, height, width)).permute(2, 0, 1)
+    batch = ImageBatch.from_tensors([pixels], 32)
+    with torch.inference_mode():
+        ours, theirs = model.eval()(batch).detections[0], other.eval()(batch).detections[0]
+    assert len(ours["scores"]) >= least
+    torch.testing.assert_close(theirs["scores"], ours["scores"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(theirs["boxes"], ours["boxes"], atol=1e-2, rtol=1e-4)
