@@ -1,6 +1,6 @@
 """`podkit predict`: a checkpoint or an artefact on the user's own images.
 
-The images go through the evaluation path (`predict_at`: the config's test size, the same
+The images go through the evaluation path (`predict_records`: the config's test size, or tiles; the same
 loader), so what `predict` draws is what `eval` scores. Writes, under OUT:
 
 - `detections.json`: COCO results (image_id, category_id, bbox xywh, score), every detection
@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from podkit.bench.accuracy import open_detector
 from podkit.data.images import find_images, image_records
 from podkit.data.records import load_image
-from podkit.train.evaluate import predict_at, predict_tiled, to_coco_results
+from podkit.train.evaluate import predict_records, to_coco_results
 
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
            "#bfef45", "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#000075"]  # fmt: skip
@@ -48,12 +48,7 @@ def predict_images(
     detector, cfg, classes, device = open_detector(model_path, overrides)
     records = image_records(files, cfg.data.max_image_pixels)
     classes = classes or [f"class{i}" for i in range(cfg.model.num_classes)]
-    if cfg.eval.tile is not None:  # sliced: each image in tiles at its own pixels
-        detections, image_ids = predict_tiled(detector, records, cfg, device, progress)
-    else:
-        detections, image_ids = predict_at(
-            detector, records, cfg, device, cfg.data.test_min_size, cfg.data.max_size, progress
-        )
+    detections, image_ids = predict_records(detector, records, cfg, device, progress)
     category_ids = cfg.model.category_ids or list(range(1, len(classes) + 1))
     out.mkdir(parents=True, exist_ok=True)
     (out / "detections.json").write_text(

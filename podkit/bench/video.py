@@ -22,7 +22,7 @@ from podkit.bench.accuracy import open_detector
 from podkit.bench.predict import draw_detections
 from podkit.data.images import image_records
 from podkit.outputs import same_file
-from podkit.train.evaluate import predict_at, predict_tiled, to_coco_results
+from podkit.train.evaluate import predict_records, to_coco_results
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 CHUNK = 16  # frames decoded, detected and drawn at a time
@@ -132,11 +132,7 @@ def run_chunk(detector, cfg, device, chunk, scratch, results, images, writer, cl
     records = image_records(files, cfg.data.max_image_pixels, str(video))
     for record, (index, _) in zip(records, chunk, strict=True):
         record.image_id = index
-    if cfg.eval.tile is not None:
-        detections, ids = predict_tiled(detector, records, cfg, device)
-    else:
-        detections, ids = predict_at(detector, records, cfg, device, cfg.data.test_min_size,
-                                     cfg.data.max_size)  # fmt: skip
+    detections, ids = predict_records(detector, records, cfg, device)
     results += to_coco_results(detections, ids, category_ids)
     for (index, image), det in zip(chunk, detections, strict=True):
         images.append({"id": index, "file_name": f"{video.name}#{index}",

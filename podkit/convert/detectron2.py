@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from podkit.convert.coco import COCO_CATEGORY_IDS, COCO_CLASSES
-from podkit.convert.rename import Renames, normalisation, rename
+from podkit.convert.rename import Renames, normalisation, renamed
 
 COMMON = {"depth": 50, "num_classes": 80, "category_ids": COCO_CATEGORY_IDS, "norm": "frozen",
           "stride_in_1x1": True, "freeze_at": 2, "fpn_channels": 256}  # fmt: skip
@@ -47,11 +47,10 @@ FASTER_RCNN_FPN = {
             "smooth_l1_beta": 0.0},
     "roi_heads": {**ROI, "pooler_resolution": 7},
 }  # fmt: skip
-FASTER_RCNN_C4 = {
-    **COMMON, "arch": "faster_rcnn_c4",
-    "rpn": {"anchor_round": False, "pre_nms_top_n_train": 12000, "post_nms_top_n_train": 2000,
-            "pre_nms_top_n_test": 6000, "post_nms_top_n_test": 1000, "nms_threshold": 0.7,
-            "smooth_l1_beta": 0.0},
+FASTER_RCNN_C4 = {  # Base-RCNN-C4: more proposals, res5 on 14x14 RoIs
+    **FASTER_RCNN_FPN, "arch": "faster_rcnn_c4",
+    "rpn": {**FASTER_RCNN_FPN["rpn"], "pre_nms_top_n_train": 12000,
+            "post_nms_top_n_train": 2000, "pre_nms_top_n_test": 6000},
     "roi_heads": {**ROI, "pooler_resolution": 14},
 }  # fmt: skip
 RETINA_SIZES = [[x * 2 ** (i / 3) for i in range(3)] for x in (32, 64, 128, 256, 512)]
@@ -124,18 +123,17 @@ def converter(arch: str, first_fpn_level: int):
         with several anchor sizes per cell reordered."""
         mean = state.pop("pixel_mean", torch.tensor(PIXEL_MEAN_BGR)).flatten()
         std = state.pop("pixel_std", torch.tensor(PIXEL_STD_BGR)).flatten()
-        out = normalisation(tuple(mean.flip(0) / 255), tuple(std.flip(0) / 255))
-        for key, value in state.items():
-            if key.endswith("num_batches_tracked"):
-                continue
-            name = rename(key, names)
-            if name == "backbone.body.conv1.weight":
-                value = value.flip(1)  # BGR -> RGB input channels
-            for prefix, (sizes, per_anchor) in REORDERED[arch].items():
-                if name.startswith(prefix):
-                    value = ratio_major(value, sizes, per_anchor)
-            out[name] = value
-        return out
+        return normalisation(tuple(mean.flip(0) / 255), tuple(std.flip(0) / 255)) | renamed(
+            state, names, layout
+        )
+
+    def layout(name: str, value: Tensor) -> Tensor:
+        if name == "backbone.body.conv1.weight":
+            return value.flip(1)  # BGR -> RGB input channels
+        for prefix, (sizes, per_anchor) in REORDERED[arch].items():
+            if name.startswith(prefix):
+                return ratio_major(value, sizes, per_anchor)
+        return value
 
     return convert_state
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from podkit.convert.coco import COCO_CATEGORY_IDS, COCO_CLASSES
-from podkit.convert.rename import Renames, normalisation, rename
+from podkit.convert.rename import Renames, normalisation, renamed
 
 FASTER_RCNN = {
     "arch": "faster_rcnn_fpn", "depth": 50, "num_classes": 80,
@@ -85,11 +85,7 @@ def renamer(renames: Renames):
     def convert_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
         """podkit's tensors from MMDetection's: renamed, BatchNorm step counters dropped, the
         data preprocessor's normalisation as the backbone's."""
-        out = normalisation(PIXEL_MEAN, PIXEL_STD)
-        for key, value in state.items():
-            if not key.endswith("num_batches_tracked"):
-                out[rename(key, renames)] = value
-        return out
+        return normalisation(PIXEL_MEAN, PIXEL_STD) | renamed(state, renames)
 
     return convert_state
 

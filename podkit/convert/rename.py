@@ -23,6 +23,21 @@ def rename(key: str, renames: Renames) -> str:
     return key
 
 
+def renamed(
+    state: dict[str, Tensor],
+    renames: Renames,
+    layout: Callable[[str, Tensor], Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Each tensor under its podkit name, passed through `layout(name, value)` where the
+    source's layout differs from podkit's; BatchNorm's step counters are dropped."""
+    out = {}
+    for key, value in state.items():
+        if not key.endswith("num_batches_tracked"):
+            name = rename(key, renames)
+            out[name] = layout(name, value) if layout else value
+    return out
+
+
 def normalisation(mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Tensor]:
     """podkit's Normalize buffers (RGB in [0, 1]) for a source's per-channel mean and std."""
     return {

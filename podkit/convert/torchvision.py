@@ -20,7 +20,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from podkit.convert.coco import TORCHVISION_LABELS
-from podkit.convert.rename import Renames, normalisation, rename
+from podkit.convert.rename import Renames, normalisation, renamed
 
 CLASSES = TORCHVISION_LABELS[1:]  # 90 labels, "N/A" where COCO skips an id
 CATEGORY_IDS = list(range(1, 91))
@@ -85,20 +85,22 @@ def convert_state(state: dict[str, Tensor], renames: Renames | None = None) -> d
     """podkit's tensors from torchvision's: renamed; the predictor's background row moved
     last (classes) or dropped (boxes); RetinaNet's background channel of each anchor dropped;
     the transform's pixel normalisation as the backbone's."""
-    out = normalisation(PIXEL_MEAN, PIXEL_STD)
-    for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue  # BatchNorm's step counter (absent from the COCO weights' FrozenBN)
-        name = rename(key, (renames or []) + RENAMES)
-        if name.startswith("roi_heads.predictor.cls_score."):
-            value = value[list(range(1, len(value))) + [0]]
-        elif name.startswith("roi_heads.predictor.bbox_pred."):
-            value = value[4:]
-        elif name.startswith("head.cls_logits."):
-            labels = len(TORCHVISION_LABELS)
-            value = value.reshape(-1, labels, *value.shape[1:])[:, 1:].reshape(-1, *value.shape[1:])
-        out[name] = value
-    return out
+    return normalisation(PIXEL_MEAN, PIXEL_STD) | renamed(
+        state, (renames or []) + RENAMES, background_last
+    )
+
+
+def background_last(name: str, value: Tensor) -> Tensor:
+    """torchvision's background label (0) moved last in the R-CNN classifier, its box rows
+    dropped, and RetinaNet's background channel of each anchor dropped."""
+    if name.startswith("roi_heads.predictor.cls_score."):
+        return value[list(range(1, len(value))) + [0]]
+    if name.startswith("roi_heads.predictor.bbox_pred."):
+        return value[4:]
+    if name.startswith("head.cls_logits."):
+        labels = len(TORCHVISION_LABELS)
+        return value.reshape(-1, labels, *value.shape[1:])[:, 1:].reshape(-1, *value.shape[1:])
+    return value
 
 
 # arch -> (model config, data sizes, classes, the state conversion)

@@ -12,14 +12,25 @@ def box_area(boxes: Tensor) -> Tensor:
     return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
 
 
+def box_intersection(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise intersection areas, shape (N, M)."""
+    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    return wh[..., 0] * wh[..., 1]
+
+
+def box_inside(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise share of each box of `boxes1` lying inside each box of `boxes2`, (N, M)."""
+    inter = box_intersection(boxes1, boxes2)
+    return inter / box_area(boxes1).clamp(min=torch.finfo(inter.dtype).tiny)[:, None]
+
+
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise IoU, shape (N, M). Empty unions give 0, never NaN."""
     area1 = box_area(boxes1)
     area2 = box_area(boxes2)
-    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
+    inter = box_intersection(boxes1, boxes2)
     union = area1[:, None] + area2[None, :] - inter
     return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from podkit.ops.boxes import box_area
+from podkit.ops.boxes import box_area, box_inside
 from podkit.ops.nms import batched_nms
 
 EDGE = 1.0  # px: a box within this of an inner tile edge touches it
@@ -69,15 +69,14 @@ def merge_tiles(
     """The cut rule, then class-wise NMS (module docstring); `cut` marks the boxes touching an
     inner tile edge. Returns the kept detections by decreasing score."""
     boxes, scores, labels = detections["boxes"], detections["scores"], detections["labels"]
-    if cut.any():
-        lt = torch.max(boxes[:, None, :2], boxes[None, :, :2])
-        rb = torch.min(boxes[:, None, 2:], boxes[None, :, 2:])
-        inter = (rb - lt).clamp(min=0).prod(-1)
+    rows = torch.where(cut)[0]  # only cut boxes can be dropped: (cut, all) pairs, not (all, all)
+    if len(rows):
         area = box_area(boxes)
-        inside = inter / area.clamp(min=1e-6)[:, None]  # share of box i inside box j
-        covers = (inside >= contained) & (labels[:, None] == labels[None, :])
-        covers &= area[None, :] > area[:, None]
-        kept = ~(cut & covers.any(1))
+        covers = box_inside(boxes[rows], boxes) >= contained
+        covers &= labels[rows, None] == labels[None, :]
+        covers &= area[None, :] > area[rows, None]
+        kept = torch.ones(len(boxes), dtype=torch.bool)
+        kept[rows[covers.any(1)]] = False
         boxes, scores, labels = boxes[kept], scores[kept], labels[kept]
     keep = batched_nms(boxes, scores, labels, iou)
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}

@@ -114,12 +114,8 @@ def predict(
     size, or with `eval.multiscale` / `eval.snip` at every resolution of `eval.pyramid`,
     merged (SNIP keeps each resolution's detections inside its test range first)."""
     records = dataset.records[: cfg.eval.max_images] if cfg.eval.max_images else dataset.records
-    if cfg.eval.tile is not None:
-        return predict_tiled(model, records, cfg, device, progress)
-    if not (cfg.eval.multiscale or cfg.eval.snip):
-        return predict_at(
-            model, records, cfg, device, cfg.data.test_min_size, cfg.data.max_size, progress
-        )
+    if cfg.eval.tile is not None or not (cfg.eval.multiscale or cfg.eval.snip):
+        return predict_records(model, records, cfg, device, progress)
     per_resolution = []
     for res in get_pyramid(cfg.eval.pyramid, cfg.data.test_min_size):
         detections, image_ids = predict_at(
@@ -133,6 +129,18 @@ def predict(
         for dets in zip(*per_resolution, strict=True)
     ]
     return merged, image_ids
+
+
+def predict_records(
+    model: Detector, records: list[Record], cfg: Config, device, progress=None
+) -> tuple[list[dict], list[int]]:
+    """Single-scale detections as eval, predict and video predict make them: sliced into
+    tiles with `eval.tile`, else each image at the config's test size."""
+    if cfg.eval.tile is not None:
+        return predict_tiled(model, records, cfg, device, progress)
+    return predict_at(
+        model, records, cfg, device, cfg.data.test_min_size, cfg.data.max_size, progress
+    )
 
 
 @torch.inference_mode()
