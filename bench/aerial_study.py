@@ -53,14 +53,18 @@ def recipe(data: Path, iters: int, extra: list[str] = ()) -> object:
     ])  # fmt: skip
 
 
-def prepare(out: Path, train_images: int, val_images: int, iters: int) -> Path:
+def prepare(
+    out: Path, train_images: int, val_images: int, iters: int, init: Path | None, sets: list[str]
+) -> Path:
     data = out / "data"
     for split, count in (("train", train_images), ("val", val_images)):
         if not (data / "annotations" / f"{split}.json").exists():
             write_split(data, split, count, preset_style("aerial"), seed=0)
     run = out / "run"
     if not (run / "done").exists():
-        train(recipe(data, iters), run, resume=(run / "last.pt").exists(), overwrite=True)
+        extra = [f"model.init_from={init.resolve()}"] if init else []
+        cfg = recipe(data, iters, [*extra, *sets])
+        train(cfg, run, resume=(run / "last.pt").exists(), overwrite=True)
         (run / "done").write_text("1\n")
     return run / "last.pt"
 
@@ -185,11 +189,24 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=40)
     parser.add_argument("--val-images", type=int, default=12)
     parser.add_argument("--iters", type=int, default=1500)
+    parser.add_argument(
+        "--init", type=Path, default=None, help="weights to start from (model.init_from)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="recipe overrides, e.g. train.amp=false (a CPU without bf16)",
+    )
     parser.add_argument("--evaluate", action="store_true", help="score and time the methods")
     parser.add_argument("--limit", type=int, default=None, help="validation images to use")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    checkpoint = prepare(args.out, args.train_images, args.val_images, args.iters)
+    checkpoint = prepare(
+        args.out, args.train_images, args.val_images, args.iters, args.init, args.overrides
+    )
     if not args.evaluate:
         return
     report = evaluate(args.out, checkpoint, args.limit)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from podkit.bench.latency import time_interleaved
 from podkit.config import parse_size
-from podkit.export import export_checkpoint, load, sample_image
+from podkit.export import ExportOptions, export_checkpoint, load, sample_image
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     for name, batch in (("static_b1", 1), (f"static_b{args.batch}", args.batch), ("any", None)):
         path = args.out / f"{name}.onnx"
         if not path.is_file():
-            export_checkpoint(args.checkpoint, "onnx", path, size, batch=batch, log=print)
+            export_checkpoint(args.checkpoint, "onnx", path, ExportOptions(size, batch=batch))
         artefacts[name] = load(path)
     cases = [  # (label, artefact, images per call)
         ("static batch 1", "static_b1", 1),

@@ -23,6 +23,12 @@ SNIP arms with their valid ranges (`eval.snip`), the others with plain multi-sca
 
 An arm is done when RUN/eval.json exists; an interrupted arm resumes from RUN/last.pt
 (checkpoints every 200 iterations). Writes OUT/results.json and OUT/results.md.
+
+Across machines. Run folders are not kept in the repository, so each finished arm also
+writes its summary (every test it had) to LEDGER/SLUG/seedN.json with the fingerprint of the
+start it trained from; the ledger is committed. A later run with a start of the same
+fingerprint skips the recorded arms and reports them; arms are paired only within one
+start (a seed whose arms were trained from different starts is left out of the pairs).
 """
 
 from __future__ import annotations
@@ -195,6 +201,8 @@ BASELINES = {
 
 
 EXTRA: list[str] = []  # --set overrides, applied to every run
+LEDGER = ROOT / "bench" / "results"  # committed summaries of finished arms, by start
+ITERS = [1200]  # --iters of this invocation (an FD arm may train its GSL arm again)
 
 
 def recipe(arch: str, overrides: list[str], config: str | None = None):
@@ -226,6 +234,34 @@ def weights_fingerprint(checkpoint: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def start_fingerprint(start: Path | None) -> str | None:
+    return None if start is None else (start.parent / "fingerprint.txt").read_text().strip()
+
+
+def ledger_entry(arm: Arm, seed: int) -> dict | None:
+    path = LEDGER / arm.slug / f"seed{seed}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def record_arm(arm: Arm, seed: int, run: Path, start: Path | None) -> None:
+    """The arm's summaries (every test it has) in the ledger, with its start's fingerprint."""
+    tests = {t: summarise(run, t) for t, f in EVAL_FILE.items() if (run / f).exists()}
+    path = LEDGER / arm.slug / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"start": start_fingerprint(start), "extra": EXTRA, "tests": tests}
+    path.write_text(json.dumps(entry, indent=1) + "\n")
+
+
+def recorded(arm: Arm, seed: int, start: Path | None, tests: set[str]) -> bool:
+    """Whether the ledger holds this arm and seed, from this start, with every test."""
+    entry = ledger_entry(arm, seed)
+    return (
+        entry is not None
+        and entry["start"] == start_fingerprint(start)
+        and tests <= set(entry["tests"])
+    )
+
+
 def train_arm(arm: Arm, seed: int, start: Path | None, out: Path, iters: int) -> Path:
     run = out / arm.slug / f"seed{seed}"
     if not (run / "eval.json").exists():
@@ -251,6 +287,8 @@ def fd_start(d: Decompose, seed: int, start: Path, out: Path, run: Path) -> tupl
     init, plan_path = run / "fd_init.pt", run / "plan.json"
     if not plan_path.exists():  # written last: an interrupted start is made again
         gsl = out / ARMS[d.gsl_arm].slug / f"seed{seed}" / "last.pt"
+        if not gsl.exists():  # recorded in the ledger, its run folder gone: train it again
+            train_arm(ARMS[d.gsl_arm], seed, start, out, ITERS[0])
         scales = learned_scales(gsl.parent)
         if d.transfer:  # GSL's weights, transferred
             plan = decompose_checkpoint(gsl, scales, init, d.channel_multiple)
@@ -380,10 +418,15 @@ def report(studies: list[str], out: Path, seeds: list[int]) -> str:
     for study in studies:
         arms, _, tests = STUDIES[study]
         for name, test in product(arms, tests):
-            runs = {s: out / ARMS[name].slug / f"seed{s}" for s in seeds}
-            finished = {
-                s: summarise(r, test) for s, r in runs.items() if (r / EVAL_FILE[test]).exists()
-            }
+            finished = {}
+            for s in seeds:
+                entry = ledger_entry(ARMS[name], s)
+                run = out / ARMS[name].slug / f"seed{s}"
+                if (run / EVAL_FILE[test]).exists():
+                    start = entry["start"] if entry else None
+                    finished[s] = {**summarise(run, test), "start": start}
+                elif entry and test in entry["tests"]:
+                    finished[s] = {**entry["tests"][test], "start": entry["start"]}
             if finished:
                 done[tested(name, test)] = finished
     arms_json = {n: [dict(r, seed=s) for s, r in d.items()] for n, d in done.items()}
@@ -448,7 +491,11 @@ def pair_line(done: dict, name: str, base: str, judged: tuple) -> tuple[str, dic
     no finished seed."""
     if name not in done or base not in done:
         return None
-    common = [s for s in done[name] if s in done[base]]
+    # pairs within one start (a seed trained again elsewhere may hold arms of two starts)
+    common = [
+        s for s in done[name]
+        if s in done[base] and done[name][s].get("start") == done[base][s].get("start")
+    ]  # fmt: skip
     if not common:
         return None
     arm_runs, base_runs = [done[name][s] for s in common], [done[base][s] for s in common]
@@ -501,6 +548,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     args = parser.parse_args()
     EXTRA.extend(args.overrides)
+    ITERS[0] = args.iters
     if not args.report:
         # seeds outer: every arm of a seed finishes before the next seed starts, so a study
         # cut short holds whole pairs (an FD arm follows its GSL arm within the seed)
@@ -510,6 +558,8 @@ def main() -> None:
                 arm = ARMS[name]
                 start = None if arm.config else train_start(arm.arch, args.out, args.start_iters)
                 tests = {t for s in args.studies if name in STUDIES[s][0] for t in STUDIES[s][2]}
+                if recorded(arm, seed, start, tests):
+                    continue
                 run = train_arm(arm, seed, start, args.out, args.iters)
                 if load_config(run / "config.yaml").model.gsl:  # its scales, in the report
                     learned_scales(run)
@@ -517,6 +567,7 @@ def main() -> None:
                     test_on_pyramid(arm, run)
                 if "train" in tests:
                     test_on_training_images(run)
+                record_arm(arm, seed, run, start)
             print(report(args.studies, args.out, args.seeds), flush=True)
     print(report(args.studies, args.out, args.seeds))
 

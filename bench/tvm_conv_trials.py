@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from podkit.bench.latency import time_interleaved
-from podkit.export import onnx as onnx_backend
+from podkit.export import ort
 from podkit.export import tvm as tvm_backend
 
 # name: (in channels, out channels, kernel, feature map side), R50-FPN at 512x512
@@ -74,7 +74,7 @@ def main() -> None:
         folder.mkdir(exist_ok=True)
         gflops = conv_onnx(folder / "conv.onnx", cin, cout, k, side)
         image = np.random.default_rng(1).normal(size=(1, cin, side, side)).astype(np.float32)
-        ort_runner = onnx_backend.load(folder / "conv.onnx", threads=args.threads)
+        ort_runner = ort.load(folder / "conv.onnx", threads=args.threads)
         for budget in sorted(args.budgets):
             if (name, budget) in done:  # resumable: a finished (conv, budget) is kept
                 continue

@@ -25,7 +25,7 @@ import numpy as np
 
 from podkit.bench.latency import time_interleaved
 from podkit.config import parse_size
-from podkit.export import onnx as onnx_backend
+from podkit.export import ort
 from podkit.export import tvm as tvm_backend
 
 KINDS = (
@@ -100,7 +100,7 @@ def main() -> None:
     compile_s = time.perf_counter() - start
     image = np.random.default_rng(0).uniform(0, 255, (1, 3, *args.size)).astype(np.float32)
     tvm_runner = tvm_backend.load(library)
-    ort_runner = onnx_backend.load(args.onnx, threads=args.threads)
+    ort_runner = ort.load(args.onnx, threads=args.threads)
     tvm_ms, ort_ms = time_interleaved(
         [lambda: tvm_runner(image), lambda: ort_runner(image)], args.runs
     )

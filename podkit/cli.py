@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from podkit.errors import BackendUnavailable, ParityError
+from podkit.export import BACKENDS, precisions, targets
 from podkit.outputs import check_distinct, check_output, check_writable, write_text
 
 app = typer.Typer(
@@ -21,6 +22,9 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+# what the export table builds, for help lines
+ARTEFACTS = ", ".join(b.suffix or f"a {b.name} folder" for b in BACKENDS.values())
+MODEL_HELP = f"A podkit checkpoint, or an artefact from podkit export ({ARTEFACTS})."
 
 
 def print_version(value: bool) -> None:
@@ -270,9 +274,7 @@ TILE_WHOLE_OPTION = typer.Option(
 @app.command("eval")
 @user_errors
 def eval_(
-    checkpoint: Path = typer.Argument(
-        ..., help="A podkit checkpoint, or an artefact from podkit export (.onnx, .so, .engine)."
-    ),
+    checkpoint: Path = typer.Argument(..., help=MODEL_HELP),
     out: Path = typer.Option(Path("eval.json"), "--out", help="Where to write the metrics."),
     set_: list[str] = typer.Option(
         [], "--set", help="Override the saved config, e.g. --set data.val.ann=other.json."
@@ -382,9 +384,9 @@ def artefact_info(path: Path) -> None:
     """The record an exported artefact carries (podkit.export.metadata)."""
     from rich.table import Table
 
-    from podkit.export.metadata import read_metadata
+    from podkit.export import read_record
 
-    record = read_metadata(path)
+    record = read_record(path)
     height, width = record["input_size"]
     classes = record.get("classes", [])
     table = Table(title=f"{path} (an exported artefact: use eval, predict, bench latency)",
@@ -544,20 +546,23 @@ def convert(
 @user_errors
 def export(
     checkpoint: Path = typer.Argument(..., help="A podkit checkpoint (baseline, GSL or FD)."),
-    target: str = typer.Option(..., "--target", help="onnx, tvm or tensorrt."),
+    target: str = typer.Option(..., "--target", help=f"{targets()}."),
     out: Path | None = typer.Option(
-        None, "--out", help="Artefact to write (.onnx, .so, .engine); not with --check-only."
+        None, "--out", help=f"Artefact to write ({ARTEFACTS}); not with --check-only."
     ),
     input_size: str = typer.Option("512x512", help="HxW, multiples of 32."),
-    dynamic: bool = typer.Option(False, "--dynamic", help="ONNX/TensorRT: free height and width."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Free height and width (not TVM)."),
     nms: bool = typer.Option(
         True, "--nms/--no-nms", help="Post-processing in the graph, or raw outputs."
     ),
     fp16: bool = typer.Option(
         False, "--fp16", help="ONNX / TensorRT: half precision (for GPUs), I/O stays float32."
     ),
+    bf16: bool = typer.Option(
+        False, "--bf16", help="OpenVINO: bfloat16 inference (CPUs with bf16 units)."
+    ),
     int8: bool = typer.Option(
-        False, "--int8", help="ONNX / TensorRT: INT8 QDQ, calibrated on training images."
+        False, "--int8", help="INT8, calibrated on training images (ONNX QDQ; OpenVINO: NNCF)."
     ),
     calib: int = typer.Option(64, "--calib", help="--int8: how many calibration images."),
     calib_data: list[str] = typer.Option(
@@ -568,7 +573,7 @@ def export(
     ),
     batch: int = typer.Option(1, "--batch", help="Images per call (NMS per image)."),
     dynamic_batch: bool = typer.Option(
-        False, "--dynamic-batch", help="ONNX: any number of images per call (not with --batch)."
+        False, "--dynamic-batch", help="Any number of images per call (not with --batch)."
     ),
     check: bool = typer.Option(
         True, "--check/--no-check", help="Compare with PyTorch after export."
@@ -579,28 +584,39 @@ def export(
     tune_db: Path | None = typer.Option(
         None, help="TVM: tuning database folder, reused across runs."
     ),
+    name: str = typer.Option("detector", "--name", help="Triton: the model's name."),
+    triton_model: str = typer.Option(
+        "onnx", "--triton-model", help="Triton: the model it serves, onnx or tensorrt (a plan)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing artefact."),
 ) -> None:
-    """Export a checkpoint to ONNX, TVM or TensorRT and check it against PyTorch."""
+    """Export a checkpoint to a deployment target and check it against PyTorch."""
     from podkit.config import parse_size
-    from podkit.export import export_checkpoint, get_backend
-    from podkit.export.metadata import SIDECAR
+    from podkit.export import ExportOptions, export_checkpoint, get_backend
 
-    suffix = get_backend(target).suffix
-    sidecars = () if suffix == ".onnx" else (SIDECAR,)
-    check_output(out, "--out", (suffix,), [checkpoint, tune_db], overwrite, sidecars)
+    backend = get_backend(target)
+    if out is not None:
+        suffixes = (backend.suffix,) if backend.suffix else ()
+        others = [f for f in backend.artefact_files(out) if f != out]
+        folder = not backend.suffix
+        check_output(out, "--out", suffixes, [checkpoint, tune_db], overwrite, others, folder)
+        if folder and out.exists() and not backend.owns(out):
+            raise ValueError(f"{out}: exists and is not a podkit {target} repository; "
+                             "choose another --out")  # fmt: skip
     if calib_data and not int8:
         raise ValueError("--calib-data calibrates INT8: add --int8")
-    if fp16 and int8:
-        raise ValueError("--fp16 and --int8: choose one precision")
+    chosen = [p for p, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8)) if on]
+    if len(chosen) > 1:
+        raise ValueError(f"--{' and --'.join(chosen)}: choose one precision")
     if dynamic_batch and batch != 1:
         raise ValueError(f"--dynamic-batch and --batch {batch}: choose one")
-    precision = "fp16" if fp16 else "int8" if int8 else "fp32"
-    report = export_checkpoint(
-        checkpoint, target, out, parse_size(input_size), dynamic, nms, precision, check,
-        check_only, device, tune_trials, tune_db, log=console.print,
-        batch=None if dynamic_batch else batch, calib=calib, calib_data=calib_data or None,
+    opts = ExportOptions(
+        parse_size(input_size), dynamic, None if dynamic_batch else batch, nms,
+        chosen[0] if chosen else "fp32", check=check, check_only=check_only, device=device,
+        calib=calib, calib_data=tuple(calib_data), tune_trials=tune_trials, tune_db=tune_db,
+        name=name, inner=triton_model,
     )  # fmt: skip
+    report = export_checkpoint(checkpoint, target, out, opts, log=console.print)
     if check_only:
         raise typer.Exit(1 if report["audit"] else 0)
     console.print(f"wrote {report['path']}")
@@ -609,9 +625,7 @@ def export(
 @app.command()
 @user_errors
 def predict(
-    model: Path = typer.Argument(
-        ..., help="A podkit checkpoint, or an artefact from podkit export (.onnx, .so, .engine)."
-    ),
+    model: Path = typer.Argument(..., help=MODEL_HELP),
     images: list[str] = typer.Argument(
         ..., help="Image files, folders or glob patterns; or one video file."
     ),
@@ -676,7 +690,9 @@ def bench_latency(
     checkpoints: list[Path] = typer.Argument(..., help="Checkpoints; the first is the baseline."),
     backend: str = typer.Option(
         "torch,onnxruntime,tvm",
-        help="Comma list of torch, torch-compile, onnxruntime, tvm, tensorrt.",
+        help="Comma list of torch, torch-compile, "
+        + ", ".join(b.runtime for b in BACKENDS.values())
+        + ".",
     ),
     input_size: str = typer.Option("512x512", help="HxW, multiples of 32."),
     warmup: int = typer.Option(3, help="Untimed calls per pair."),
@@ -706,7 +722,7 @@ def bench_latency(
         [], "--set", help="With --data: override the saved config, e.g. --set data.val.ann=..."
     ),
     precision: str = typer.Option(
-        "fp32", help="Comma list of fp32, fp16, int8 (onnxruntime and tensorrt artefacts)."
+        "fp32", help=f"Comma list of {', '.join(precisions())} (artefacts that build them)."
     ),
     batch: int = typer.Option(1, "--batch", help="Images per call (static batch export)."),
     calib: int = typer.Option(64, "--calib", help="INT8 calibration images."),

@@ -348,11 +348,13 @@ class TrainTileConfig:
     size: int = 640
     overlap: float = 0.2
     min_visible: float = 0.5
+    cache_mb: int = 2048  # decoded source images kept per loader worker (0: decode per tile)
 
     def __post_init__(self) -> None:
         require(self, "size", self.size >= 32 and self.size % 32 == 0, "a multiple of 32, >= 32")
         require(self, "overlap", 0 <= self.overlap < 1, "in [0, 1)")
         require(self, "min_visible", 0 < self.min_visible <= 1, "in (0, 1]")
+        require(self, "cache_mb", self.cache_mb >= 0, "an integer >= 0")
 
 
 @dataclass
@@ -411,7 +413,10 @@ class TrainConfig:
     )  # decay points, fractions of max_iter
     gamma: float = 0.1
     clip_grad_norm: float | None = None
-    amp: bool = False  # mixed precision: fp16 autocast on CUDA, bf16 autocast on the CPU
+    # mixed precision: fp16 autocast on CUDA, bf16 autocast on the CPU; auto: where it is fast
+    # (CUDA, or a CPU with bf16 units: AVX-512 BF16 / AMX; elsewhere bf16 is emulated, ~10x
+    # slower than float32)
+    amp: bool | str = False
     channels_last: bool = False  # NHWC weights and activations (faster convs on the CPU)
     checkpoint_every: int = 5000
     keep_checkpoints: bool = False  # also keep iter_N.pt at every checkpoint
@@ -450,9 +455,19 @@ class TrainConfig:
             "null or a number > 0",
         )
         require(self, "device", self.device in DEVICES, f"one of {', '.join(DEVICES)}")
+        require(self, "amp", self.amp in (True, False, "auto"), "true, false or auto")
         require(self, "nan_policy", self.nan_policy in NAN_POLICIES, "stop or skip")
         require(self, "max_skipped_steps", self.max_skipped_steps >= 1, "an integer >= 1")
         require(self, "log", set(self.log) <= set(RUN_LOGS), f"a list of {', '.join(RUN_LOGS)}")
+
+
+def resolve_amp(amp: bool | str, device: str) -> bool:
+    """Whether to autocast: train.amp, with auto on for CUDA and for CPUs with bf16 units."""
+    if amp != "auto":
+        return bool(amp)
+    import torch
+
+    return device == "cuda" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def resolve_device(name: str) -> str:

@@ -49,12 +49,13 @@ def check_output(
     suffixes: Iterable[str] = (),
     inputs: Iterable[Path | None] = (),
     overwrite: bool = False,
-    sidecars: Iterable[str] = (),
+    also: Iterable[Path] = (),
+    folder: bool = False,
 ) -> None:
     """Refuse, in one line naming `path` and `option`, an output that is an input of the
     command, has none of `suffixes` (when given), or exists without `overwrite`; then check
-    its folder is writable. `sidecars`: suffixes of files written beside it (PATH + suffix),
-    checked the same way."""
+    its folder is writable. `also`: the files written with it (an artefact's other files),
+    checked the same way. `folder`: the output is a folder (else a folder is refused)."""
     if path is None:
         return
     suffixes = tuple(suffixes)
@@ -62,14 +63,16 @@ def check_output(
         raise ValueError(
             f"{path}: {option} must end in {' or '.join(suffixes)} (the file this writes)"
         )
-    written = [path] + [Path(str(path) + s) for s in sidecars]
+    written = [path, *also]
     for item in inputs:
         if item is not None and any(same_file(w, Path(item)) for w in written):
             raise ValueError(
                 f"{path}: {option} names an input of this command; choose another path"
             )
-    if path.is_dir():
+    if path.is_dir() and not folder:
         raise ValueError(f"{path}: {option} is a folder; give a file path")
+    if path.is_file() and folder:
+        raise ValueError(f"{path}: {option} is a file; give a folder path")
     existing = [w for w in written if w.exists()]
     if existing and not overwrite:
         raise ValueError(

@@ -39,7 +39,7 @@ def test_int_given_for_float_is_accepted_and_dump_round_trips(tmp_path):
     [
         ("model.archh=x", r"unknown config key 'model.archh' \(did you mean 'arch'\?\)"),
         ("train.max_iter=1.5", "train.max_iter: expected an integer"),
-        ("train.amp=yes please", "train.amp: expected true or false"),
+        ("train.amp=yes please", "train.amp: .*true, false or auto"),
         ("data.min_size=800", "data.min_size: expected a list"),
         ("model.rpn.anchor_sizes=[[a]]", r"model.rpn.anchor_sizes\[0\]\[0\]: expected a number"),
         ("train.lr", "expected key.sub=value"),

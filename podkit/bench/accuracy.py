@@ -1,7 +1,7 @@
 """The accuracy of what ships: a checkpoint or an exported artefact, opened and scored alike.
 
 `open_detector` gives the same (detector, config, classes) for a `.pt` checkpoint and for an
-`.onnx` / `.so` / `.engine` artefact (whose record carries the checkpoint's config and class
+artefact of any export backend (whose record carries the checkpoint's config and class
 names), so `podkit eval`, `podkit predict` and the latency report's AP column share one path
 from an image file to COCO metrics.
 """
@@ -19,7 +19,7 @@ from podkit.train.evaluate import evaluate_on_val
 
 
 def is_artefact(path: str | Path) -> bool:
-    return Path(path).suffix in {b.suffix for b in BACKENDS.values()}
+    return any(b.owns(Path(path)) for b in BACKENDS.values())
 
 
 def open_detector(

@@ -26,12 +26,14 @@ import torch
 
 from podkit.export import (
     BACKENDS,
-    PRECISIONS,
     Backend,
     BackendUnavailable,
+    ExportOptions,
     ParityError,
     Runner,
+    artefact_bytes,
     export_checkpoint,
+    precisions,
     sample_image,
     torch_runner,
 )
@@ -137,9 +139,12 @@ def measure_peak_gflops(threads: int, seconds: float = 1.0) -> float:
 
 def _versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("onnx", "onnxruntime", "tvm", "tensorrt"):
-        with contextlib.suppress(Exception):
-            versions[name] = __import__(name).__version__
+    with contextlib.suppress(Exception):
+        versions["onnx"] = __import__("onnx").__version__
+    for backend in BACKENDS.values():
+        version = backend.version()
+        if version is not None:
+            versions[backend.module] = version
     return versions
 
 
@@ -172,21 +177,12 @@ def prepare(
     info: dict = {}
     if not path.is_file():
         try:
-            report = export_checkpoint(
-                checkpoint,
-                target.name,
-                path,
-                opts.input_size,
-                check=opts.check,
-                device=opts.device,
-                tune_trials=opts.tune_trials,
+            export = ExportOptions(
+                opts.input_size, batch=opts.batch, precision=precision, check=opts.check,
+                device=opts.device, calib=opts.calib, tune_trials=opts.tune_trials,
                 tune_db=opts.tune_db or opts.cache_dir / "tvm_tuning_db",
-                log=log,
-                onnx_path=onnx_path,
-                precision=precision,
-                batch=opts.batch,
-                calib=opts.calib,
-            )
+            )  # fmt: skip
+            report = export_checkpoint(checkpoint, target.name, path, export, log, onnx_path)
             checked = report.get("parity")
             info["parity"] = (
                 "not checked"
@@ -203,7 +199,10 @@ def prepare(
     else:
         log(f"{model_label(checkpoint)} / {backend}: cached {path}")
     info["artefact"] = str(path)
-    return load_artefact(path, opts.device, opts.threads or os.cpu_count()), info
+    runner = load_artefact(path, opts.device, opts.threads or os.cpu_count())
+    if "inference_precision" in runner.info:  # what the runtime ran (OpenVINO may fall back)
+        info["inference_precision"] = runner.info["inference_precision"]
+    return runner, info
 
 
 def run_latency(
@@ -218,9 +217,9 @@ def run_latency(
     unknown = [b for b in backends if b not in known]
     if unknown:
         raise ValueError(f"unknown backend {unknown[0]!r}: choose from {', '.join(known)}")
-    wrong = [p for p in opts.precisions if p not in PRECISIONS]
+    wrong = [p for p in opts.precisions if p not in precisions()]
     if wrong or not opts.precisions:
-        raise ValueError(f"--precision {wrong}: choose from {', '.join(PRECISIONS)}")
+        raise ValueError(f"--precision {wrong}: choose from {', '.join(precisions())}")
     labels = opts.labels or [model_label(Path(c)) for c in checkpoints]
     if len(labels) != len(checkpoints) or len(set(labels)) != len(labels):
         raise ValueError(f"need one distinct label per checkpoint, got {labels}")
@@ -322,7 +321,7 @@ def add_accuracy(results: list[dict], models: dict, opts: LatencyOptions, log) -
         if "artefact" in r:
             log(f"{r['model']} / {r['backend']}: scoring {r['artefact']} on data.val")
             metrics = evaluate_path(r["artefact"], opts.eval_overrides)
-            r["size_mb"] = Path(r["artefact"]).stat().st_size / 1e6
+            r["size_mb"] = artefact_bytes(Path(r["artefact"])) / 1e6
         else:
             metrics = checkpoint_metrics[ckpt]
             r["size_mb"] = models[r["model"]]["weights_mb"]
@@ -358,8 +357,10 @@ def to_markdown(report: dict) -> str:
     ]
     for r in report["results"]:
         ratio = "-" if r["ratio_vs_baseline"] is None else f"{r['ratio_vs_baseline']:.3f}"
+        ran = r.get("inference_precision")  # OpenVINO: what the plugin ran
+        precision = r["precision"] + (f" (ran {ran})" if ran else "")
         row = (
-            f"| {r['model']} | {r['backend']} | {r['precision']} | "
+            f"| {r['model']} | {r['backend']} | {precision} | "
             f"{r['input'][0]}x{r['input'][1]} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
             f"{r['min_ms']:.1f} | {r['per_image_ms']:.1f} | {ratio} | "
             f"{r['gflops']:.2f} | {r['params_m']:.2f} | {r['gflops_per_s']:.1f} |"

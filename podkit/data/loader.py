@@ -11,11 +11,13 @@ what an uninterrupted one would.
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from podkit.config import AugmentConfig
@@ -38,23 +40,55 @@ class Sample:
     seed: tuple[int, ...] | None = None
 
 
+class DecodedImages:
+    """The most recently used decoded images, up to `limit_mb` of pixels (per loader
+    worker): tiles of one large image (data.tile) decode it once instead of once per tile (a
+    3000 px JPEG takes ~0.2 s to decode, a 320 px tile's training step less)."""
+
+    def __init__(self, limit_mb: int) -> None:
+        self.limit = limit_mb * 2**20
+        self.images: OrderedDict[str, Image.Image] = OrderedDict()
+        self.bytes = 0
+
+    def get(self, file: str) -> Image.Image:
+        if file in self.images:
+            self.images.move_to_end(file)
+            return self.images[file]
+        image = load_image(file)
+        image.load()
+        size = image.width * image.height * len(image.getbands())
+        while self.images and self.bytes + size > self.limit:
+            _, old = self.images.popitem(last=False)
+            self.bytes -= old.width * old.height * len(old.getbands())
+        if size <= self.limit:
+            self.images[file] = image
+            self.bytes += size
+        return image
+
+
 class DetectionDataset(Dataset):
     """Records -> (image tensor, target in as-fed pixels, meta); `augment` applies to samples
-    that carry a seed (training), the others are only resized (and flipped)."""
+    that carry a seed (training), the others are only resized (and flipped). `cache_mb`:
+    keep that much of decoded source images (tiles of large images, DecodedImages)."""
 
     def __init__(
-        self, records: list[Record], max_size: int, augment: AugmentConfig | None = None
+        self,
+        records: list[Record],
+        max_size: int,
+        augment: AugmentConfig | None = None,
+        cache_mb: int = 0,
     ) -> None:
         self.records = records
         self.max_size = max_size
         self.augment = augment or AugmentConfig()
+        self.decoded = DecodedImages(cache_mb) if cache_mb > 0 else None
 
     def __len__(self) -> int:
         return len(self.records)
 
     def load(self, index: int) -> Annotated:
         rec = self.records[index]
-        image = load_image(rec.file)
+        image = self.decoded.get(rec.file) if self.decoded else load_image(rec.file)
         if rec.crop is not None:  # a tile (data.tile): its boxes are already in its pixels
             image = image.crop(rec.crop)
         return Annotated(image, rec.boxes.copy(), rec.labels.copy(), rec.ignore.copy())

@@ -1,57 +1,64 @@
-"""Checkpoint -> deployable artefact (ONNX, TVM library, TensorRT engine), checked against PyTorch.
+"""Checkpoint -> deployable artefact (ONNX, OpenVINO IR, TVM library, TensorRT engine, Triton
+model repository), checked against PyTorch.
 
-Every target goes through the ONNX export of `wrap.ExportWrapper`, then its backend's build
-(backend.py: one `Backend` per target, listed in BACKENDS); `load(path, device)` returns the
-same `Runner` for each (images -> outputs), so the latency benchmark times all backends alike.
+Every target starts from the ONNX export of `wrap.ExportWrapper` (onnx.py), then its
+backend's build; `load(path, device)` returns the same `Runner` for each (images ->
+outputs), so evaluation, prediction and the latency benchmark treat all artefacts alike. A
+backend is one file and one row of BACKENDS (backend.py says what a row holds).
 """
 
 from __future__ import annotations
 
-import glob
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from podkit.errors import BackendUnavailable, ParityError
-from podkit.export import onnx, tensorrt, tvm
-from podkit.export.backend import Backend, BuildOptions
-from podkit.export.common import Runner, compare_outputs, format_parity
+from podkit.export import openvino, ort, tensorrt, triton, tvm
+from podkit.export.backend import Backend, ExportOptions, Runner
+from podkit.export.metadata import checked_record
+from podkit.export.parity import compare_outputs, format_parity
 from podkit.outputs import staging_folder
 
-PRECISIONS = ("fp32", "fp16", "int8")
-# The one table of export targets (fields: backend.Backend). TVM compiles for one input size
-# and FP32; TensorRT engines run on CUDA only. Any batch size is an ONNX Scan, which TVM's
-# importer lacks (and the TensorRT path builds one batch).
-# fmt: off
-BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("onnx", "onnxruntime", ".onnx", PRECISIONS, dynamic=True, any_batch=True,
-            device=None, tuned=False, require=onnx.require, build=onnx.build, load=onnx.load),
-    Backend("tvm", "tvm", ".so", ("fp32",), dynamic=False, any_batch=False, device=None,
-            tuned=True, require=tvm.require, build=tvm.build, load=tvm.load),
-    Backend("tensorrt", "tensorrt", ".engine", PRECISIONS, dynamic=True, any_batch=False,
-            device="cuda", tuned=False, require=tensorrt.require, build=tensorrt.build,
-            load=tensorrt.load, audit=tensorrt.audit),
-)}
-# fmt: on
+# The one table of export targets, by `--target` name.
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (ort.BACKEND, openvino.BACKEND, tvm.BACKEND, tensorrt.BACKEND, triton.BACKEND)
+}
 
 __all__ = [
     "BACKENDS",
-    "PRECISIONS",
     "Backend",
     "BackendUnavailable",
+    "artefact_bytes",
+    "ExportOptions",
     "ParityError",
     "Runner",
     "backend_of",
     "export_checkpoint",
     "get_backend",
     "load",
+    "precisions",
+    "read_record",
     "sample_image",
     "torch_runner",
+    "write_record",
 ]
+
+
+def precisions() -> tuple[str, ...]:
+    """Every precision some backend builds, fp32 first."""
+    return tuple(dict.fromkeys(p for b in BACKENDS.values() for p in b.precisions))
+
+
+def targets() -> str:
+    """The targets, for help and messages: `onnx, openvino, tvm, tensorrt or triton`."""
+    names = list(BACKENDS)
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
 
 
 def get_backend(target: str) -> Backend:
@@ -62,13 +69,32 @@ def get_backend(target: str) -> Backend:
 
 
 def backend_of(path: str | Path) -> Backend:
-    """The backend that wrote the artefact at `path`, from its suffix."""
+    """The backend that wrote the artefact at `path`: by its suffix, or a folder by its files."""
     path = Path(path)
     for backend in BACKENDS.values():
-        if path.suffix == backend.suffix:
+        if backend.owns(path):
             return backend
-    suffixes = ", ".join(b.suffix for b in BACKENDS.values())
-    raise ValueError(f"{path}: unknown artefact (expected {suffixes})")
+    kinds = ", ".join(b.suffix or f"a {b.name} folder" for b in BACKENDS.values())
+    raise ValueError(f"{path}: unknown artefact (expected {kinds})")
+
+
+def read_record(path: str | Path) -> dict:
+    """The podkit record of the artefact at `path`; one line naming the file when it has none."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: artefact not found")
+    return checked_record(path, backend_of(path).load_record(path))
+
+
+def artefact_bytes(path: str | Path) -> int:
+    """The size of an artefact, all its files (a folder's included)."""
+    files = backend_of(path).artefact_files(Path(path))
+    every = [p for f in files for p in ([f] if f.is_file() else f.rglob("*"))]
+    return sum(p.stat().st_size for p in every if p.is_file())
+
+
+def write_record(path: str | Path, record: dict) -> None:
+    backend_of(path).save_record(Path(path), record)
 
 
 def sample_image(input_size: tuple[int, int], seed: int = 0, batch: int = 1) -> np.ndarray:
@@ -88,8 +114,11 @@ def sample_image(input_size: tuple[int, int], seed: int = 0, batch: int = 1) -> 
     return np.ascontiguousarray(np.stack(images))
 
 
-def torch_runner(wrapper: torch.nn.Module, device: str = "cpu", compile: bool = False) -> Runner:
-    """The wrapper in PyTorch eager (or `torch.compile`d) behind the common interface."""
+def torch_runner(wrapper, device: str = "cpu", compile: bool = False) -> Runner:
+    """The wrapper (a torch module) in PyTorch eager (or `torch.compile`d) behind the common
+    interface."""
+    import torch
+
     wrapper = wrapper.to(device).eval()
     forward = torch.compile(wrapper) if compile else wrapper
 
@@ -117,148 +146,146 @@ def check_parity(
     return report
 
 
+def check_options(backend: Backend, opts: ExportOptions, out: Path | None) -> None:
+    """What this target cannot build, in one line, before any work."""
+    target = backend.name
+    if opts.precision not in precisions():
+        raise ValueError(
+            f"precision must be one of {', '.join(precisions())}, got {opts.precision!r}"
+        )
+    if opts.dynamic and not backend.dynamic:
+        raise ValueError(
+            f"--target {target} compiles for one input size: drop --dynamic or use --target onnx"
+        )
+    if opts.precision not in backend.precisions:
+        raise ValueError(
+            f"--target {target} exports {', '.join(backend.precisions).upper()} only; "
+            f"{opts.precision.upper()} is for "
+            + ", ".join(b.name for b in BACKENDS.values() if opts.precision in b.precisions)
+        )
+    if opts.precision != "fp32" and not opts.nms:
+        raise ValueError(f"{opts.precision} artefacts keep NMS in the graph: drop --no-nms")
+    if opts.batch is None and not backend.any_batch:
+        others = " or ".join(b.name for b in BACKENDS.values() if b.any_batch)
+        raise ValueError(f"--target {target} builds for one batch size: use --batch N, or "
+                         f"--target {others} for --dynamic-batch")  # fmt: skip
+    if opts.batch is None and opts.precision == "fp16":
+        raise ValueError("--fp16 and --dynamic-batch: the FP16 converter cannot follow the "
+                         "per-image loop (ONNX Scan); export FP16 with --batch N")  # fmt: skip
+    if opts.check_only and backend.audit is None:
+        audited = " or ".join(b.name for b in BACKENDS.values() if b.audit)
+        raise ValueError(f"--check-only is an op audit: use it with --target {audited}")
+    if out is None and not opts.check_only:
+        raise ValueError("--out is required (the artefact to write)")
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     target: str,
     out: str | Path | None,
-    input_size: tuple[int, int] = (512, 512),
-    dynamic: bool = False,
-    nms: bool = True,
-    precision: str = "fp32",
-    check: bool = True,
-    check_only: bool = False,
-    device: str = "cpu",
-    tune_trials: int = 0,
-    tune_db: str | Path | None = None,
-    opset: int = 18,
+    opts: ExportOptions = ExportOptions(),
     log: Callable[[str], None] = print,
     onnx_path: str | Path | None = None,
-    batch: int | None = 1,
-    calib: int = 64,
-    calib_data: list[str] | None = None,
 ) -> dict:
     """Export a checkpoint to `target` at `out`; returns what was written and checked.
 
-    Non-ONNX targets go through an ONNX file: `onnx_path` if given (an existing one is
+    Every target is built from the FP32 ONNX file: `onnx_path` if given (an existing one is
     reused, as the latency benchmark's cache does for all backends of a checkpoint), else a
-    temporary one, so no file of the user's is ever replaced. `precision` fp16 / int8 turns
-    that FP32 file into a half-precision or an INT8 QDQ one (calibrated on `calib` training
-    images, see precision.py; `calib_data`: other images, precision.calibration_records)
-    before the target is built. With `check` the artefact runs on
-    sample images and must match PyTorch (ParityError otherwise; the artefact stays for
-    inspection); a reduced-precision artefact's detections differ by design, so its check is
-    reported, not enforced: its accuracy is what `podkit eval` measures. `check_only`
-    (TensorRT) stops after the op audit and needs no `out`. `batch` images per call; None:
-    any number (ONNX only).
+    temporary one, so no file of the user's is ever replaced. A reduced precision is the
+    backend's to build; INT8 gets `opts.calib` calibration images (training images, or
+    `opts.calib_data`, prepared as the artefact is fed: precision.calibration_images). With
+    `opts.check` the artefact runs on sample images and must match PyTorch (ParityError
+    otherwise; the artefact stays for inspection); a reduced-precision artefact's detections
+    differ by design, so its check is reported, not enforced: its accuracy is what `podkit
+    eval` measures. `opts.check_only` stops after the backend's op audit and needs no `out`.
     """
     backend = get_backend(target)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if dynamic and not backend.dynamic:
-        raise ValueError(
-            f"--target {target} compiles for one input size: drop --dynamic or use --target onnx"
-        )
-    if precision not in backend.precisions:
-        raise ValueError(
-            f"--target {target} exports {', '.join(backend.precisions).upper()} only; "
-            f"{precision.upper()} is for "
-            + " and ".join(b.name for b in BACKENDS.values() if precision in b.precisions)
-        )
-    if precision != "fp32" and not nms:
-        raise ValueError(f"{precision} artefacts keep NMS in the graph: drop --no-nms")
-    if batch is None and not backend.any_batch:
-        others = " or ".join(b.name for b in BACKENDS.values() if b.any_batch)
-        raise ValueError(f"--target {target} builds for one batch size: use --batch N, or "
-                         f"--target {others} for --dynamic-batch")  # fmt: skip
-    if batch is None and precision == "fp16":
-        raise ValueError("--fp16 and --dynamic-batch: the FP16 converter cannot follow the "
-                         "per-image loop (ONNX Scan); export FP16 with --batch N")  # fmt: skip
-    if check_only and backend.audit is None:
-        raise ValueError("--check-only is the TensorRT op audit: use it with --target tensorrt")
-    if out is None and not check_only:
-        raise ValueError("--out is required (the artefact to write)")
+    out = Path(out) if out is not None else None
+    check_options(backend, opts, out)
+    from podkit.export import onnx
     from podkit.export import precision as reduced
-    from podkit.export.metadata import artefact_record, write_metadata
+    from podkit.export.metadata import artefact_record
     from podkit.export.wrap import ExportWrapper
     from podkit.models.checkpoint import load_detector
 
-    if not check_only:
-        backend.require()  # a missing backend or GPU: say so before minutes of export
-    out = Path(out) if out is not None else None
+    if not opts.check_only:
+        backend.check_available(opts)  # a missing backend or GPU: say so before minutes of export
     with tempfile.TemporaryDirectory(prefix="podkit-export-") as scratch:
         onnx_path = Path(onnx_path or Path(scratch) / "model.onnx")
         model, cfg, ckpt, _ = load_detector(checkpoint)
-        if precision == "int8":  # the calibration images exist, before minutes of export
-            calib_records = reduced.calibration_records(cfg, calib_data)
+        if opts.precision == "int8":  # the calibration images exist, before minutes of export
+            calib_records = reduced.calibration_records(cfg, list(opts.calib_data) or None)
         if onnx_path.is_file():
             log(f"{checkpoint}: reusing {onnx_path}")
-            wrapper = ExportWrapper(model.cpu().eval(), nms=nms)
+            wrapper = ExportWrapper(model.cpu().eval(), nms=opts.nms)
         else:
-            log(f"exporting {checkpoint} to ONNX ({'dynamic' if dynamic else 'static'} "
-                f"{input_size[0]}x{input_size[1]}, batch {batch or 'any'}, "
-                f"{'NMS in graph' if nms else 'raw outputs'})")  # fmt: skip
-            wrapper = onnx.export(model, onnx_path, input_size, dynamic, nms, opset, batch=batch)
+            h, w = opts.input_size
+            log(f"exporting {checkpoint} to ONNX ({'dynamic' if opts.dynamic else 'static'} "
+                f"{h}x{w}, batch {opts.batch or 'any'}, "
+                f"{'NMS in graph' if opts.nms else 'raw outputs'})")  # fmt: skip
+            wrapper = onnx.export(model, onnx_path, opts.input_size, opts.dynamic, opts.nms,
+                                  opts.opset, batch=opts.batch)  # fmt: skip
         record = artefact_record(
-            checkpoint, ckpt, input_size, dynamic, nms, wrapper.output_names,
-            wrapper.max_detections, batch, precision,
+            checkpoint, ckpt, opts.input_size, opts.dynamic, opts.nms, wrapper.output_names,
+            wrapper.max_detections, opts.batch, opts.precision,
         )  # fmt: skip
-        report: dict = {"target": target, "outputs": wrapper.output_names, "precision": precision}
-        if precision != "fp32":
-            reduced_path = Path(scratch) / f"model_{precision}.onnx"
-            if precision == "int8":
-                source = "--calib-data" if calib_data else "training"
-                log(f"calibrating INT8 on {min(calib, len(calib_records))} {source} images")
-                fed_size = None if dynamic else input_size
-                images = list(
-                    reduced.calibration_images(
-                        ckpt["config"], fed_size, calib, batch=batch or 1, records=calib_records
-                    )
-                )
-                report["int8"] = reduced.quantize_int8(
-                    onnx_path, reduced_path, images, for_tensorrt=target == "tensorrt"
-                )
-            else:
-                report["fp16"] = reduced.convert_fp16(onnx_path, reduced_path)
-            onnx_path = reduced_path
+        report: dict = {"target": target, "outputs": wrapper.output_names,
+                        "precision": opts.precision}  # fmt: skip
         if backend.audit is not None:
             problems = backend.audit(onnx_path)
             report["audit"] = problems
             log(f"{target} op audit: " + ("passed" if not problems else "; ".join(problems)))
-            if check_only:
+            if opts.check_only:
                 return report
             if problems:
                 raise ValueError(f"{checkpoint}: {target} would reject its ONNX graph: "
                                  + "; ".join(problems))  # fmt: skip
+        calibration = None
+        if opts.precision == "int8":
+            source = "--calib-data" if opts.calib_data else "training"
+            log(f"calibrating INT8 on {min(opts.calib, len(calib_records))} {source} images")
+            fed_size = None if opts.dynamic else opts.input_size
+            calibration = list(reduced.calibration_images(
+                ckpt["config"], fed_size, opts.calib, batch=opts.batch or 1, records=calib_records
+            ))  # fmt: skip
         if backend.tuned:
-            log(f"compiling {out} with {target} ({tune_trials} tuning trials per task)")
-        options = BuildOptions(input_size, dynamic, precision, batch, device, tune_trials,
-                               Path(tune_db) if tune_db else None)  # fmt: skip
+            log(f"compiling {out} with {target} ({opts.tune_trials} tuning trials per task)")
         with staging_folder(out) as stage:  # a failed build leaves an existing `out` whole
             staged = stage / out.name
-            report[target] = backend.build(onnx_path, staged, options, log)
-            write_metadata(staged, record)
-            for part in sorted(stage.glob(glob.escape(out.name) + "*")):  # artefact, sidecar
-                os.replace(part, out.parent / part.name)
-        device = backend.device or device
+            report[target] = backend.build(onnx_path, staged, opts, calibration, log)
+            backend.save_record(staged, record)
+            for part in backend.artefact_files(staged):
+                target_path = out.parent / part.name
+                if part.is_dir() and target_path.is_dir() and backend.owns(target_path):
+                    shutil.rmtree(target_path)  # the earlier export of this folder artefact
+                if part.exists():
+                    os.replace(part, target_path)
         report["path"] = str(out)
-        if check:
-            runner = load(out, device)
-            # (size, batch) pairs: the export's, another size if dynamic, other batches if any
-            checks = [(input_size, batch or 2)]
-            if dynamic:
-                checks.append(((input_size[0] + 64, input_size[1] + 96), batch or 1))
-            if batch is None:
-                checks += [(input_size, 1), (input_size, 3)]
-            log(f"checking {out} against PyTorch on {len(checks)} input(s)")
-            report["parity"] = [check_parity(wrapper, runner, size, batch=n) for size, n in checks]
-            for item in report["parity"]:
-                log(
-                    f"parity vs PyTorch at {item['input'][0]}x{item['input'][1]}: {format_parity(item)}"
-                )
-            failed = [p for p in report["parity"] if not p["ok"]]
-            if failed and precision != "fp32":
-                log(f"{precision}: detections differ from FP32 PyTorch by design; "
-                    f"`podkit eval {out}` scores it on the validation set")  # fmt: skip
-            elif failed:
-                raise ParityError(f"{out}: {format_parity(failed[0])}")
+        if opts.check:
+            report["parity"] = check_artefact(
+                wrapper, out, backend.device or opts.device, opts, log
+            )
         return report
+
+
+def check_artefact(wrapper, out: Path, device: str, opts: ExportOptions, log) -> list[dict]:
+    """Parity with PyTorch on sample images: the export's size and batch, another size if
+    dynamic, other batches if any batch. Raises ParityError on an FP32 mismatch."""
+    runner = load(out, device)
+    checks = [(opts.input_size, opts.batch or 2)]
+    if opts.dynamic:
+        checks.append(((opts.input_size[0] + 64, opts.input_size[1] + 96), opts.batch or 1))
+    if opts.batch is None:
+        checks += [(opts.input_size, 1), (opts.input_size, 3)]
+    log(f"checking {out} against PyTorch on {len(checks)} input(s)")
+    parity = [check_parity(wrapper, runner, size, batch=n) for size, n in checks]
+    for item in parity:
+        h, w = item["input"]
+        log(f"parity vs PyTorch at {h}x{w}: {format_parity(item)}")
+    failed = [p for p in parity if not p["ok"]]
+    if failed and opts.precision != "fp32":
+        log(f"{opts.precision}: detections differ from FP32 PyTorch by design; "
+            f"`podkit eval {out}` scores it on the validation set")  # fmt: skip
+    elif failed:
+        raise ParityError(f"{out}: {format_parity(failed[0])}")
+    return parity

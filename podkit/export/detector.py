@@ -15,20 +15,19 @@ from pathlib import Path
 
 import torch
 
-from podkit.export import load
-from podkit.export.common import artefact_input, stack_inputs
-from podkit.export.metadata import read_metadata
+from podkit.export import load, read_record
+from podkit.export.feed import artefact_input, stack_inputs
 from podkit.models.output import DetectorOutput, rescale_detections
 from podkit.ops import clip_boxes_to_image
 from podkit.ops.image_batch import ImageBatch
 
 
 class ArtefactDetector:
-    """`detector(images)` for an .onnx / .so / .engine file, with the record it carries."""
+    """`detector(images)` for an exported artefact, with the record it carries."""
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
         self.path = Path(path)
-        self.record = read_metadata(self.path)
+        self.record = read_record(self.path)
         if not self.record["nms"]:
             raise ValueError(
                 f"{self.path}: exported with --no-nms (raw head outputs): scoring and prediction "

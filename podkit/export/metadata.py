@@ -1,10 +1,10 @@
-"""What an artefact carries so that it can be scored and run without its checkpoint.
+"""The record an artefact carries so that it can be scored and run without its checkpoint.
 
-The record (`podkit` key): the checkpoint's config (data, sizes, thresholds), the class names,
-the input size and whether it is dynamic, the batch it takes, its precision (fp32, fp16,
-int8), whether NMS is in the graph, and the output names in order. An ONNX file holds it in
-its `metadata_props`; a TVM library or a TensorRT engine in the JSON sidecar beside it
-(`ARTEFACT.json`, the file TVM's interface is written to).
+The record: the checkpoint's config (data, sizes, thresholds), the class names, the input
+size and whether it is dynamic, the batch it takes, its precision, whether NMS is in the
+graph, and the output names in order. Where it is stored is the backend's choice
+(`Backend.save_record`): an ONNX file holds it in its `metadata_props`, other artefacts in a
+JSON sidecar (`ARTEFACT.json`) or, for a Triton repository, beside the model's config.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-KEY = "podkit"
-SIDECAR = ".json"
+from podkit.export.backend import RECORD_KEY
+
+REQUIRED = ("config", "classes", "input_size", "dynamic", "nms", "outputs")
 
 
 def artefact_record(
@@ -25,7 +26,7 @@ def artefact_record(
     nms: bool,
     outputs: list[str],
     max_detections: int,
-    batch: int = 1,
+    batch: int | None = 1,
     precision: str = "fp32",
 ) -> dict[str, Any]:
     return {
@@ -42,51 +43,36 @@ def artefact_record(
     }
 
 
-def write_metadata(path: str | Path, record: dict[str, Any]) -> None:
-    """Attach `record` to the artefact at `path` (into the ONNX file, else its sidecar)."""
-    path = Path(path)
-    if path.suffix == ".onnx":
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-        props = {p.key: p.value for p in model.metadata_props}
-        props[KEY] = json.dumps(record)
-        onnx.helper.set_model_props(model, props)
-        onnx.save(model, str(path))
-        return
-    sidecar = Path(str(path) + SIDECAR)
-    data = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    data[KEY] = record
-    sidecar.write_text(json.dumps(data, indent=2))
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The record `write_metadata` attached; one line naming the file when there is none."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: artefact not found")
-    if path.suffix == ".onnx":
-        import onnx
-
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:  # protobuf's DecodeError and friends
-            raise ValueError(f"{path}: not a readable ONNX file ({exc})") from None
-        raw = {p.key: p.value for p in model.metadata_props}.get(KEY)
-        record = json.loads(raw) if raw is not None else None
-    else:
-        sidecar = Path(str(path) + SIDECAR)
-        record = json.loads(sidecar.read_text()).get(KEY) if sidecar.is_file() else None
+def checked_record(path: Path, record: dict[str, Any] | None) -> dict[str, Any]:
+    """`record` if it has what scoring and running need; one line naming the file if not."""
     if record is None:
         raise ValueError(
             f"{path}: no podkit record (exported by an older podkit or another tool, or its "
-            f"{SIDECAR} sidecar is missing): export it again with `podkit export`"
+            "sidecar is missing): export it again with `podkit export`"
         )
-    missing = [
-        k
-        for k in ("config", "classes", "input_size", "dynamic", "nms", "outputs")
-        if k not in record
-    ]
+    missing = [k for k in REQUIRED if k not in record]
     if missing:
         raise ValueError(f"{path}: the podkit record lacks {', '.join(missing)}: export it again")
     return record
+
+
+def write_onnx_record(path: Path, record: dict[str, Any]) -> None:
+    """The record in the ONNX file's `metadata_props` (the file stays one file)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    props[RECORD_KEY] = json.dumps(record)
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+
+
+def read_onnx_record(path: Path) -> dict[str, Any] | None:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ValueError(f"{path}: not a readable ONNX file ({exc})") from None
+    raw = {p.key: p.value for p in model.metadata_props}.get(RECORD_KEY)
+    return json.loads(raw) if raw is not None else None

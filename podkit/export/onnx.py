@@ -1,4 +1,5 @@
-"""ONNX export through the dynamo exporter, and an onnxruntime runner.
+"""The ONNX export of a detector (through the dynamo exporter): the IR every backend builds
+its artefact from.
 
 opset 18 by default: >= 17 for the exporters, <= 19 so GridSample keeps mode "bilinear"
 (TensorRT's ONNX importer silently runs opset-20 "linear" as nearest, NVIDIA/TensorRT#4646).
@@ -7,18 +8,12 @@ opset 18 by default: >= 17 for the exporters, <= 19 so GridSample keeps mode "bi
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from podkit.errors import BackendUnavailable
-from podkit.export.backend import BuildOptions
-from podkit.export.common import MISSING_ORT, Runner
 from podkit.export.wrap import ONNX_TRANSLATIONS, SIZE_MULTIPLE, ExportWrapper, check_input_size
 
 MAX_DYNAMIC_SIDE = 2048
@@ -89,47 +84,3 @@ def export(
         )
     onnx.checker.check_model(str(path))
     return wrapper
-
-
-def load(path: str | Path, device: str = "cpu", threads: int | None = None) -> Runner:
-    """An onnxruntime session (all graph optimisations, `threads` intra-op threads)."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise BackendUnavailable(MISSING_ORT) from exc
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: ONNX model not found")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
-    options.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise BackendUnavailable(
-                "onnxruntime has no CUDA provider here: pip install onnxruntime-gpu"
-            )
-        providers.insert(0, "CUDAExecutionProvider")
-    session = ort.InferenceSession(str(path), options, providers=providers)
-    name = session.get_inputs()[0].name
-
-    def run(image: np.ndarray) -> list[np.ndarray]:
-        return session.run(None, {name: image})
-
-    return Runner(run, providers=session.get_providers())
-
-
-def require() -> None:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise BackendUnavailable(MISSING_ORT) from exc
-
-
-def build(onnx_path: Path, out: Path, opts: BuildOptions, log) -> dict:
-    """The ONNX file (FP32, FP16 or INT8) is the artefact: copied to `out`."""
-    if Path(onnx_path).resolve() != Path(out).resolve():
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(onnx_path, out)
-    return {"path": str(out)}

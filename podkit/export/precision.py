@@ -59,7 +59,7 @@ def calibration_images(
     with blanks)."""
     from podkit.config import config_from_dict
     from podkit.data.loader import DetectionDataset, eval_batches, make_loader
-    from podkit.export.common import artefact_input, stack_inputs
+    from podkit.export.feed import artefact_input, stack_inputs
 
     if count < 1:
         raise ValueError(f"--calib {count}: at least one calibration image is needed")
@@ -175,6 +175,7 @@ def quantize_int8(
             op_types_to_quantize=QUANTIZED_OPS,
             nodes_to_exclude=kept_float,
             per_channel=True,
+            reduce_range=not for_tensorrt,
             activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,

@@ -8,13 +8,19 @@ github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md) and NVIDIA/TensorRT#4
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from podkit.errors import BackendUnavailable
-from podkit.export.backend import BuildOptions
-from podkit.export.common import MISSING_TENSORRT, Runner
+from podkit.export.backend import Backend, ExportOptions, Runner, import_runtime
+from podkit.export.precision import convert_fp16, quantize_int8
+
+INSTALL = (
+    "TensorRT is not installed: on a machine with an NVIDIA GPU, pip install 'podkit[tensorrt]' "
+    "(the tensorrt wheel; CUDA driver required)"
+)
 
 # ONNX ops the TensorRT ONNX parser does not import (operators.md, "Supported: N").
 UNSUPPORTED_OPS = frozenset(
@@ -78,20 +84,17 @@ def audit(onnx_path: str | Path) -> list[str]:
     return [f"{m} (x{n})" if n > 1 else m for m, n in problems.items()]
 
 
-def require() -> None:
-    """Raise BackendUnavailable (with what to install) unless TensorRT and a GPU are here."""
-    _tensorrt()
-
-
-def _tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailable(MISSING_TENSORRT) from exc
+def require(opts: ExportOptions | None = None) -> None:
+    """Beyond the wheel: an NVIDIA GPU."""
     import torch
 
     if not torch.cuda.is_available():
         raise BackendUnavailable("TensorRT needs an NVIDIA GPU with CUDA; none is visible here")
+
+
+def _tensorrt():
+    trt = import_runtime("tensorrt", INSTALL)
+    require()
     return trt
 
 
@@ -182,7 +185,32 @@ def load(path: str | Path, device: str = "cuda", threads: int | None = None) -> 
     return Runner(run, sync=torch.cuda.synchronize)
 
 
-def build(onnx_path: Path, out: Path, opts: BuildOptions, log) -> dict:
-    log(f"building the TensorRT engine {out}")
-    max_size = (2048, 2048) if opts.dynamic else None
-    return export(onnx_path, out, opts.input_size, opts.precision, max_size, batch=opts.batch)
+def build(
+    onnx_path: Path, out: Path, opts: ExportOptions, calibration: list[np.ndarray] | None, log
+) -> dict:
+    """An engine from the FP32 ONNX file, or from its FP16 / INT8 QDQ form (precision.py;
+    INT8 activations symmetric, as TensorRT's importer requires)."""
+    with tempfile.TemporaryDirectory(prefix="podkit-trt-") as scratch:
+        source, info = Path(onnx_path), {}
+        if opts.precision != "fp32":
+            source = Path(scratch) / f"model_{opts.precision}.onnx"
+            info = (
+                quantize_int8(onnx_path, source, calibration, for_tensorrt=True)
+                if opts.precision == "int8"
+                else convert_fp16(onnx_path, source)
+            )
+        log(f"building the TensorRT engine {out}")
+        max_size = (2048, 2048) if opts.dynamic else None
+        batch = opts.batch or 1
+        return {
+            **info,
+            **export(source, out, opts.input_size, opts.precision, max_size, batch=batch),
+        }
+
+
+# engines run on CUDA only and are built for one batch size
+BACKEND = Backend(
+    "tensorrt", "tensorrt", ".engine", ("fp32", "fp16", "int8"), dynamic=True, any_batch=False,
+    device="cuda", tuned=False, install=INSTALL, module="tensorrt", build=build, load=load,
+    audit=audit, require=require,
+)  # fmt: skip

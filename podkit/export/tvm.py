@@ -25,9 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from podkit.errors import BackendUnavailable
-from podkit.export.backend import BuildOptions
-from podkit.export.common import MISSING_TVM, Runner
-from podkit.export.metadata import SIDECAR
+from podkit.export.backend import Backend, ExportOptions, Runner, import_runtime, sidecar
 from podkit.export.tvm_schedule import cpu_default_schedule
 
 # Tuning covers the convolutions and matmuls (where the time goes). A detector has ~185
@@ -37,17 +35,12 @@ from podkit.export.tvm_schedule import cpu_default_schedule
 TUNED_OPS = ("conv2d", "matmul", "dense")
 
 
-def require() -> None:
-    """Raise BackendUnavailable (with the install line) unless TVM imports."""
-    _tvm()
+INSTALL = "TVM is not installed: pip install 'apache-tvm>=0.27' 'apache-tvm-ffi==0.1.14.post1'"
 
 
 def _tvm():
-    try:
-        import tvm
-        from tvm import relax
-    except ImportError as exc:
-        raise BackendUnavailable(MISSING_TVM) from exc
+    tvm = import_runtime("tvm", INSTALL)
+    relax = import_runtime("tvm.relax", INSTALL)
     return tvm, relax
 
 
@@ -324,7 +317,7 @@ def _build(onnx_path, out: Path, input_size, device, tune_trials, tune_db, log, 
     info["outputs"] = [
         o.name for o in onnx.load(str(onnx_path), load_external_data=False).graph.output
     ]
-    Path(str(out) + SIDECAR).write_text(json.dumps(info, indent=2))
+    sidecar(out).write_text(json.dumps(info, indent=2))
     return info
 
 
@@ -335,7 +328,7 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None) -> R
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: TVM library not found")
-    info = json.loads(Path(str(path) + SIDECAR).read_text())
+    info = json.loads(sidecar(path).read_text())
     dev = tvm.cuda() if device == "cuda" else tvm.cpu()
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), dev)
 
@@ -347,5 +340,16 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None) -> R
     return Runner(run, sync=dev.sync, info=info)
 
 
-def build(onnx_path: Path, out: Path, opts: BuildOptions, log) -> dict:
+def build(
+    onnx_path: Path, out: Path, opts: ExportOptions, calibration: list[np.ndarray] | None, log
+) -> dict:
     return export(onnx_path, out, opts.input_size, opts.device, opts.tune_trials, opts.tune_db, log)
+
+
+# TVM compiles for one input size and FP32; any batch size is an ONNX Scan, which TVM's
+# importer lacks
+BACKEND = Backend(
+    "tvm", "tvm", ".so", ("fp32",), dynamic=False, any_batch=False, device=None, tuned=True,
+    install=INSTALL, module="tvm", build=build, load=load,
+    files=lambda path: [path, sidecar(path), Path(str(path) + ".build.log")],
+)  # fmt: skip

@@ -33,7 +33,14 @@ from rich.progress import (
 )
 from torch import Tensor, nn
 
-from podkit.config import Config, TrainConfig, dump_config, resolve_device, to_dict
+from podkit.config import (
+    Config,
+    TrainConfig,
+    dump_config,
+    resolve_amp,
+    resolve_device,
+    to_dict,
+)
 from podkit.data import LoadedDataset, load_dataset
 from podkit.data.anchor_fit import fit_config_anchors
 from podkit.data.loader import Batch, DetectionDataset, make_loader, training_batches
@@ -193,7 +200,12 @@ class DataStream:
         )  # fmt: skip
         self.loader = iter(
             make_loader(
-                DetectionDataset(run.train_set.records, cfg.data.max_size, cfg.data.augment),
+                DetectionDataset(
+                    run.train_set.records,
+                    cfg.data.max_size,
+                    cfg.data.augment,
+                    cfg.data.tile.cache_mb if cfg.data.tile else 0,
+                ),  # fmt: skip
                 batches,
                 cfg.train.workers,
                 cfg.data.size_divisible,
@@ -297,6 +309,15 @@ def set_up(cfg: Config, out: Path, console: Console, hooks: list[Hook] | None, r
     if cfg.train.device == "auto":
         found = "a CUDA device" if kind == "cuda" else "no CUDA device"
         notes.append(f"train.device auto: training on {kind} ({found})")
+    amp = resolve_amp(cfg.train.amp, device.type)
+    if cfg.train.amp == "auto":
+        notes.append(f"train.amp auto: {'bf16' if device.type == 'cpu' else 'fp16'} autocast "
+                     + ("on" if amp else "off (this CPU has no bf16 units)"))  # fmt: skip
+    elif amp and device.type == "cpu" and not resolve_amp("auto", "cpu"):
+        notes.append(
+            "train.amp: this CPU has no bf16 units (AVX-512 BF16 / AMX), so bf16 autocast is "
+            "emulated and ~10x slower than float32 here: set train.amp=auto or false"
+        )
     if warmup_length(cfg.train) < cfg.train.warmup_iters:
         notes.append(
             f"train.warmup_iters {cfg.train.warmup_iters} clipped to "
@@ -334,7 +355,7 @@ def set_up(cfg: Config, out: Path, console: Console, hooks: list[Hook] | None, r
     return Run(
         cfg, out, console, rank, world, device, train_set, val_set, model, train_model, params,
         optimizer, scheduler,
-        torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda"), hooks,
+        torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda"), hooks,
         ema or None,
     )  # fmt: skip
 
@@ -449,7 +470,8 @@ def step(run: Run, state: TrainState, stream: DataStream) -> dict:
     batch = batch.to(run.device)
     # bf16 needs no loss scaling (fp32's exponent range); fp16 on CUDA does
     amp_dtype = torch.float16 if run.device.type == "cuda" else torch.bfloat16
-    with torch.autocast(run.device.type, dtype=amp_dtype, enabled=run.cfg.train.amp):
+    amp = resolve_amp(run.cfg.train.amp, run.device.type)
+    with torch.autocast(run.device.type, dtype=amp_dtype, enabled=amp):
         output = run.train_model(batch.images, batch.targets)
     losses = output.losses
     state.metrics.update(small_loss_share(output.stats))

@@ -13,6 +13,12 @@ from tests.conftest import bench_script, tiny_config
 study = bench_script("study")
 
 
+@pytest.fixture(autouse=True)
+def own_ledger(tmp_path, monkeypatch):
+    """Each test its own ledger, never the committed one."""
+    monkeypatch.setattr(study, "LEDGER", tmp_path / "ledger")
+
+
 def fake_run(folder, ap, aps, log):
     folder.mkdir(parents=True)
     metrics = dict.fromkeys(study.KEYS, 10.0) | {"AP": ap, "APs": aps}
@@ -145,3 +151,32 @@ def test_the_interval_on_scripted_differences():
     assert study.paired(arm, base, "AP", base)["resolved"] is True
     flip = [{"AP": 30.0 + d} for d in (1.0, -0.5, 0.8, -0.2, 0.4)]
     assert study.paired(flip, base, "AP", base)["resolved"] is False
+
+
+def test_the_ledger_skips_recorded_arms_and_pairs_within_one_start(tmp_path):
+    """Arms recorded from one start are reported without their run folders and skipped when
+    the same start comes back; a seed whose arms came from two starts is not paired."""
+    log = [{"iter": 10, "time": 0.5}]
+    start = tmp_path / "start" / "last.pt"
+    start.parent.mkdir()
+    (start.parent / "fingerprint.txt").write_text("aaaa\n")
+    for slug, arm in (("frcnn_baseline", "frcnn"), ("frcnn_dst", "frcnn_dst")):
+        for seed, ap in ((0, 30.0), (1, 31.0), (2, 29.0)):
+            run = tmp_path / "runs" / slug / f"seed{seed}"
+            fake_run(run, ap + (seed + 1) * (slug == "frcnn_dst"), 20.0, log)
+            study.record_arm(study.ARMS[arm], seed, run, start)
+    dst = study.ARMS["frcnn_dst"]
+    assert study.recorded(dst, 1, start, {"single"})
+    assert not study.recorded(dst, 1, start, {"single", "pyramid"})  # a test it lacks
+    assert not study.recorded(dst, 3, start, {"single"})
+    other = tmp_path / "other" / "last.pt"
+    other.parent.mkdir()
+    (other.parent / "fingerprint.txt").write_text("bbbb\n")
+    assert not study.recorded(dst, 1, other, {"single"})  # another start: train again
+    # seed 2 of the DST arm trained again from the other start
+    study.record_arm(dst, 2, tmp_path / "runs" / "frcnn_dst" / "seed2", other)
+    study.report(["dst"], tmp_path / "gone", [0, 1, 2])  # no run folders there: the ledger
+    result = json.loads((tmp_path / "gone" / "results.json").read_text())
+    ap = result["studies"]["dst"]["frcnn_dst"]["AP"]
+    assert result["studies"]["dst"]["frcnn_dst"]["seeds"] == [0, 1]
+    assert ap["diffs"] == pytest.approx([1.0, 2.0])

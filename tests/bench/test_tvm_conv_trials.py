@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("tvm")
 pytest.importorskip("onnxruntime")
 
-from podkit.export import onnx as onnx_backend  # noqa: E402
+from podkit.export import ort  # noqa: E402
 from podkit.export import tvm as tvm_backend  # noqa: E402
 from tests.conftest import bench_script  # noqa: E402
 
@@ -21,6 +21,6 @@ def test_a_one_output_graph_of_any_channel_count_compiles(tmp_path):
     tvm_backend.export(tmp_path / "conv.onnx", tmp_path / "conv.so", (12, 12), log=lambda _: None)
     x = np.random.default_rng(0).standard_normal((1, 8, 12, 12)).astype("float32")
     (ours,) = tvm_backend.load(tmp_path / "conv.so")(x)
-    (reference,) = onnx_backend.load(tmp_path / "conv.onnx")(x)
+    (reference,) = ort.load(tmp_path / "conv.onnx")(x)
     assert ours.shape == (1, 16, 12, 12)
     np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)

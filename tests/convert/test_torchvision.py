@@ -60,8 +60,9 @@ def test_detections_equal_torchvisions(converted, arch):
 
 @pytest.mark.parametrize("arch", ["fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2"])
 def test_rpn_proposals_equal_torchvisions(converted, arch):
-    """The same boxes within 1e-3 px in the same order, except that two proposals whose
-    objectness ties to float precision may trade places (one pair in 2000 here)."""
+    """The same boxes within 1e-3 px in the same order, except that proposals whose
+    objectness ties to float precision may trade places with a neighbour (one pair in 2000 on
+    a Zen 5 CPU, two on an AVX2 EPYC: the order of a tie follows the CPU's float rounding)."""
     ref = np.load(REFERENCE)
     model, _, _, _ = load_detector(converted[arch])
     model.eval()
@@ -80,4 +81,4 @@ def test_rpn_proposals_equal_torchvisions(converted, arch):
             assert near, (i, k, box)
             matched.add(k if k in near else near[0])
         swapped = sum(1 for k, box in enumerate(expected) if np.abs(ours[k] - box).max() >= 1e-3)
-        assert swapped <= 2
+        assert swapped <= 4

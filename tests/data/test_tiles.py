@@ -48,6 +48,41 @@ def test_the_loader_feeds_the_tiles_own_pixels(tmp_path):
     assert target["boxes"].tolist() == [[10, 10, 40, 40]]
 
 
+def test_tiles_of_one_image_decode_it_once_within_the_cache_limit(tmp_path, monkeypatch):
+    """With a cache the loader decodes a source image once for all its tiles, gives the same
+    pixels as without, and forgets the least recently used image beyond `cache_mb`."""
+    import podkit.data.loader as loader
+
+    rng = np.random.default_rng(0)
+    records = []
+    for k in range(2):  # two 500 x 500 images: 0.72 MiB of pixels each
+        Image.fromarray(rng.integers(0, 255, (500, 500, 3), dtype=np.uint8)).save(
+            tmp_path / f"{k}.png"
+        )
+        records.append(Record(k + 1, tmp_path / f"{k}.png", 500, 500, np.zeros((0, 4), np.float32),
+                              np.zeros(0, np.int64)))  # fmt: skip
+    tiles, _ = tile_records(records, 320, 0.2, 0.5)
+    first, second = ([i for i, t in enumerate(tiles) if t.file == r.file] for r in records)
+    assert len(first) == len(second) == 4  # tiles at 0 and 180 px along each side
+    decoded = []
+    real = loader.load_image
+    monkeypatch.setattr(loader, "load_image", lambda f: decoded.append(f) or real(f))
+    cached, plain = DetectionDataset(tiles, 1000, cache_mb=2), DetectionDataset(tiles, 1000)
+    for i in first:
+        a = cached[Sample(i, 320, False)][0]
+        torch.testing.assert_close(a, plain[Sample(i, 320, False)][0])
+    assert decoded.count(records[0].file) == 1 + 4  # cached once; uncached once per tile
+    decoded.clear()
+    for i in (second[0], second[1], first[0]):  # both fit in 2 MiB: no eviction yet
+        cached[Sample(i, 320, False)]
+    assert decoded == [records[1].file]
+    small = DetectionDataset(tiles, 1000, cache_mb=1)  # room for one image at a time
+    decoded.clear()
+    for i in (first[0], second[0], first[1]):
+        small[Sample(i, 320, False)]
+    assert decoded == [records[0].file, records[1].file, records[0].file]
+
+
 def test_training_and_data_stats_take_data_tile(synth_set, tmp_path):
     tile = "data.tile={size: 64, overlap: 0.25, min_visible: 0.5}"
     result = train(tiny_config(synth_set, tile, "data.min_size=[64]", max_iter=2), tmp_path / "run")

@@ -119,10 +119,10 @@ def test_tile_options_through_the_cli(tiny_run, synth_set, tmp_path):
 def test_an_artefact_tiles_as_its_checkpoint(tiny_run, synth_set, tmp_path):
     """A static 64x64 ONNX artefact fed 64 px tiles gives the checkpoint's tiled detections."""
     from podkit.bench.accuracy import open_detector
-    from podkit.export import export_checkpoint
+    from podkit.export import ExportOptions, export_checkpoint
 
     onnx = tmp_path / "m.onnx"
-    export_checkpoint(tiny_run / "last.pt", "onnx", onnx, (64, 64), log=lambda *_: None)
+    export_checkpoint(tiny_run / "last.pt", "onnx", onnx, ExportOptions((64, 64)), log=str)
     records = image_records(sorted((synth_set / "val").iterdir())[:1])
     results = []
     for path in (tiny_run / "last.pt", onnx):

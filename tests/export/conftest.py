@@ -1,15 +1,26 @@
-"""Tiny checkpoints (baseline, GSL, FD) whose scores spread out, so NMS has work to do."""
+"""Tiny checkpoints (baseline, GSL, FD) whose scores spread out, so NMS has work to do, and a
+validation set whose ground truth is a checkpoint's own detections (artefact accuracy).
 
+The ground truth is the checkpoint's own most confident detections (an untrained detector
+scores ~0 AP on the real boxes, which any artefact would match): the checkpoint then scores a
+high AP, and a box the artefact maps back to the wrong pixels, a resize that differs, or a lost
+detection lowers the artefact's."""
+
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
+from podkit.bench.accuracy import open_detector
 from podkit.config import to_dict
+from podkit.data import load_dataset
 from podkit.models import build_detector
 from podkit.models.checkpoint import save_checkpoint
 from podkit.models.gsl import gsl_convs
 from podkit.pod.decompose import make_plan
+from podkit.train.evaluate import predict_at
 from tests.conftest import tiny_config
 
 VARIANTS = ("baseline", "gsl", "fd")
@@ -66,3 +77,57 @@ def checkpoints(tmp_path_factory, synth_set):
         return made[arch, variant]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def val_set(synth_set, tmp_path_factory) -> list[str]:
+    """The val images at 256x192, fed at 128x96 (half size: boxes are mapped back), a size
+    with no padding, so the checkpoint and a static 96x128 artefact see the same pixels; the
+    boxes are the checkpoint's own (`pseudo_ground_truth`)."""
+    out = tmp_path_factory.mktemp("val256")
+    data = json.loads((synth_set / "annotations" / "val.json").read_text())
+    for image in data["images"]:
+        with Image.open(synth_set / "val" / image["file_name"]) as im:
+            im.convert("RGB").resize((256, 192), Image.BILINEAR).save(out / image["file_name"])
+        image.update(width=256, height=192)
+    data["annotations"] = []
+    (out / "val.json").write_text(json.dumps(data))
+    return [f"data.val.ann={out / 'val.json'}", f"data.val.images={out}",
+            "data.test_min_size=96", "data.max_size=128", "eval.batch_size=3"]  # fmt: skip
+
+
+def detections_of(path, overrides):
+    detector, cfg, _, device = open_detector(path, overrides)
+    records = load_dataset(cfg.data.val).records
+    return predict_at(detector, records, cfg, device, cfg.data.test_min_size, cfg.data.max_size)
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoints, val_set):
+    """The checkpoint's detections on the val set, and the image ids."""
+    return detections_of(checkpoints(), val_set)
+
+
+def pseudo_ground_truth(reference, overrides, out: Path, per_image: int = 4) -> list[str]:
+    """The val set with each image's top detections of the checkpoint as its boxes."""
+    ann = Path(overrides[0].split("=", 1)[1])
+    data = json.loads(ann.read_text())
+    detections, image_ids = reference
+    for det, image_id in zip(detections, image_ids, strict=True):
+        for box, label in zip(
+            det["boxes"][:per_image].tolist(), det["labels"][:per_image].tolist(), strict=True
+        ):
+            w, h = box[2] - box[0], box[3] - box[1]
+            data["annotations"].append(
+                {
+                    "id": len(data["annotations"]) + 1,
+                    "image_id": image_id,
+                    "iscrowd": 0,
+                    "category_id": data["categories"][label]["id"],
+                    "bbox": [box[0], box[1], w, h],
+                    "area": w * h,
+                }  # fmt: skip
+            )
+    path = out / "pseudo_val.json"
+    path.write_text(json.dumps(data))
+    return [f"data.val.ann={path}", *overrides[1:]]

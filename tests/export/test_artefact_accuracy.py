@@ -12,15 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from podkit.bench.accuracy import evaluate_path, open_detector
+from podkit.bench.accuracy import evaluate_path
 from podkit.bench.predict import predict_images
-from podkit.data import load_dataset
-from podkit.export import export_checkpoint, load, sample_image, torch_runner
-from podkit.export.metadata import read_metadata, write_metadata
+from podkit.export import (
+    ExportOptions,
+    export_checkpoint,
+    load,
+    read_record,
+    sample_image,
+    torch_runner,
+    write_record,
+)
 from podkit.export.precision import (
     NETWORK_OPS,
     calibration_images,
@@ -30,27 +35,10 @@ from podkit.export.precision import (
 )
 from podkit.export.wrap import ExportWrapper
 from podkit.models.checkpoint import load_detector
-from podkit.train.evaluate import predict_at
 from tests.e2e.test_cli import invoke
+from tests.export.conftest import detections_of, pseudo_ground_truth
 
 pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def val_set(synth_set, tmp_path_factory) -> list[str]:
-    """The val images at 256x192, fed at 128x96 (half size: boxes are mapped back), a size
-    with no padding, so the checkpoint and a static 96x128 artefact see the same pixels; the
-    boxes are the checkpoint's own (`pseudo_ground_truth`)."""
-    out = tmp_path_factory.mktemp("val256")
-    data = json.loads((synth_set / "annotations" / "val.json").read_text())
-    for image in data["images"]:
-        with Image.open(synth_set / "val" / image["file_name"]) as im:
-            im.convert("RGB").resize((256, 192), Image.BILINEAR).save(out / image["file_name"])
-        image.update(width=256, height=192)
-    data["annotations"] = []
-    (out / "val.json").write_text(json.dumps(data))
-    return [f"data.val.ann={out / 'val.json'}", f"data.val.images={out}",
-            "data.test_min_size=96", "data.max_size=128", "eval.batch_size=3"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -59,49 +47,12 @@ def artefact(checkpoints, tmp_path_factory):
     throughout tests/export/test_targets.py); export_checkpoint checks it against PyTorch
     on two different images."""
     out = tmp_path_factory.mktemp("artefact") / "model.onnx"
-    export_checkpoint(checkpoints(), "onnx", out, (96, 128), batch=2, log=lambda _: None)
+    export_checkpoint(checkpoints(), "onnx", out, ExportOptions((96, 128), batch=2), log=str)
     return out
 
 
-def detections_of(path, overrides):
-    detector, cfg, _, device = open_detector(path, overrides)
-    records = load_dataset(cfg.data.val).records
-    return predict_at(detector, records, cfg, device, cfg.data.test_min_size, cfg.data.max_size)
-
-
-@pytest.fixture(scope="module")
-def reference(checkpoints, val_set):
-    """The checkpoint's detections on the val set, and the image ids."""
-    return detections_of(checkpoints(), val_set)
-
-
-def pseudo_ground_truth(reference, overrides, out: Path, per_image: int = 4) -> list[str]:
-    """The val set with each image's top detections of the checkpoint as its boxes."""
-    ann = Path(overrides[0].split("=", 1)[1])
-    data = json.loads(ann.read_text())
-    detections, image_ids = reference
-    for det, image_id in zip(detections, image_ids, strict=True):
-        for box, label in zip(
-            det["boxes"][:per_image].tolist(), det["labels"][:per_image].tolist(), strict=True
-        ):
-            w, h = box[2] - box[0], box[3] - box[1]
-            data["annotations"].append(
-                {
-                    "id": len(data["annotations"]) + 1,
-                    "image_id": image_id,
-                    "iscrowd": 0,
-                    "category_id": data["categories"][label]["id"],
-                    "bbox": [box[0], box[1], w, h],
-                    "area": w * h,
-                }  # fmt: skip
-            )
-    path = out / "pseudo_val.json"
-    path.write_text(json.dumps(data))
-    return [f"data.val.ann={path}", *overrides[1:]]
-
-
 def test_artefact_carries_what_scoring_needs(checkpoints, artefact):
-    record = read_metadata(artefact)
+    record = read_record(artefact)
     assert record["input_size"] == [96, 128] and not record["dynamic"] and record["nms"]
     assert record["batch"] == 2 and record["precision"] == "fp32"
     assert record["outputs"] == ["boxes", "scores", "labels", "num_detections"]
@@ -163,10 +114,10 @@ def test_predict_cli_finds_images_and_protects_earlier_output(artefact, synth_se
 def test_artefact_without_record_or_detections_is_refused(artefact, tmp_path):
     import onnx
 
-    record = read_metadata(artefact)
+    record = read_record(artefact)
     raw = tmp_path / "raw.onnx"
     shutil.copyfile(artefact, raw)
-    write_metadata(raw, {**record, "nms": False})  # what --no-nms records
+    write_record(raw, {**record, "nms": False})  # what --no-nms records
     code, text = invoke("eval", raw, "--out", tmp_path / "eval.json")
     assert code == 2 and "--no-nms" in text
     model = onnx.load(str(raw))
@@ -185,7 +136,7 @@ def test_batch_two_artefact_equals_two_batch_one_runs(checkpoints, artefact):
     for k in range(2):
         single = alone(images[k : k + 1])
         assert int(single[3][0]) > 0
-        for name, a, b in zip(read_metadata(artefact)["outputs"], pair, single, strict=True):
+        for name, a, b in zip(read_record(artefact)["outputs"], pair, single, strict=True):
             np.testing.assert_allclose(a[k], b[0], atol=1e-4, err_msg=name)
 
 
@@ -197,7 +148,7 @@ def test_any_batch_artefact_runs_each_image_as_alone(checkpoints, reference, val
                         "--input-size", "96x128", "--dynamic-batch")  # fmt: skip
     assert code == 0, text
     assert "batch any" in text and text.count("parity vs PyTorch") == 3
-    assert read_metadata(path)["batch"] is None
+    assert read_record(path)["batch"] is None
     model, _, _, _ = load_detector(checkpoints())
     alone = torch_runner(ExportWrapper(model))
     run = load(path)
@@ -208,7 +159,7 @@ def test_any_batch_artefact_runs_each_image_as_alone(checkpoints, reference, val
         for k in range(n):
             single = alone(images[k : k + 1])
             assert int(single[3][0]) > 0
-            for name, a, b in zip(read_metadata(path)["outputs"], outputs, single, strict=True):
+            for name, a, b in zip(read_record(path)["outputs"], outputs, single, strict=True):
                 np.testing.assert_allclose(a[k], b[0], atol=1e-4, err_msg=name)
     got, _ = detections_of(path, val_set)
     for r, g in zip(reference[0], got, strict=True):
@@ -250,11 +201,11 @@ def test_int8_artefact_is_quantised_per_channel_and_keeps_its_ap(
     import onnx
 
     path = tmp_path / "int8.onnx"
-    record = read_metadata(artefact)
+    record = read_record(artefact)
     images = list(calibration_images(record["config"], tuple(record["input_size"]), 8, batch=2))
     assert len(images) == 4 and images[0].shape == (2, 3, 96, 128)
     quantize_int8(artefact, path, images)
-    write_metadata(path, {**record, "precision": "int8"})
+    write_record(path, {**record, "precision": "int8"})
     graph = onnx.load(str(path)).graph
     produced_by = {out: node for node in graph.node for out in node.output}
     layers = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
@@ -293,7 +244,7 @@ def test_fp16_artefact_runs_with_float32_io_and_keeps_its_ap(
 
     half = tmp_path / "fp16.onnx"
     convert_fp16(artefact, half)
-    write_metadata(half, {**read_metadata(artefact), "precision": "fp16"})
+    write_record(half, {**read_record(artefact), "precision": "fp16"})
     model = onnx.load(str(half))
     f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
     conv_weights = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from podkit.export import BackendUnavailable, export_checkpoint, load, sample_image
+from podkit.export import BackendUnavailable, ExportOptions, export_checkpoint, load, sample_image
 from podkit.export.tensorrt import audit
 
 
@@ -23,7 +23,11 @@ from podkit.export.tensorrt import audit
 )
 def test_onnx_static_parity(checkpoints, tmp_path, arch, variant, nms):
     report = export_checkpoint(
-        checkpoints(arch, variant), "onnx", tmp_path / "m.onnx", (128, 160), nms=nms, log=str
+        checkpoints(arch, variant),
+        "onnx",
+        tmp_path / "m.onnx",
+        ExportOptions((128, 160), nms=nms),
+        log=str,
     )
     (parity,) = report["parity"]
     assert parity["ok"]
@@ -46,9 +50,7 @@ def test_onnx_dynamic_parity_at_two_sizes(checkpoints, tmp_path, arch, variant, 
         checkpoints(arch, variant),
         "onnx",
         tmp_path / "m.onnx",
-        (128, 128),
-        dynamic=True,
-        nms=nms,
+        ExportOptions((128, 128), dynamic=True, nms=nms),
         log=str,
     )
     assert [p["input"] for p in report["parity"]] == [[128, 128], [192, 224]]
@@ -68,7 +70,7 @@ def test_tvm_parity_untuned(checkpoints, tmp_path):
     ckpt = checkpoints("faster_rcnn_fpn", "fd")
     # the intermediate ONNX is temporary: a user's m.onnx beside m.so stays as it was
     (tmp_path / "m.onnx").write_text("the user's own export")
-    report = export_checkpoint(ckpt, "tvm", tmp_path / "m.so", (128, 160), log=str)
+    report = export_checkpoint(ckpt, "tvm", tmp_path / "m.so", ExportOptions((128, 160)), log=str)
     assert (tmp_path / "m.onnx").read_text() == "the user's own export"
     assert {p.name for p in tmp_path.iterdir()} == {
         "m.onnx", "m.so", "m.so.json", "m.so.build.log"}  # fmt: skip
@@ -79,7 +81,9 @@ def test_tvm_parity_untuned(checkpoints, tmp_path):
 
 def test_tvm_refuses_dynamic(checkpoints, tmp_path):
     with pytest.raises(ValueError, match="one input size"):
-        export_checkpoint(checkpoints(), "tvm", tmp_path / "m.so", dynamic=True, log=str)
+        export_checkpoint(
+            checkpoints(), "tvm", tmp_path / "m.so", ExportOptions(dynamic=True), log=str
+        )
 
 
 def _model(nodes, inputs, initializers=(), opset=18):
@@ -137,14 +141,14 @@ def test_audit_on_crafted_graphs(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT present")
 def test_tensorrt_missing_is_a_clear_error(checkpoints, tmp_path):
     report = export_checkpoint(
-        checkpoints("faster_rcnn_fpn", "fd"), "tensorrt", tmp_path / "m.engine", (128, 128),
-        check_only=True, log=str,
+        checkpoints("faster_rcnn_fpn", "fd"), "tensorrt", tmp_path / "m.engine",
+        ExportOptions((128, 128), check_only=True), log=str,
     )  # fmt: skip
     assert report["audit"] == []  # the audit runs without TensorRT
     said = []
     with pytest.raises(BackendUnavailable, match="pip install 'podkit\\[tensorrt\\]'"):
         export_checkpoint(
-            checkpoints("faster_rcnn_fpn", "fd"), "tensorrt", tmp_path / "m.engine", (128, 128),
-            log=said.append,
+            checkpoints("faster_rcnn_fpn", "fd"), "tensorrt", tmp_path / "m.engine",
+            ExportOptions((128, 128)), log=said.append,
         )  # fmt: skip
     assert said == [] and list(tmp_path.iterdir()) == []  # said so before exporting anything

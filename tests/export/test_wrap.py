@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from podkit.export import sample_image, torch_runner
-from podkit.export.common import compare_outputs
+from podkit.export.parity import compare_outputs
 from podkit.export.wrap import ExportWrapper, check_input_size
 from podkit.models.checkpoint import load_detector
 from podkit.models.split_conv import SplitConv

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from podkit.export import check_parity, export_checkpoint, sample_image, torch_runner
-from podkit.export.common import compare_outputs
+from podkit.export import ExportOptions, check_parity, export_checkpoint, sample_image, torch_runner
+from podkit.export.parity import compare_outputs
 from podkit.export.wrap import ExportWrapper
 from podkit.models.checkpoint import load_detector
 from podkit.train.loop import train
@@ -64,8 +64,8 @@ def test_onnxruntime_cuda_provider(checkpoints, tmp_path, variant):
     from podkit.export import load
 
     path = tmp_path / "m.onnx"
-    export_checkpoint(checkpoints("faster_rcnn_fpn", variant), "onnx", path, (128, 160),
-                      log=lambda _: None)  # fmt: skip
+    export_checkpoint(checkpoints("faster_rcnn_fpn", variant), "onnx", path,
+                      ExportOptions((128, 160)), log=str)  # fmt: skip
     runner = load(path, "cuda")
     assert runner.providers[0] == "CUDAExecutionProvider"  # not a silent CPU fallback
     model, _, _, _ = load_detector(checkpoints("faster_rcnn_fpn", variant))
@@ -78,5 +78,5 @@ def test_tvm_cuda_target(checkpoints, tmp_path):
     if not tvm.cuda(0).exist:
         pytest.skip("this TVM build has no CUDA runtime")
     report = export_checkpoint(checkpoints("retinanet", "baseline"), "tvm", tmp_path / "m.so",
-                               (128, 128), device="cuda", log=lambda _: None)  # fmt: skip
+                               ExportOptions((128, 128), device="cuda"), log=str)  # fmt: skip
     assert all(p["ok"] for p in report["parity"])
