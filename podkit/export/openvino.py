@@ -107,6 +107,7 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None) -> R
     ran = (
         compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() if name == "CPU" else name
     )
+    ran = f"int8 + {ran}" if precision == "int8" else ran  # INT8 layers, the rest at `ran`
 
     def run(image: np.ndarray) -> list[np.ndarray]:
         result = request.infer({0: image})
