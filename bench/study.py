@@ -202,7 +202,6 @@ BASELINES = {
 
 EXTRA: list[str] = []  # --set overrides, applied to every run
 LEDGER = ROOT / "bench" / "results"  # committed summaries of finished arms, by start
-ITERS = [1200]  # --iters of this invocation (an FD arm may train its GSL arm again)
 
 
 def recipe(arch: str, overrides: list[str], config: str | None = None):
@@ -267,7 +266,7 @@ def train_arm(arm: Arm, seed: int, start: Path | None, out: Path, iters: int) ->
     if not (run / "eval.json").exists():
         schedule = [f"model.init_from={start}", f"train.max_iter={iters}"] if start else []
         if arm.decompose:
-            init, plan = fd_start(arm.decompose, seed, start, out, run)
+            init, plan = fd_start(arm.decompose, seed, start, out, run, iters)
             finetune = iters // 3 if arm.decompose.transfer else iters
             schedule = [f"model.init_from={init}", f"model.fd_plan={plan}",
                         f"train.max_iter={finetune}"]  # fmt: skip
@@ -282,13 +281,15 @@ def train_arm(arm: Arm, seed: int, start: Path | None, out: Path, iters: int) ->
     return run
 
 
-def fd_start(d: Decompose, seed: int, start: Path, out: Path, run: Path) -> tuple[Path, Path]:
+def fd_start(
+    d: Decompose, seed: int, start: Path, out: Path, run: Path, iters: int
+) -> tuple[Path, Path]:
     """RUN/fd_init.pt and RUN/plan.json of an FD arm (see Decompose), made once."""
     init, plan_path = run / "fd_init.pt", run / "plan.json"
     if not plan_path.exists():  # written last: an interrupted start is made again
         gsl = out / ARMS[d.gsl_arm].slug / f"seed{seed}" / "last.pt"
         if not gsl.exists():  # recorded in the ledger, its run folder gone: train it again
-            train_arm(ARMS[d.gsl_arm], seed, start, out, ITERS[0])
+            train_arm(ARMS[d.gsl_arm], seed, start, out, iters)
         scales = learned_scales(gsl.parent)
         if d.transfer:  # GSL's weights, transferred
             plan = decompose_checkpoint(gsl, scales, init, d.channel_multiple)
@@ -548,7 +549,6 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     args = parser.parse_args()
     EXTRA.extend(args.overrides)
-    ITERS[0] = args.iters
     if not args.report:
         # seeds outer: every arm of a seed finishes before the next seed starts, so a study
         # cut short holds whole pairs (an FD arm follows its GSL arm within the seed)

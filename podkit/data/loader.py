@@ -56,14 +56,18 @@ class DecodedImages:
             return self.images[file]
         image = load_image(file)
         image.load()
-        size = image.width * image.height * len(image.getbands())
+        size = pixel_bytes(image)
         while self.images and self.bytes + size > self.limit:
             _, old = self.images.popitem(last=False)
-            self.bytes -= old.width * old.height * len(old.getbands())
+            self.bytes -= pixel_bytes(old)
         if size <= self.limit:
             self.images[file] = image
             self.bytes += size
         return image
+
+
+def pixel_bytes(image: Image.Image) -> int:
+    return image.width * image.height * len(image.getbands())
 
 
 class DetectionDataset(Dataset):

@@ -5,7 +5,6 @@ lives in the file's metadata."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import numpy as np
 from podkit.errors import BackendUnavailable
 from podkit.export.backend import Backend, ExportOptions, Runner, import_runtime
 from podkit.export.metadata import read_onnx_record, write_onnx_record
-from podkit.export.precision import convert_fp16, quantize_int8
+from podkit.export.precision import reduced_onnx
 
 INSTALL = "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)"
 
@@ -48,14 +47,7 @@ def build(
     onnx_path: Path, out: Path, opts: ExportOptions, calibration: list[np.ndarray] | None, log
 ) -> dict:
     """The ONNX file is the artefact: copied to `out`, or converted to FP16 / INT8 QDQ."""
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    if opts.precision == "int8":
-        return quantize_int8(onnx_path, out, calibration)
-    if opts.precision == "fp16":
-        return convert_fp16(onnx_path, out)
-    if Path(onnx_path).resolve() != Path(out).resolve():
-        shutil.copyfile(onnx_path, out)
-    return {"path": str(out)}
+    return reduced_onnx(onnx_path, out, opts.precision, calibration)
 
 
 BACKEND = Backend(

@@ -24,6 +24,7 @@ onnxruntime's CPU provider has few half-precision kernels (it runs, slowly).
 from __future__ import annotations
 
 import random
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,6 +192,25 @@ def quantize_int8(
         "activations": "int8 symmetric" if for_tensorrt else "uint8",
         "dequantized_tensors": len(quantized),
     }
+
+
+def reduced_onnx(
+    source: str | Path,
+    out: str | Path,
+    precision: str,
+    calibration: list[np.ndarray] | None = None,
+    for_tensorrt: bool = False,
+) -> dict:
+    """The FP32 ONNX file `source` at `precision` in `out`: INT8 QDQ (calibrated on
+    `calibration`), FP16, or a copy. What onnxruntime ships and TensorRT builds from."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if precision == "int8":
+        return quantize_int8(source, out, calibration, for_tensorrt)
+    if precision == "fp16":
+        return convert_fp16(source, out)
+    if Path(source).resolve() != Path(out).resolve():
+        shutil.copyfile(source, out)
+    return {"path": str(out)}
 
 
 def convert_fp16(source: str | Path, out: str | Path) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 
 from podkit.errors import BackendUnavailable
 from podkit.export.backend import Backend, ExportOptions, Runner, import_runtime
-from podkit.export.precision import convert_fp16, quantize_int8
+from podkit.export.precision import reduced_onnx
 
 INSTALL = (
     "TensorRT is not installed: on a machine with an NVIDIA GPU, pip install 'podkit[tensorrt]' "
@@ -194,11 +194,7 @@ def build(
         source, info = Path(onnx_path), {}
         if opts.precision != "fp32":
             source = Path(scratch) / f"model_{opts.precision}.onnx"
-            info = (
-                quantize_int8(onnx_path, source, calibration, for_tensorrt=True)
-                if opts.precision == "int8"
-                else convert_fp16(onnx_path, source)
-            )
+            info = reduced_onnx(onnx_path, source, opts.precision, calibration, for_tensorrt=True)
         log(f"building the TensorRT engine {out}")
         max_size = (2048, 2048) if opts.dynamic else None
         batch = opts.batch or 1

@@ -38,20 +38,19 @@ ONNX_TYPES = {1: "TYPE_FP32", 6: "TYPE_INT32", 7: "TYPE_INT64", 10: "TYPE_FP16",
 
 
 def model_folder(repo: Path) -> Path | None:
-    """The one model folder of a podkit repository (None: not one)."""
-    found = [
-        p.parent for p in sorted(repo.glob(f"*/{RECORD}")) if (p.parent / "config.pbtxt").is_file()
-    ]
+    """The one model folder (NAME/config.pbtxt) of a podkit repository (None: not one)."""
+    found = [p.parent for p in repo.glob("*/config.pbtxt")] if repo.is_dir() else []
     return found[0] if len(found) == 1 else None
 
 
-def model_file(repo: Path) -> Path:
+def served_model(repo: Path) -> tuple[Backend, Path]:
+    """The repository's model file and the backend that runs it."""
     folder = model_folder(repo)
     if folder is None:
         raise FileNotFoundError(f"{repo}: not a podkit Triton repository (NAME/config.pbtxt)")
-    for _, name, _ in INNER.values():
+    for inner, name, _ in INNER.values():
         if (folder / "1" / name).is_file():
-            return folder / "1" / name
+            return inner, folder / "1" / name
     raise FileNotFoundError(f"{folder / '1'}: no model.onnx or model.plan")
 
 
@@ -131,25 +130,18 @@ def build(
 
 
 def write_record(repo: Path, record: dict) -> None:
-    folder = model_folder_of_build(repo)
-    (folder / RECORD).write_text(json.dumps(record, indent=2))
-
-
-def model_folder_of_build(repo: Path) -> Path:
-    """The model folder of a repository being built (its record not yet written)."""
-    (folder,) = [p.parent for p in repo.glob("*/config.pbtxt")]
-    return folder
+    (model_folder(repo) / RECORD).write_text(json.dumps(record, indent=2))
 
 
 def read_record(repo: Path) -> dict | None:
-    folder = model_folder(repo) if repo.is_dir() else None
-    return json.loads((folder / RECORD).read_text()) if folder else None
+    folder = model_folder(repo)
+    found = folder is not None and (folder / RECORD).is_file()
+    return json.loads((folder / RECORD).read_text()) if found else None
 
 
 def load(repo: str | Path, device: str = "cpu", threads: int | None = None) -> Runner:
     """The repository's model file run by its own backend (what the server runs)."""
-    path = model_file(Path(repo))
-    inner = next(b for b, name, _ in INNER.values() if name == path.name)
+    inner, path = served_model(Path(repo))
     return inner.load(path, inner.device or device, threads)
 
 

@@ -171,6 +171,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     hooks: list[Hook]
+    amp: bool  # autocast, train.amp resolved for this device
     ema: ModelEMA | None = None  # train.ema: the averaged weights
     iteration: int = 0
     skipped: int = 0  # steps dropped for a non-finite loss (nan_policy: skip)
@@ -355,7 +356,7 @@ def set_up(cfg: Config, out: Path, console: Console, hooks: list[Hook] | None, r
     return Run(
         cfg, out, console, rank, world, device, train_set, val_set, model, train_model, params,
         optimizer, scheduler,
-        torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda"), hooks,
+        torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda"), hooks, amp,
         ema or None,
     )  # fmt: skip
 
@@ -470,8 +471,7 @@ def step(run: Run, state: TrainState, stream: DataStream) -> dict:
     batch = batch.to(run.device)
     # bf16 needs no loss scaling (fp32's exponent range); fp16 on CUDA does
     amp_dtype = torch.float16 if run.device.type == "cuda" else torch.bfloat16
-    amp = resolve_amp(run.cfg.train.amp, run.device.type)
-    with torch.autocast(run.device.type, dtype=amp_dtype, enabled=amp):
+    with torch.autocast(run.device.type, dtype=amp_dtype, enabled=run.amp):
         output = run.train_model(batch.images, batch.targets)
     losses = output.losses
     state.metrics.update(small_loss_share(output.stats))

@@ -107,7 +107,7 @@ def test_pod_fd_arms_start_from_the_gsl_plan(tmp_path, synth_set, monkeypatch):
     for transfer in (False, True):
         run = tmp_path / f"fd_{transfer}" / "seed0"
         decompose = study.Decompose("c4_gsl", 1, transfer)
-        init, plan_path = study.fd_start(decompose, 0, runs["start"], tmp_path, run)
+        init, plan_path = study.fd_start(decompose, 0, runs["start"], tmp_path, run, 8)
         plan = json.loads(plan_path.read_text())
         assert load_detector(init)[1].model.fd_plan == plan
         sources[transfer] = torch.load(init, weights_only=True)["source"]
