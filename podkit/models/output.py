@@ -14,9 +14,22 @@ from podkit.ops.target import Target
 
 
 @dataclass
+class TrainingControls:
+    """What a training method may tune between iterations: the detector's losses read these
+    at every training forward, and a method changes training only through them (and the batch
+    it returns). Each detector sets them from its recipe; a control it does not have is None
+    (RetinaNet has no R-CNN stage), and `level_weights` has one entry per head with per-level
+    losses (rpn, rcnn, retinanet; None: every level weighs 1)."""
+
+    rcnn_iou_threshold: float | None = None  # positive = negative threshold of the R-CNN stage
+    rcnn_smooth_l1_beta: float | None = None  # the R-CNN box loss's SmoothL1 beta
+    level_weights: dict[str, Tensor | None] = field(default_factory=dict)  # head -> (L,)
+
+
+@dataclass
 class TrainingStats:
     """Detached statistics of one training forward: what the training methods read (the
-    hook interface, docs/design.md). Sizes are COCO's buckets in the image as fed."""
+    method contract, docs/design.md). Sizes are COCO's buckets in the image as fed."""
 
     level_losses: dict[str, Tensor] = field(default_factory=dict)  # rpn|rcnn|retinanet -> (L,)
     reg_loss_by_size: Tensor | None = None  # (3,): small, medium, large
@@ -26,6 +39,15 @@ class TrainingStats:
     # (N, 4): the sampled positive proposals' normalised targets (GT rows left out)
     pos_reg_targets: Tensor | None = None
     num_images: int = 0
+
+    def logged(self) -> dict[str, float]:
+        """What every run logs of these, method or not (a baseline shows what DST would have
+        seen): the share of the box-regression loss owed to small GTs."""
+        if self.reg_loss_by_size is None:
+            return {}
+        total = float(self.reg_loss_by_size.sum())
+        share = float(self.reg_loss_by_size[0]) / total if total > 0 else 0.0
+        return {"small_loss_share": share}
 
 
 @dataclass
@@ -61,18 +83,12 @@ def backbone_features(
         return images, backbone(images.tensor)
 
 
-def concat_levels(
-    anchors: list[Tensor], logits: list[Tensor], deltas: list[Tensor]
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Every level's anchors (A, 4) and head outputs (B, A, .) as one list of rows, with each
-    row's level index (A,): the form a dense head's loss matches targets in."""
-    levels = torch.cat(
-        [
-            torch.full((len(a),), i, dtype=torch.int64, device=a.device)
-            for i, a in enumerate(anchors)
-        ]
-    )
-    return torch.cat(anchors), levels, torch.cat(logits, dim=1), torch.cat(deltas, dim=1)
+def inference_output(
+    detector: nn.Module, features: list[Tensor], images: ImageBatch
+) -> DetectorOutput:
+    """The eval-mode output of every detector: its `detect` on the backbone's features, boxes
+    mapped back to original-image pixels."""
+    return DetectorOutput({}, rescale_detections(detector.detect(features, images.sizes), images))
 
 
 def rescale_detections(
@@ -92,7 +108,7 @@ def per_level_sum(values: Tensor, levels: Tensor, num_levels: int) -> Tensor:
 
 def element_weights(levels: Tensor, weights: Tensor | None) -> Tensor:
     """Per-element loss weight w[level]: summing weighted elements gives sum_l w_l * L_l,
-    the loss that AVW/RLO rebalance through a head's `level_weights`."""
+    the loss that AVW/RLO rebalance through `TrainingControls.level_weights`."""
     if weights is None:
         return torch.ones(levels.shape, device=levels.device)
     return weights.to(levels.device, torch.float32)[levels]

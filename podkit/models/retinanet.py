@@ -8,14 +8,13 @@ import torch
 from torch import Tensor, nn
 
 from podkit.config import RetinaNetConfig
+from podkit.models.dense_loss import dense_head_loss
 from podkit.models.output import (
     DetectorOutput,
+    TrainingControls,
     TrainingStats,
     backbone_features,
-    concat_levels,
-    element_weights,
-    per_level_sum,
-    rescale_detections,
+    inference_output,
 )
 from podkit.models.resnet import make_norm
 from podkit.models.rpn import flatten_level
@@ -23,15 +22,11 @@ from podkit.ops import (
     AnchorGenerator,
     BoxCoder,
     Matcher,
-    box_iou,
     clip_boxes_to_image,
     detection_nms,
     sigmoid_focal_loss,
-    size_bucket,
-    smooth_l1_loss,
 )
 from podkit.ops.image_batch import ImageBatch
-from podkit.ops.matcher import ignore_regions
 from podkit.ops.target import Target
 
 
@@ -74,7 +69,8 @@ class RetinaNetHead(nn.Module):
 
 
 class RetinaNet(nn.Module):
-    """Images in [0, 1] -> `DetectorOutput`. `level_weights` rebalances the per-level loss."""
+    """Images in [0, 1] -> `DetectorOutput`; `controls.level_weights["retinanet"]` weighs the
+    loss of each level (AVW/RLO)."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, config: RetinaNetConfig) -> None:
         super().__init__()
@@ -97,18 +93,17 @@ class RetinaNet(nn.Module):
         self.matcher = Matcher(
             config.fg_iou_threshold, config.bg_iou_threshold, allow_low_quality_matches=True
         )
-        self.level_weights: Tensor | None = None
+        self.controls = TrainingControls(level_weights={"retinanet": None})
 
     def forward(
         self, images: ImageBatch | list[Tensor], targets: list[Target] | None = None
     ) -> DetectorOutput:
         images, features = backbone_features(self, images, targets)
         if not self.training:
-            return DetectorOutput(
-                {}, rescale_detections(self.detect(features, images.sizes), images)
-            )
+            return inference_output(self, features, images)
         logits, deltas = self.head(features)
-        losses, stats = self.loss(self.anchors(features), logits, deltas, targets)
+        weights = self.controls.level_weights["retinanet"]
+        losses, stats = self.loss(self.anchors(features), logits, deltas, targets, weights)
         return DetectorOutput(losses, [], stats)
 
     def anchors(self, features: list[Tensor]) -> list[Tensor]:
@@ -134,51 +129,37 @@ class RetinaNet(nn.Module):
         logits: list[Tensor],
         deltas: list[Tensor],
         targets: list[Target],
+        level_weights: Tensor | None = None,
     ) -> tuple[dict[str, Tensor], TrainingStats]:
+        """Focal loss over every anchor, SmoothL1 over the positives, both normalised by the
+        number of positives."""
         cfg = self.config
-        all_anchors, levels, logits, deltas = concat_levels(anchors, logits, deltas)
-        weights = element_weights(levels, self.level_weights)
-        cls_terms, box_terms, level_terms, num_fg = [], [], [], 0
-        reg_by_size = logits.new_zeros(3)
-        cls_by_size = logits.new_zeros(3)
-        for img, target in enumerate(targets):
-            gt, gt_labels = target["boxes"], target["labels"]
-            matched = self.matcher(box_iou(gt, all_anchors))
-            matched = ignore_regions(all_anchors, matched, target, cfg.ignore_iou_threshold)
-            valid = matched != -2
-            fg = torch.where(matched >= 0)[0]
-            num_fg += fg.numel()
-            onehot = torch.zeros_like(logits[img])
-            onehot[fg, gt_labels[matched[fg]]] = 1.0
-            cls = (
-                sigmoid_focal_loss(logits[img], onehot, cfg.focal_alpha, cfg.focal_gamma).sum(dim=1)
-                * valid
-            )
-            reg_targets = self.box_coder.encode(gt[matched[fg]], all_anchors[fg])
-            box = smooth_l1_loss(deltas[img, fg], reg_targets, cfg.smooth_l1_beta).sum(dim=1)
-            cls_terms.append((cls * weights).sum())
-            box_terms.append((box * weights[fg]).sum())
-            level_terms.append(
-                per_level_sum(
-                    torch.cat([cls, box]).detach(), torch.cat([levels, levels[fg]]), len(anchors)
-                )
-            )
-            if fg.numel():
-                bucket = size_bucket(gt[matched[fg]])
-                reg_by_size += per_level_sum(box.detach(), bucket, 3)
-                cls_by_size += per_level_sum(cls[fg].detach(), bucket, 3)
-        norm = max(num_fg, 1)
-        losses = {
-            "loss_cls": torch.stack(cls_terms).sum() / norm,
-            "loss_box_reg": torch.stack(box_terms).sum() / norm,
-        }
+        loss = dense_head_loss(
+            anchors, logits, deltas, targets, self.matcher, self.box_coder, self.focal_loss,
+            cfg.smooth_l1_beta, cfg.ignore_iou_threshold, level_weights,
+        )  # fmt: skip
+        norm = max(loss.positives, 1)
+        losses = {"loss_cls": loss.cls / norm, "loss_box_reg": loss.box / norm}
         stats = TrainingStats(
-            level_losses={"retinanet": torch.stack(level_terms).sum(0) / norm},
-            reg_loss_by_size=reg_by_size,
-            cls_loss_by_size=cls_by_size,
+            level_losses={"retinanet": loss.levels / norm},
+            reg_loss_by_size=loss.reg_by_size,
+            cls_loss_by_size=loss.cls_by_size,
             num_images=len(targets),
         )
         return losses, stats
+
+    def focal_loss(
+        self, logits: Tensor, matched: Tensor, target: Target
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One image: every anchor is scored (ignored ones with loss 0), its positives, and
+        each anchor's focal loss summed over the classes."""
+        cfg = self.config
+        fg = torch.where(matched >= 0)[0]
+        onehot = torch.zeros_like(logits)
+        onehot[fg, target["labels"][matched[fg]]] = 1.0
+        cls = sigmoid_focal_loss(logits, onehot, cfg.focal_alpha, cfg.focal_gamma).sum(dim=1)
+        rows = torch.arange(len(matched), device=matched.device)
+        return rows, fg, cls * (matched != -2)
 
     def postprocess_image(
         self,

@@ -1,7 +1,7 @@
 """The R-CNN stage: sample proposals, pool, classify and refine them (Fast R-CNN).
 
-`iou_threshold` and `smooth_l1_beta` are plain attributes so Dynamic R-CNN can move them
-between iterations; `level_weights` rebalances the per-level loss (AVW/RLO).
+In training, the IoU threshold, SmoothL1 beta and per-level loss weights come from the
+detector's `TrainingControls` (what Dynamic R-CNN and AVW/RLO tune between iterations).
 """
 
 from __future__ import annotations
@@ -11,7 +11,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from podkit.config import RoIHeadConfig
-from podkit.models.output import TrainingStats, element_weights, per_level_sum
+from podkit.models.output import (
+    TrainingControls,
+    TrainingStats,
+    element_weights,
+    per_level_sum,
+)
 from podkit.models.resnet import make_norm
 from podkit.ops import (
     BalancedSampler,
@@ -115,9 +120,6 @@ class RoIHeads(nn.Module):
         self.num_classes = num_classes
         self.box_coder = BoxCoder(config.bbox_reg_weights)
         self.sampler = BalancedSampler(config.batch_size_per_image, config.positive_fraction)
-        self.iou_threshold = config.iou_threshold
-        self.smooth_l1_beta = config.smooth_l1_beta
-        self.level_weights: Tensor | None = None
 
     def forward(
         self,
@@ -126,9 +128,10 @@ class RoIHeads(nn.Module):
         proposals: list[Tensor],
         sizes: list[tuple[int, int]],
         targets: list[Target] | None = None,
+        controls: TrainingControls | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor], TrainingStats]:
         """Returns (detections per image in as-fed pixels, losses, stats): detections in
-        eval, losses and stats in training."""
+        eval, losses and stats in training (under `controls`; None: the recipe's values)."""
         if not self.training:
             # image by image: each image's RoIs come in a data-dependent number once
             # exported, and splitting one batch of them by such sizes would not import in TVM
@@ -137,13 +140,17 @@ class RoIHeads(nn.Module):
                 logits, deltas = self.predict([f[i : i + 1] for f in features], strides, [props])
                 detections.append(self.postprocess_image(logits, deltas, props, size))
             return detections, {}, TrainingStats()
-        proposals, labels, reg_targets, gt_sizes, ious, pos = self.sample(proposals, targets)
+        c = controls or TrainingControls(self.config.iou_threshold, self.config.smooth_l1_beta)
+        proposals, labels, reg_targets, gt_sizes, ious, pos = self.sample(
+            proposals, targets, c.rcnn_iou_threshold
+        )
         class_logits, box_deltas = self.predict(features, strides, proposals)
         strides = strides[: self.pool_levels]
         levels = self.pooler.levels(torch.cat(proposals), strides)
         losses, stats = self.loss(
-            class_logits, box_deltas, labels, reg_targets, gt_sizes, levels, len(strides)
-        )
+            class_logits, box_deltas, labels, reg_targets, gt_sizes, levels, len(strides),
+            c.rcnn_smooth_l1_beta, c.level_weights.get("rcnn"),
+        )  # fmt: skip
         stats.proposal_ious, stats.pos_reg_targets = ious, pos
         return [], losses, stats
 
@@ -160,17 +167,17 @@ class RoIHeads(nn.Module):
         )
         return self.predictor(self.box_head(self.pooler(features, rois, strides)))
 
-    def sample(self, proposals: list[Tensor], targets: list[Target]):
+    def sample(self, proposals: list[Tensor], targets: list[Target], iou_threshold: float):
         """Add GTs to the proposals, match at `iou_threshold`, sample positives and negatives.
         The statistics (each proposal's max IoU, the positives' regression targets) leave the
         GT rows out: their IoU is 1 and their targets exactly 0, so they would pin Dynamic
         R-CNN's top-K IoU and its smallest-K |target| (beta) to those values."""
         out_props, out_labels, out_regs, out_sizes, ious = [], [], [], [], []
         pos_targets = []
-        matcher = Matcher(self.iou_threshold, self.iou_threshold, allow_low_quality_matches=False)
+        matcher = Matcher(iou_threshold, iou_threshold, allow_low_quality_matches=False)
         ignore_threshold = self.config.ignore_iou_threshold
         if ignore_threshold is None:
-            ignore_threshold = self.iou_threshold
+            ignore_threshold = iou_threshold
         for props, target in zip(proposals, targets, strict=True):
             gt, gt_labels = target["boxes"], target["labels"]
             if "proposal_range" in target:  # proposals out of it are not trained on
@@ -213,12 +220,15 @@ class RoIHeads(nn.Module):
         return (out_props, torch.cat(out_labels), torch.cat(out_regs), torch.cat(out_sizes),
                 ious, pos)  # fmt: skip
 
-    def loss(self, class_logits, box_deltas, labels, reg_targets, gt_sizes, levels, num_levels):
-        weights = element_weights(levels, self.level_weights)
+    def loss(
+        self, class_logits, box_deltas, labels, reg_targets, gt_sizes, levels, num_levels,
+        smooth_l1_beta: float, level_weights: Tensor | None,
+    ):  # fmt: skip
+        weights = element_weights(levels, level_weights)
         cls = F.cross_entropy(class_logits, labels, reduction="none")
         fg = torch.where(labels < self.num_classes)[0]
         pred = box_deltas.view(len(labels), -1, 4)[fg, labels[fg]]
-        box = smooth_l1_loss(pred, reg_targets[fg], self.smooth_l1_beta).sum(dim=1)
+        box = smooth_l1_loss(pred, reg_targets[fg], smooth_l1_beta).sum(dim=1)
         norm = max(labels.numel(), 1)
         losses = {
             "loss_cls": (cls * weights).sum() / norm,

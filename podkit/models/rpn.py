@@ -7,19 +7,16 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from podkit.config import RPNConfig
-from podkit.models.output import concat_levels, element_weights, per_level_sum
+from podkit.models.dense_loss import dense_head_loss
 from podkit.ops import (
     AnchorGenerator,
     BalancedSampler,
     BoxCoder,
     Matcher,
-    box_iou,
     clip_boxes_to_image,
     detection_nms,
-    smooth_l1_loss,
     wide_enough,
 )
-from podkit.ops.matcher import ignore_regions
 from podkit.ops.target import Target
 
 
@@ -62,7 +59,7 @@ def flatten_level(x: Tensor, channels_per_anchor: int) -> Tensor:
 
 
 class RPN(nn.Module):
-    """Proposals and the RPN losses. `level_weights` (per level) rebalances the loss (AVW/RLO)."""
+    """Proposals and the RPN losses."""
 
     def __init__(self, in_channels: int, config: RPNConfig) -> None:
         super().__init__()
@@ -79,7 +76,6 @@ class RPN(nn.Module):
         )
         self.sampler = BalancedSampler(config.batch_size_per_image, config.positive_fraction)
         self.nms_threshold = config.nms_threshold
-        self.level_weights: Tensor | None = None
 
     def forward(
         self,
@@ -87,8 +83,10 @@ class RPN(nn.Module):
         strides: list[int],
         sizes: list[tuple[int, int]],
         targets: list[Target] | None = None,
+        level_weights: Tensor | None = None,
     ) -> tuple[list[Tensor], dict[str, Tensor], dict[str, Tensor]]:
-        """Returns (proposals per image, losses, per-level losses); losses in training."""
+        """Returns (proposals per image, losses, per-level losses); losses in training, each
+        level's terms weighted by `level_weights` (None: 1)."""
         logits, deltas = self.head(features)
         anchors = self.anchor_generator(
             [f.shape[-2:] for f in features], strides, features[0].device
@@ -100,7 +98,7 @@ class RPN(nn.Module):
         )
         if not self.training:
             return proposals, {}, {}
-        losses, level_losses = self.loss(anchors, logits, deltas, targets)
+        losses, level_losses = self.loss(anchors, logits, deltas, targets, level_weights)
         return proposals, losses, level_losses
 
     def propose(
@@ -157,39 +155,29 @@ class RPN(nn.Module):
         logits: list[Tensor],
         deltas: list[Tensor],
         targets: list[Target],
+        level_weights: Tensor | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """(losses, {"rpn": per-level loss (L,), detached})."""
+        """(losses, {"rpn": per-level loss (L,), detached}), over a balanced sample of anchors
+        per image, normalised by the number sampled."""
         cfg = self.config
-        all_anchors, levels, logits, deltas = concat_levels(anchors, logits, deltas)
-        weights = element_weights(levels, self.level_weights)
-        cls_terms, box_terms, level_terms, sampled = [], [], [], 0
-        for img, target in enumerate(targets):
-            target = target.get("rpn", target)  # the RPN's own GTs, if any
-            gt = target["boxes"]
-            matched = self.matcher(box_iou(gt, all_anchors))
-            matched = ignore_regions(all_anchors, matched, target, cfg.ignore_iou_threshold)
-            labels = (matched >= 0).long() - (matched == -2).long()  # 1 pos, 0 neg, -1 ignore
-            pos, neg = self.sampler(labels)
-            idx = torch.where(pos | neg)[0]
-            pos_idx = torch.where(pos)[0]
-            sampled += idx.numel()
-            cls = F.binary_cross_entropy_with_logits(
-                logits[img, idx], pos[idx].to(logits.dtype), reduction="none"
-            )
-            reg_targets = self.box_coder.encode(gt[matched[pos_idx]], all_anchors[pos_idx])
-            box = smooth_l1_loss(deltas[img, pos_idx], reg_targets, cfg.smooth_l1_beta).sum(dim=1)
-            cls_terms.append((cls * weights[idx]).sum())
-            box_terms.append((box * weights[pos_idx]).sum())
-            level_terms.append(
-                per_level_sum(
-                    torch.cat([cls, box]).detach(),
-                    torch.cat([levels[idx], levels[pos_idx]]),
-                    len(anchors),
-                )
-            )
-        norm = max(sampled, 1)
-        losses = {
-            "loss_rpn_cls": torch.stack(cls_terms).sum() / norm,
-            "loss_rpn_box": torch.stack(box_terms).sum() / norm,
-        }
-        return losses, {"rpn": torch.stack(level_terms).sum(0) / norm}
+        loss = dense_head_loss(
+            anchors, logits, deltas,
+            [target.get("rpn", target) for target in targets],  # the RPN's own GTs, if any
+            self.matcher, self.box_coder, self.objectness_loss, cfg.smooth_l1_beta,
+            cfg.ignore_iou_threshold, level_weights,
+        )  # fmt: skip
+        norm = max(loss.scored, 1)
+        losses = {"loss_rpn_cls": loss.cls / norm, "loss_rpn_box": loss.box / norm}
+        return losses, {"rpn": loss.levels / norm}
+
+    def objectness_loss(
+        self, logits: Tensor, matched: Tensor, target: Target
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One image's sampled anchors, their positives, and the sample's binary cross-entropy."""
+        labels = (matched >= 0).long() - (matched == -2).long()  # 1 pos, 0 neg, -1 ignore
+        pos, neg = self.sampler(labels)
+        rows = torch.where(pos | neg)[0]
+        cls = F.binary_cross_entropy_with_logits(
+            logits[rows], pos[rows].to(logits.dtype), reduction="none"
+        )
+        return rows, torch.where(pos)[0], cls

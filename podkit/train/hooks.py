@@ -1,11 +1,13 @@
-"""The interface through which training methods (DST, Dynamic R-CNN, SNIP, AVW/RLO) plug in.
+"""The contract between training methods (DST, Dynamic R-CNN, SNIP, AVW/RLO) and training.
 
-The loop calls setup(cfg) once with the run's config, then, each iteration: batch = before_step(state, batch) for every hook in order;
-the forward pass; losses = loss(state, losses, stats) with the step's TrainingStats (where
-the methods read their statistics; none rescales the losses there); backward and optimizer
-step; after_step(state). A method changes training only through the batch it returns and
-explicit model attributes (`roi_heads.iou_threshold`, `smooth_l1_beta`, a head's
-`level_weights`, applied inside that head's loss): docs/design.md, "The hook interface".
+The loop calls setup(cfg) once with the run's config, then, each iteration:
+batch = before_step(state, batch) for every method in order; the forward pass;
+observe(state, stats) with the step's `TrainingStats` (what a method may read); backward and
+optimizer step; after_step(state). A method changes training only through the batch it
+returns and `state.controls` (the detector's `TrainingControls`: the R-CNN IoU threshold and
+SmoothL1 beta, per-level loss weights; what a method may tune), which the detector's losses
+read at the next forward. It never reaches into the model, and names the figures of its
+logged values (`figures`), which `podkit plot` draws.
 """
 
 from __future__ import annotations
@@ -15,22 +17,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor, nn
-
-from podkit.models.output import TrainingStats
+from podkit.models.output import TrainingControls, TrainingStats
 
 
 @dataclass
 class TrainState:
-    """What a hook may read (and `metrics`, what it may add to the log line)."""
+    """What a method may read each step, and change: `controls`, and `metrics` (what it adds
+    to the step's log line)."""
 
     iteration: int  # iterations completed so far
     max_iter: int
-    model: nn.Module  # the detector itself, not its DDP wrapper
+    controls: TrainingControls  # the detector's own: a change applies from the next forward
     draw_batch: Callable[[], Any]  # the next batch of the data stream (a collage draws k)
     rank: int = 0
     world_size: int = 1
     metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a method's figure: logged values against the iteration (the first
+    solid, the others dashed), and optionally a 0/1 value whose 1s are ticks on the x axis."""
+
+    title: str
+    keys: tuple[str, ...]
+    labels: tuple[str, ...] = ()  # legend entries, one per key (none: no legend)
+    marks: str | None = None
 
 
 class Hook:
@@ -38,20 +50,19 @@ class Hook:
 
     name = "hook"
     draws_per_step = 1  # batches one step may take from the stream; the loader prefetches 2x
+    figures: dict[str, tuple[Panel, ...]] = {}  # PNG name -> panels, drawn by `podkit plot`
 
     def setup(self, cfg) -> list[str]:
         """Once, before the first step: read what the method needs of the run's config (a
-        size, the architecture), refuse in one line what it cannot train; returns notes for
-        the start-up lines."""
+        size, the RoI batch), refuse in one line what it cannot train; returns notes for the
+        start-up lines."""
         return []
 
     def before_step(self, state: TrainState, batch):
         return batch
 
-    def loss(
-        self, state: TrainState, losses: dict[str, Tensor], stats: TrainingStats
-    ) -> dict[str, Tensor]:
-        return losses
+    def observe(self, state: TrainState, stats: TrainingStats) -> None:
+        """Read the step's statistics (after the forward, before the weights change)."""
 
     def after_step(self, state: TrainState) -> None:
         pass

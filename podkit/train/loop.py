@@ -1,8 +1,9 @@
-"""The plain training loop: data stream -> hooks -> detector -> losses -> SGD, with checkpoints.
+"""The plain training loop: data stream -> methods -> detector -> losses -> SGD, with checkpoints.
 
-One iteration: draw a batch, let each hook transform it (DST collage, SNIP resolution),
-forward, let each hook reweight the losses (AVW/RLO), backward, step, let each hook update
-(DST decision, Dynamic R-CNN statistics). Every `log_every` iterations a line goes to
+One iteration: draw a batch, let each method transform it (DST collage, SNIP resolution) and
+set the detector's training controls (Dynamic R-CNN's threshold and beta, AVW/RLO's level
+weights), forward, let each method read the step's statistics, backward, step, let each
+method update (DST decision, Dynamic R-CNN and AVW/RLO updates; podkit.train.hooks). Every `log_every` iterations a line goes to
 metrics.jsonl; every `checkpoint_every`, RUN/last.pt is rewritten atomically. Ctrl-C
 finishes the current iteration, saves and stops; a non-finite loss stops before the step,
 leaving the last good checkpoint in place.
@@ -48,7 +49,6 @@ from podkit.data.tiles import tile_training_set
 from podkit.data.verify import verify_images
 from podkit.models import build_detector
 from podkit.models.checkpoint import load_checkpoint, save_checkpoint
-from podkit.models.output import TrainingStats
 from podkit.outputs import check_writable
 from podkit.train.distributed import any_rank, barrier, init_distributed
 from podkit.train.ema import ModelEMA
@@ -411,7 +411,9 @@ def run_iterations(run: Run, stream: DataStream) -> str:
     process) before it propagates."""
     cfg = run.cfg.train
     stop = _StopRequest()
-    state = TrainState(run.iteration, cfg.max_iter, run.model, stream.draw, run.rank, run.world)
+    state = TrainState(
+        run.iteration, cfg.max_iter, run.model.controls, stream.draw, run.rank, run.world
+    )
     metrics_file = (run.out / "metrics.jsonl").open("a") if run.main else None
     progress = _progress(run.console, run.main)
     task = progress.add_task(
@@ -474,9 +476,9 @@ def step(run: Run, state: TrainState, stream: DataStream) -> dict:
     with torch.autocast(run.device.type, dtype=amp_dtype, enabled=run.amp):
         output = run.train_model(batch.images, batch.targets)
     losses = output.losses
-    state.metrics.update(small_loss_share(output.stats))
+    state.metrics.update(output.stats.logged())
     for hook in run.hooks:
-        losses = hook.loss(state, losses, output.stats)
+        hook.observe(state, output.stats)
     loss = sum(losses.values())
     finite = not any_rank(not bool(torch.isfinite(loss)), run.device)
     run.optimizer.zero_grad(set_to_none=True)
@@ -666,16 +668,6 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
             if ln.strip() and json.loads(ln)["iter"] <= iteration
         ]
         path.write_text("".join(ln + "\n" for ln in lines))
-
-
-def small_loss_share(stats: TrainingStats) -> dict[str, float]:
-    """The share of the box-regression loss owed to small GTs (DST's feedback), logged in
-    every run whose detector reports it, so a baseline shows what DST would have seen."""
-    by_size = stats.reg_loss_by_size
-    if by_size is None:
-        return {}
-    total = float(by_size.sum())
-    return {"small_loss_share": float(by_size[0]) / total if total > 0 else 0.0}
 
 
 def _plain(metrics: dict) -> dict:

@@ -1,9 +1,9 @@
 """`podkit plot`: training curves from RUN/metrics.jsonl, one PNG per thing shown.
 
-losses.png (every loss term and the total), lr.png, dst_small_ratio.png (the DST feedback
-with collage iterations marked: the DST paper's Figures 5-6), dynamic_rcnn.png (IoU
-threshold and SmoothL1 beta: the Dynamic R-CNN paper's Figure 5), and one PNG for every
-other logged value (a list, such as per-level weights, gets a line per element).
+losses.png (every loss term and the total), lr.png, the figures each training method
+declares (`Hook.figures`: DST's feedback with collage iterations marked, Dynamic R-CNN's IoU
+threshold and SmoothL1 beta), and one PNG for every other logged value (a list, such as
+per-level weights, gets a line per element).
 """
 
 from __future__ import annotations
@@ -11,18 +11,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-KNOWN = {
-    "iter",
-    "loss",
-    "lr",
-    "time",
-    "data_time",
-    "dst_small_ratio",
-    "dst_collage",
-    "iou_threshold",
-    "beta",
-    "beta_statistic",
-}
+from podkit.train.hooks import Panel
+from podkit.train.methods import METHODS
+
+PLAIN = {"iter", "loss", "lr", "time", "data_time"}  # no figure of their own
+
+
+def method_figures() -> dict[str, tuple[Panel, ...]]:
+    """Every method's figures, by PNG name (AVW and RLO share a class and declare none)."""
+    return {name: panels for m in METHODS.values() for name, panels in m.figures.items()}
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -103,38 +100,16 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> list[Path]:
     ax.set_ylabel("learning rate")
     save(fig, "lr.png")
 
-    if any("dst_small_ratio" in r for r in rows):
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        ax.plot(*series("dst_small_ratio"), lw=1, label="small-object share of the loss")
-        xs, flags = series("dst_collage")
-        ax.scatter(
-            [x for x, f in zip(xs, flags, strict=True) if f],
-            [0.0] * sum(bool(f) for f in flags),
-            marker="|",
-            s=60,
-            color="C3",
-            label="collage iteration",
-        )
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("ratio")
-        ax.legend(fontsize=8)
-        ax.set_title("DST feedback")
-        save(fig, "dst_small_ratio.png")
+    figures = method_figures()
+    for name, panels in figures.items():
+        if any(key in r for r in rows for p in panels for key in p.keys):
+            fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + 2, 3.5))
+            for ax, panel in zip([axes] if len(panels) == 1 else axes, panels, strict=True):
+                draw_panel(ax, panel, series)
+            save(fig, name)
 
-    if any("iou_threshold" in r for r in rows):
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
-        a1.plot(*series("iou_threshold"))
-        a1.set_title("R-CNN IoU threshold")
-        a2.plot(*series("beta"), color="C1", label="beta")
-        if any("beta_statistic" in r for r in rows):  # the median beta follows, capped at its start
-            a2.plot(*series("beta_statistic"), color="C2", ls="--", label="statistic")
-            a2.legend(fontsize=8)
-        a2.set_title("SmoothL1 beta")
-        for a in (a1, a2):
-            a.set_xlabel("iteration")
-        save(fig, "dynamic_rcnn.png")
-
-    for key in sorted({k for r in rows for k in r} - KNOWN):
+    drawn = {k for panels in figures.values() for p in panels for k in (*p.keys, p.marks) if k}
+    for key in sorted({k for r in rows for k in r} - PLAIN - drawn):
         if key.startswith("loss_"):
             continue
         xs, values = series(key)
@@ -151,3 +126,20 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> list[Path]:
         ax.set_title(key)
         save(fig, f"{key}.png")
     return written
+
+
+def draw_panel(ax, panel: Panel, series) -> None:
+    """One method panel: its keys as lines (the first solid), its marks as ticks at 0."""
+    for k, key in enumerate(panel.keys):
+        xs, ys = series(key)
+        if ys:
+            label = panel.labels[k] if panel.labels else None
+            ax.plot(xs, ys, lw=1, color=f"C{k}", ls="-" if k == 0 else "--", label=label)
+    if panel.marks:
+        xs, flags = series(panel.marks)
+        ticks = [x for x, f in zip(xs, flags, strict=True) if f]
+        ax.scatter(ticks, [0.0] * len(ticks), marker="|", s=60, color="C3", label=panel.marks)
+    if panel.labels or panel.marks:
+        ax.legend(fontsize=8)
+    ax.set_xlabel("iteration")
+    ax.set_title(panel.title)

@@ -86,11 +86,33 @@ def test_level_weights_reweight_the_loss():
     torch.manual_seed(1)
     base = model(images, targets)
     weights = torch.tensor([2.0, 1.0, 0.5, 1.0, 3.0])
-    model.level_weights = weights
+    model.controls.level_weights["retinanet"] = weights
     torch.manual_seed(1)
     weighted = model(images, targets)
     expected = (base.stats.level_losses["retinanet"] * weights).sum()
     assert sum(weighted.losses.values()).item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_faster_rcnn_trains_under_its_controls():
+    """The losses follow the controls a method tunes: zero level weights silence a head, a
+    huge SmoothL1 beta makes the R-CNN box loss ~0 (0.5 d^2 / beta), a threshold of 1 leaves
+    only the GT rows positive."""
+    model = build_detector(tiny_model_config("faster_rcnn_fpn", 3)).train()
+    images, targets = two_images()
+    base = model(images, targets).losses
+    assert base["loss_rpn_cls"] > 0 and base["loss_box_reg"] > 0
+    controls = model.controls
+    controls.level_weights = {"rpn": torch.zeros(5), "rcnn": torch.zeros(4)}
+    silent = model(images, targets).losses
+    assert all(float(v.detach()) == 0 for v in silent.values())
+    controls.level_weights = {"rpn": None, "rcnn": None}
+    controls.rcnn_smooth_l1_beta = 1e9
+    assert 0 < float(model(images, targets).losses["loss_box_reg"]) < 1e-6
+    positives = {}
+    for threshold in (0.0, 1.0):  # every proposal positive; only the GT rows (not counted)
+        controls.rcnn_iou_threshold = threshold
+        positives[threshold] = len(model(images, targets).stats.pos_reg_targets)
+    assert positives[0.0] > 0 and positives[1.0] == 0
 
 
 @pytest.mark.parametrize("arch", ARCHS)

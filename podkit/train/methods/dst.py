@@ -34,7 +34,7 @@ from podkit.models.output import TrainingStats
 from podkit.ops import box_area
 from podkit.ops.image_batch import ImageBatch
 from podkit.train.distributed import is_distributed
-from podkit.train.hooks import Hook, TrainState, rng_state, set_rng_state
+from podkit.train.hooks import Hook, Panel, TrainState, rng_state, set_rng_state
 
 FEEDBACKS = ("reg", "cls", "joint", "input", "always", "random")
 
@@ -90,6 +90,16 @@ def make_collage(batches: list[Batch], grid: int, min_box_size: float = 0.0) -> 
 
 class DynamicScaleTraining(Hook):
     name = "dst"
+    figures = {  # the paper's Figures 5-6
+        "dst_small_ratio.png": (
+            Panel(
+                "DST feedback",
+                ("dst_small_ratio",),
+                ("small-object share of the loss",),
+                marks="dst_collage",
+            ),
+        )
+    }
 
     def __init__(
         self,
@@ -142,13 +152,12 @@ class DynamicScaleTraining(Hook):
             self._input_counts = (float((areas < 32**2).sum()), float(areas.numel()))
         return batch
 
-    def loss(self, state: TrainState, losses, stats: TrainingStats):
+    def observe(self, state: TrainState, stats: TrainingStats) -> None:
         small, total = self._feedback_terms(stats)
         terms = torch.tensor([small, total], dtype=torch.float64)
         if is_distributed():
             torch.distributed.all_reduce(terms)
         self.ratio = float(terms[0] / terms[1]) if terms[1] > 0 else 0.0
-        return losses
 
     def _feedback_terms(self, stats: TrainingStats) -> tuple[float, float]:
         """(small part, whole) of the chosen feedback for this batch."""

@@ -21,8 +21,8 @@ K_I = round(75 R / 512), K_beta = round(10 R / 512), at least 1 (R = 128: 19 and
 `assign: false` or `smooth_l1: false` switch one half off (the paper's ablations): that
 half of the head keeps the recipe's value. Under DDP each statistic is a masked sum and a
 count reduced over processes, so a rank without positives neither loses the statistic nor
-sends NaN, and every rank sets the same values (the references decide per GPU). Changes only
-`roi_heads.iou_threshold` and `roi_heads.smooth_l1_beta`.
+sends NaN, and every rank sets the same values (the references decide per GPU). Tunes only
+the controls `rcnn_iou_threshold` and `rcnn_smooth_l1_beta`.
 """
 
 from __future__ import annotations
@@ -34,13 +34,19 @@ import torch
 
 from podkit.models.output import TrainingStats
 from podkit.train.distributed import all_reduce_sum
-from podkit.train.hooks import Hook, TrainState
+from podkit.train.hooks import Hook, Panel, TrainState
 
 ZERO = 1e-6  # a beta statistic at or below this is ~0: it would make SmoothL1 an L1 loss
 
 
 class DynamicRCNN(Hook):
     name = "dynamic_rcnn"
+    figures = {  # the paper's Figure 5
+        "dynamic_rcnn.png": (
+            Panel("R-CNN IoU threshold", ("iou_threshold",)),
+            Panel("SmoothL1 beta", ("beta", "beta_statistic"), ("beta", "statistic")),
+        )
+    }
 
     def __init__(
         self,
@@ -65,24 +71,26 @@ class DynamicRCNN(Hook):
         self.iou_history: list[float] = []
         self.beta_history: list[float] = []
 
+    def setup(self, cfg) -> list[str]:
+        """K_I and K_beta, where unset, scaled to the recipe's RoI batch per image."""
+        rois = cfg.model.roi_heads.batch_size_per_image
+        self.k_iou = self.k_iou or scaled_k(75, rois)
+        self.k_beta = self.k_beta or scaled_k(10, rois)
+        return []
+
     def before_step(self, state: TrainState, batch):
-        heads = getattr(state.model, "roi_heads", None)
-        if heads is None:
+        controls = state.controls
+        if controls.rcnn_iou_threshold is None:
             raise ValueError(
                 "dynamic_rcnn needs a two-stage detector (model.arch faster_rcnn_fpn or faster_rcnn_c4)"
             )
-        if self.k_iou is None or self.k_beta is None:
-            self.k_iou, self.k_beta = (
-                self.k_iou or scaled_k(75, heads),
-                self.k_beta or scaled_k(10, heads),
-            )
         if self.assign:
-            heads.iou_threshold = self.iou_threshold
+            controls.rcnn_iou_threshold = self.iou_threshold
         if self.smooth_l1:
-            heads.smooth_l1_beta = self.beta
+            controls.rcnn_smooth_l1_beta = self.beta
         return batch
 
-    def loss(self, state: TrainState, losses, stats: TrainingStats):
+    def observe(self, state: TrainState, stats: TrainingStats) -> None:
         iou, beta = self.statistics(stats)
         # one all-reduce of masked sums and counts: a rank with none adds 0 and 0
         has_iou, has_beta = not math.isnan(iou), not math.isnan(beta)
@@ -95,7 +103,6 @@ class DynamicRCNN(Hook):
             self.iou_history.append(iou_sum / iou_count)
         if beta_count:
             self.beta_history.append(beta_sum / beta_count)
-        return losses
 
     def statistics(self, stats: TrainingStats) -> tuple[float, float]:
         """This iteration's (IoU statistic, beta statistic); NaN where there is none."""
@@ -155,6 +162,6 @@ class DynamicRCNN(Hook):
             )
 
 
-def scaled_k(paper_k: int, heads) -> int:
+def scaled_k(paper_k: int, rois_per_image: int) -> int:
     """A K of the paper's 512-RoI batch, scaled to this head's RoI batch per image."""
-    return max(1, round(paper_k * heads.config.batch_size_per_image / 512))
+    return max(1, round(paper_k * rois_per_image / 512))

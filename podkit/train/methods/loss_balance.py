@@ -3,7 +3,8 @@ Optimization for Object Detection"). No public code exists; docs/methods.md give
 choices.
 
 Every level i of a head has a loss L_i (classification + regression, from the detector's
-`TrainingStats.level_losses`); the head trains on sum_i w_i L_i through its `level_weights`.
+`TrainingStats.level_losses`); the head trains on sum_i w_i L_i, w from the control
+`level_weights`.
 Every `interval` (alpha) iterations, per level: the interval's loss sum L_{i,t} and the
 unbiased variance Var_{i,t} of its per-iteration losses, and the variance decrease rate
 r_{i,t} = (Var_{i,t-1} - Var_{i,t}) / (Var_{i,t-1} + 1e-5), with Var_{i,0} = 1.
@@ -126,27 +127,18 @@ class LossBalance(Hook):
         self.weights: dict[str, torch.Tensor] = {}
         self.noted = False
 
-    @staticmethod
-    def heads(model) -> dict[str, object]:
-        """The modules whose `level_weights` a head name in `level_losses` controls."""
-        if hasattr(model, "rpn"):
-            return {"rpn": model.rpn, "rcnn": model.roi_heads}
-        return {"retinanet": model}
-
     def before_step(self, state: TrainState, batch):
-        heads = self.heads(state.model)
-        for name, weights in self.weights.items():
-            heads[name].level_weights = weights
+        # the heads reporting per-level losses are those with a level_weights control
+        state.controls.level_weights.update(self.weights)
         return batch
 
-    def loss(self, state: TrainState, losses, stats: TrainingStats):
+    def observe(self, state: TrainState, stats: TrainingStats) -> None:
         for name, per_level in stats.level_losses.items():
             if self.balanced is not None and name not in self.balanced:
                 continue
             self.history.setdefault(name, []).append(
                 all_reduce_mean(per_level.detach().double().cpu())
             )
-        return losses
 
     def after_step(self, state: TrainState) -> None:
         if state.iteration % self.interval == 0 and self.history:

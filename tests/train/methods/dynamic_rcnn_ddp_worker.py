@@ -26,7 +26,7 @@ if __name__ == "__main__":
             pos_reg_targets=torch.zeros(0, 4),
             num_images=1,
         )
-    hook.loss(None, {}, stats)
+    hook.observe(None, stats)
     report = {"iou_history": hook.iou_history, "beta_history": hook.beta_history}
     (Path(sys.argv[1]) / f"rank{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()

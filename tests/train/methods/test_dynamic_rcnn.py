@@ -6,8 +6,9 @@ import sys
 import pytest
 import torch
 
+from podkit.config import Config
 from podkit.models import build_detector, tiny_model_config
-from podkit.models.output import TrainingStats
+from podkit.models.output import TrainingControls, TrainingStats
 from podkit.train.hooks import TrainState
 from podkit.train.loop import train
 from podkit.train.methods import build_hooks
@@ -15,8 +16,8 @@ from podkit.train.methods.dynamic_rcnn import DynamicRCNN
 from tests.conftest import ROOT, tiny_config
 
 
-def state_at(iteration, model=None):
-    return TrainState(iteration, 1000, model, draw_batch=None)
+def state_at(iteration, controls=None):
+    return TrainState(iteration, 1000, controls or TrainingControls(), draw_batch=None)
 
 
 def test_statistics_of_a_hand_built_batch():
@@ -39,7 +40,7 @@ def test_statistics_of_a_hand_built_batch():
     )
     iou, beta = hook.statistics(empty)
     assert iou != iou and beta != beta  # NaN: nothing to record
-    hook.loss(state_at(0), {}, empty)
+    hook.observe(state_at(0), empty)
     assert hook.iou_history == [] and hook.beta_history == []
 
 
@@ -72,17 +73,18 @@ def test_updates_every_interval_with_clamps_and_guard():
     }
 
 
-def test_state_round_trip_and_model_attributes():
+def test_state_round_trip_and_the_controls_it_sets():
     hook = DynamicRCNN(interval=2)
     hook.iou_threshold, hook.beta, hook.iou_history, hook.beta_history = 0.55, 0.3, [0.6], [0.2]
     other = DynamicRCNN(interval=2)
     other.load_state_dict(hook.state_dict())
     assert other.state_dict() == hook.state_dict()
     model = build_detector(tiny_model_config("faster_rcnn_fpn", 3))
-    other.before_step(state_at(0, model), None)
-    assert model.roi_heads.iou_threshold == 0.55 and model.roi_heads.smooth_l1_beta == 0.3
+    other.before_step(state_at(0, model.controls), None)
+    assert (model.controls.rcnn_iou_threshold, model.controls.rcnn_smooth_l1_beta) == (0.55, 0.3)
+    retinanet = build_detector(tiny_model_config("retinanet", 3))
     with pytest.raises(ValueError, match="two-stage"):
-        other.before_step(state_at(0, build_detector(tiny_model_config("retinanet", 3))), None)
+        other.before_step(state_at(0, retinanet.controls), None)
 
 
 def test_built_from_config_and_trains(synth_set, tmp_path):
@@ -101,17 +103,17 @@ def test_built_from_config_and_trains(synth_set, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert all("iou_threshold" in r and "beta" in r for r in lines)
     assert lines[-1]["iou_threshold"] >= 0.4 and 0 < lines[-1]["beta"] <= 1.0
-    assert result.model.roi_heads.iou_threshold == pytest.approx(lines[-2]["iou_threshold"])
+    assert result.model.controls.rcnn_iou_threshold == pytest.approx(lines[-2]["iou_threshold"])
     hooks_state = torch.load(tmp_path / "run/last.pt", weights_only=True)["hooks"]["dynamic_rcnn"]
     assert hooks_state["iou_threshold"] == lines[-1]["iou_threshold"]
 
 
 def test_k_scaled_to_the_roi_batch_when_unset():
     """K_I = 75 and K_beta = 10 of the paper's 512 RoIs per image, scaled to this head's 128."""
-    model = build_detector(tiny_model_config("faster_rcnn_fpn", 3))
-    model.roi_heads.config.batch_size_per_image = 128
+    cfg = Config()
+    cfg.model.roi_heads.batch_size_per_image = 128
     hook = DynamicRCNN()
-    hook.before_step(state_at(0, model), None)
+    hook.setup(cfg)
     assert (hook.k_iou, hook.k_beta) == (19, 2)  # round(75 / 4), round(10 / 4)
     ious = torch.linspace(1.0, 0.01, 100)  # 1.0, 0.99, ...: the 19th largest is 0.82
     targets = torch.tensor([[e, e, 0.0, 0.0] for e in (0.5, 0.1, 0.3, 0.2)])
@@ -125,17 +127,14 @@ def test_k_scaled_to_the_roi_batch_when_unset():
 
 @pytest.mark.parametrize("half", ["assign", "smooth_l1"])
 def test_ablation_switches_leave_the_other_half_at_the_recipe(half):
-    model = build_detector(tiny_model_config("faster_rcnn_fpn", 3))
-    recipe = (model.roi_heads.iou_threshold, model.roi_heads.smooth_l1_beta)
+    controls = build_detector(tiny_model_config("faster_rcnn_fpn", 3)).controls
+    recipe = (controls.rcnn_iou_threshold, controls.rcnn_smooth_l1_beta)
     hook = DynamicRCNN(**{half: False})
     hook.iou_threshold, hook.beta = 0.6, 0.3
-    state = state_at(0, model)
+    state = state_at(0, controls)
     hook.before_step(state, None)
-    heads = model.roi_heads
-    if half == "assign":
-        assert (heads.iou_threshold, heads.smooth_l1_beta) == (recipe[0], 0.3)
-    else:
-        assert (heads.iou_threshold, heads.smooth_l1_beta) == (0.6, recipe[1])
+    now = (controls.rcnn_iou_threshold, controls.rcnn_smooth_l1_beta)
+    assert now == ((recipe[0], 0.3) if half == "assign" else (0.6, recipe[1]))
     hook.after_step(state)
     assert set(state.metrics) == {"beta"} if half == "assign" else {"iou_threshold"}
     with pytest.raises(ValueError, match="nothing to do"):
@@ -167,7 +166,7 @@ def test_the_statistics_leave_the_ground_truth_rows_out():
     far = torch.tensor([[200.0, 200, 230, 240]] * 20)  # negatives
     proposals = torch.cat([shifted, far])
     target = {"boxes": gt, "labels": torch.tensor([0, 1, 2])}
-    *_, ious, pos = heads.sample([proposals], [target])
+    *_, ious, pos = heads.sample([proposals], [target], 0.5)
     assert len(ious[0]) == len(proposals)  # the 3 GT rows are not among them
     assert float(ious[0][: len(shifted)].min()) > 0.5 and float(ious[0].max()) < 1.0
     assert len(pos) == len(shifted)  # every shifted proposal, and no GT row

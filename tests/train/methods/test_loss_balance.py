@@ -30,7 +30,7 @@ def feed(hook, rows, start=0):
     state = None
     for k, row in enumerate(rows, start=start + 1):
         state = TrainState(k, 100, None, draw_batch=None)
-        hook.loss(state, {}, TrainingStats({"retinanet": torch.tensor(row)}))
+        hook.observe(state, TrainingStats({"retinanet": torch.tensor(row)}))
         hook.after_step(state)
     return state
 
@@ -85,7 +85,7 @@ def feed_heads(hook, rows):
     states = []
     for k, row in enumerate(rows, start=1):
         state = TrainState(k, 100, None, draw_batch=None)
-        hook.loss(state, {}, TrainingStats({h: torch.tensor(v) for h, v in row.items()}))
+        hook.observe(state, TrainingStats({h: torch.tensor(v) for h, v in row.items()}))
         hook.after_step(state)
         states.append(state)
     return states
@@ -141,7 +141,8 @@ def test_training_sets_the_heads_level_weights(synth_set, tmp_path, arch, method
     result = train(cfg, tmp_path / "run")
     lines = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     if arch == "retinanet":
-        assert len(lines[-1]["level_weights"]) == 5 and result.model.level_weights is not None
+        weights = result.model.controls.level_weights["retinanet"]
+        assert len(lines[-1]["level_weights"]) == 5 and weights is not None
         assert "rlo_probs" in lines[-1] and sum(lines[-1]["rlo_probs"]) == pytest.approx(
             1, abs=1e-5
         )
@@ -149,7 +150,4 @@ def test_training_sets_the_heads_level_weights(synth_set, tmp_path, arch, method
         assert (
             len(lines[-1]["level_weights_rpn"]) == 5 and len(lines[-1]["level_weights_rcnn"]) == 4
         )
-        assert (
-            result.model.rpn.level_weights is not None
-            and result.model.roi_heads.level_weights is not None
-        )
+        assert all(w is not None for w in result.model.controls.level_weights.values())

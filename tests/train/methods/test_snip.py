@@ -204,8 +204,7 @@ def test_rcnn_ignore_threshold_follows_the_heads_iou_threshold():
               "ignore": torch.tensor([invalid])}  # fmt: skip
     kept = {}
     for threshold in (0.5, 0.7):
-        model.roi_heads.iou_threshold = threshold
-        props, *_ = model.roi_heads.sample([torch.tensor([near])], [target])
+        props, *_ = model.roi_heads.sample([torch.tensor([near])], [target], threshold)
         kept[threshold] = any(p.tolist() == pytest.approx(near) for p in props[0])
     assert kept == {0.5: False, 0.7: True}
 
@@ -304,7 +303,7 @@ def test_rcnn_drops_out_of_range_proposals_before_sampling():
         "ignore": torch.zeros(0, 4),
         "proposal_range": torch.tensor([16.0, 50.0]),
     }
-    props, labels, *_ = model.roi_heads.sample([proposals], [target])
+    props, labels, *_ = model.roi_heads.sample([proposals], [target], 0.5)
     sides = sorted((props[0][:, 2] - props[0][:, 0]).tolist())
     assert sides == pytest.approx([20, 30, 30, 45])  # 6 and 90 dropped; the GT appended
     assert (labels == 2).sum() >= 2  # the 30 px proposal and the GT itself
