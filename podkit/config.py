@@ -523,28 +523,77 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     methods: list[dict[str, Any]] = field(default_factory=list)
+    # the recipe files this config was read from, each base before the file extending it
+    # (recorded in the run's config.yaml, which holds the merged result; never read back)
+    recipe: list[str] = field(default_factory=list)
 
 
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
-    """Defaults <- YAML file <- `key.sub=value` overrides (values parsed as YAML). A path
-    that is not a file may name a config shipped with podkit (`configs/tiny/retinanet.yaml`
-    or `tiny/retinanet.yaml`), so the recipes work from an installed wheel too."""
+    """Defaults <- YAML file (over its `_base_` files) <- `key.sub=value` overrides (values
+    parsed as YAML). A path that is not a file may name a config shipped with podkit
+    (`configs/tiny/retinanet.yaml` or `tiny/retinanet.yaml`), so the recipes work from an
+    installed wheel too."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = packaged_config(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}: not a config (a binary file, not YAML text)") from None
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: malformed YAML ({yaml_error_line(exc)})") from None
-        if not isinstance(data, dict):
-            raise ValueError(
-                f"{path}: a config file must be a mapping of sections, got {type(data).__name__}"
-            )
+        chain: list[Path] = []
+        data = read_recipe(packaged_config(path), chain)
+        data.setdefault("recipe", [str(p) for p in chain])  # a run's config.yaml keeps its own
     return config_from_dict(data, overrides)
+
+
+def tiny_model_config(arch: str, num_classes: int) -> ModelConfig:
+    """The tiny recipes' detector (configs/base/tiny_model.yaml: ResNet-18 at quarter width,
+    light heads) as `arch` for `num_classes`: trains on a CPU in seconds (tests, benches)."""
+    over = [f"model.arch={arch}", f"model.num_classes={num_classes}"]
+    return load_config("base/tiny_model.yaml", over).model
+
+
+def read_recipe(path: Path, chain: list[Path], seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping over its `_base_` files (a name or a list, relative to the
+    file; each merged over the previous), sections merged key by key, a list or value
+    replacing the base's. `chain` receives the files read, bases first."""
+    data = read_yaml_mapping(path)
+    bases = data.pop("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ValueError(f"{path}: _base_ must be a file name or a list of file names")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ValueError(f"{path}: _base_ {base!r}: no such file ({base_path})")
+        if base_path.resolve() in (*seen, path.resolve()):
+            raise ValueError(f"{path}: _base_ {base!r}: the files extend each other in a circle")
+        merged = merge_sections(merged, read_recipe(base_path, chain, (*seen, path.resolve())))
+    chain.append(path)
+    return merge_sections(merged, data)
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a config (a binary file, not YAML text)") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: malformed YAML ({yaml_error_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path}: a config file must be a mapping of sections, got {type(data).__name__}"
+        )
+    return data
+
+
+def merge_sections(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_sections(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 # the recipes shipped inside the package (package data), found the same from a wheel

@@ -1,6 +1,6 @@
 import pytest
 
-from podkit.config import Config, dump_config, from_dict, load_config, to_dict
+from podkit.config import Config, dump_config, from_dict, load_config, tiny_model_config, to_dict
 
 
 def test_yaml_then_overrides_with_types(tmp_path):
@@ -87,3 +87,54 @@ def test_config_choices_match_what_the_models_build():
     from podkit.models.resnet import DEPTHS
 
     assert set(RESNET_DEPTHS) == set(DEPTHS)
+
+
+def test_a_recipe_extends_its_base_section_by_section(tmp_path):
+    """`_base_` files merge under the file: mappings key by key, lists and values replaced,
+    a chain of bases in order; the files read are recorded and the run's config.yaml holds
+    the merged result."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base/model.yaml").write_text(
+        "model:\n  depth: 18\n  rpn: {anchor_sizes: [[16], [32]], nms_threshold: 0.6}\n"
+        "train:\n  lr: 0.1\n  steps: [0.5, 0.9]\n"
+    )
+    (tmp_path / "base/schedule.yaml").write_text("train:\n  lr: 0.2\n  max_iter: 50\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "_base_: [base/model.yaml, base/schedule.yaml]\n"
+        "model:\n  rpn: {anchor_sizes: [[8]]}\ntrain:\n  steps: [0.7]\n"
+    )
+    cfg = load_config(recipe, ["train.max_iter=60"])
+    assert cfg.model.depth == 18 and cfg.model.rpn.nms_threshold == 0.6  # kept from the base
+    assert cfg.model.rpn.anchor_sizes == ((8.0,),)  # a list replaces the base's
+    assert (cfg.train.lr, cfg.train.max_iter, cfg.train.steps) == (0.2, 60, [0.7])
+    assert cfg.recipe == [str(tmp_path / f) for f in ("base/model.yaml", "base/schedule.yaml")] + [
+        str(recipe)
+    ]
+    dump_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg  # merged, chain kept
+
+
+def test_bad_bases_name_the_file(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("_base_: nowhere.yaml\n")
+    with pytest.raises(ValueError, match=r"r.yaml: _base_ 'nowhere.yaml': no such file"):
+        load_config(recipe)
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    with pytest.raises(ValueError, match="b.yaml: _base_ 'a.yaml': .* circle"):
+        load_config(tmp_path / "a.yaml")
+    recipe.write_text("_base_: {model: x}\n")
+    with pytest.raises(ValueError, match="r.yaml: _base_ must be a file name"):
+        load_config(recipe)
+
+
+def test_shipped_recipes_differ_from_their_bases_by_what_they_say():
+    """The 2x recipe is the 1x one for twice the iterations; the tests' tiny model is the
+    tiny recipes' model."""
+    one, two = (load_config(f"configs/faster_rcnn_r50_fpn_{n}.yaml") for n in ("1x", "2x"))
+    assert (one.train.max_iter, two.train.max_iter) == (90000, 180000)
+    one.train.max_iter, one.recipe, two.recipe = 180000, [], []
+    assert one == two
+    tiny = load_config("configs/tiny/faster_rcnn_fpn.yaml").model
+    assert tiny_model_config("faster_rcnn_fpn", 10) == tiny

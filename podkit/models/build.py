@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from podkit.config import ModelConfig, RetinaNetConfig, RoIHeadConfig, RPNConfig
+from podkit.config import ModelConfig, RoIHeadConfig
 from podkit.models.backbone import C4Backbone, FPNBackbone
 from podkit.models.faster_rcnn import FasterRCNN
 from podkit.models.gsl import to_gsl
@@ -25,28 +25,6 @@ from podkit.models.roi_heads import ConvFCHead, Res5Head, RoIHeads, TwoMLPHead
 from podkit.models.rpn import RPN
 from podkit.models.split_conv import apply_plan
 from podkit.ops import MultiScaleRoIAlign
-
-
-def tiny_model_config(arch: str, num_classes: int) -> ModelConfig:
-    """ResNet-18 at quarter width with light heads: trains on a CPU in seconds (tests, demo)."""
-    return ModelConfig(
-        arch=arch,
-        depth=18,
-        width=0.25,
-        num_classes=num_classes,
-        norm="bn",
-        freeze_at=0,
-        fpn_channels=32,
-        rpn=RPNConfig(
-            pre_nms_top_n_train=300,
-            post_nms_top_n_train=150,
-            pre_nms_top_n_test=300,
-            post_nms_top_n_test=100,
-            batch_size_per_image=128,
-        ),
-        roi_heads=RoIHeadConfig(representation_size=128, batch_size_per_image=64),
-        retinanet=RetinaNetConfig(num_convs=2, anchor_base_sizes=(16, 32, 64, 128, 256)),
-    )
 
 
 def build_detector(cfg: ModelConfig) -> nn.Module:

@@ -107,7 +107,7 @@ def test_faster_rcnn_trains_under_its_controls():
     assert all(float(v.detach()) == 0 for v in silent.values())
     controls.level_weights = {"rpn": None, "rcnn": None}
     controls.rcnn_smooth_l1_beta = 1e9
-    assert 0 < float(model(images, targets).losses["loss_box_reg"]) < 1e-6
+    assert 0 < float(model(images, targets).losses["loss_box_reg"].detach()) < 1e-6
     positives = {}
     for threshold in (0.0, 1.0):  # every proposal positive; only the GT rows (not counted)
         controls.rcnn_iou_threshold = threshold
