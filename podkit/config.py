@@ -552,7 +552,7 @@ def tiny_model_config(arch: str, num_classes: int) -> ModelConfig:
 
 def read_recipe(path: Path, chain: list[Path], seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A config file's mapping over its `_base_` files (a name or a list, relative to the
-    file; each merged over the previous), sections merged key by key, a list or value
+    file or shipped with podkit; each merged over the previous), sections merged key by key, a list or value
     replacing the base's. `chain` receives the files read, bases first."""
     data = read_yaml_mapping(path)
     bases = data.pop("_base_", [])
@@ -562,8 +562,11 @@ def read_recipe(path: Path, chain: list[Path], seen: tuple[Path, ...] = ()) -> d
     merged: dict[str, Any] = {}
     for base in bases:
         base_path = path.parent / base
-        if not base_path.is_file():
-            raise ValueError(f"{path}: _base_ {base!r}: no such file ({base_path})")
+        if not base_path.is_file():  # else a recipe shipped with podkit (tiny/retinanet.yaml)
+            try:
+                base_path = packaged_config(base)
+            except (FileNotFoundError, ValueError):
+                raise ValueError(f"{path}: _base_ {base!r}: no such file ({base_path})") from None
         if base_path.resolve() in (*seen, path.resolve()):
             raise ValueError(f"{path}: _base_ {base!r}: the files extend each other in a circle")
         merged = merge_sections(merged, read_recipe(base_path, chain, (*seen, path.resolve())))

@@ -138,3 +138,12 @@ def test_shipped_recipes_differ_from_their_bases_by_what_they_say():
     assert one == two
     tiny = load_config("configs/tiny/faster_rcnn_fpn.yaml").model
     assert tiny_model_config("faster_rcnn_fpn", 10) == tiny
+
+
+def test_a_users_recipe_extends_a_shipped_one_by_name(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("_base_: tiny/retinanet.yaml\nmodel: {num_classes: 3}\n")
+    cfg = load_config(mine)
+    shipped = load_config("tiny/retinanet.yaml")
+    assert cfg.model.num_classes == 3 and cfg.model.arch == "retinanet"
+    assert cfg.train == shipped.train and cfg.recipe[-1] == str(mine)
