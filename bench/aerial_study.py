@@ -33,9 +33,9 @@ from podkit.data import load_dataset
 from podkit.data.records import load_image
 from podkit.data.synthetic import preset_style, write_split
 from podkit.data.transforms import to_tensor
+from podkit.evaluation.evaluate import coco_metrics, predict_at, predict_tiled, to_coco_results
 from podkit.models.checkpoint import load_detector
 from podkit.ops.image_batch import ImageBatch
-from podkit.train.evaluate import coco_metrics, predict_at, predict_tiled, to_coco_results
 from podkit.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import json
 import sys
 
 import podkit.models.output as output
-from podkit.bench.accuracy import evaluate_path
+from podkit.evaluation.artefacts import evaluate_path
 
 if __name__ == "__main__":
     checkpoint = sys.argv[1]

@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 
-from podkit.bench.accuracy import evaluate_path
 from podkit.config import load_config
+from podkit.evaluation.artefacts import evaluate_path
 from podkit.models.checkpoint import load_checkpoint
 from podkit.pod.decompose import checkpoint_plan, decompose_checkpoint, plan_checkpoint
 from podkit.pod.scales import mean_scales, plot_scales, scales_from_checkpoint
@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP80", "AP90")
 MULTI_SCALE_TRAIN = "data.min_size=[320, 384, 448, 512, 576]"
 # the SNIP study's pyramid, fitted to the benchmark's 448 px test size: 896, 448 and 224 px,
-# valid ranges putting objects at 20-100 px as fed (models/pyramid.fitted_pyramid)
+# valid ranges putting objects at 20-100 px as fed (evaluation/image_pyramid.fitted_pyramid)
 PYRAMID = "fit:448"
 PYRAMID_SIZES = "data.min_size=[224, 448, 896]"
 LARGEST = ("data.min_size=[896]", "data.max_size=1504")  # SNIP resizes from the largest

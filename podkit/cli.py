@@ -300,7 +300,7 @@ def eval_(
     artefact on its config's data.val, with the same pre-processing for both."""
     import json
 
-    from podkit.bench.accuracy import evaluate_path
+    from podkit.evaluation.artefacts import evaluate_path
 
     overrides = list(set_)
     overrides += ["eval.multiscale=true"] if multiscale else []
@@ -335,7 +335,7 @@ def info(
     from podkit.models.checkpoint import load_checkpoint
 
     if checkpoint.suffix != ".pt":
-        from podkit.bench.accuracy import is_artefact
+        from podkit.evaluation.artefacts import is_artefact
 
         if is_artefact(checkpoint):
             artefact_info(checkpoint)
@@ -507,10 +507,10 @@ def decompose(
 
 
 def predict_frames(model, video, out, every, score_threshold, draw, overrides, overwrite):
-    """`podkit predict MODEL VIDEO`: frames through podkit.bench.video, with a frame bar."""
+    """`podkit predict MODEL VIDEO`: frames through podkit.evaluation.video, with a frame bar."""
     from rich.progress import Progress
 
-    from podkit.bench.video import predict_video
+    from podkit.evaluation.video import predict_video
 
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("frames", total=None)
@@ -652,8 +652,8 @@ def predict(
     video: detections per frame, the frame index as image id, and OUT/drawn.mp4)."""
     from rich.progress import Progress
 
-    from podkit.bench.predict import predict_images
-    from podkit.bench.video import is_video
+    from podkit.evaluation.predict import predict_images
+    from podkit.evaluation.video import is_video
 
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must lie in [0, 1], got {score_threshold}")

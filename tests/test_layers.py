@@ -1,5 +1,5 @@
-"""Imports only point down: config -> ops -> models -> {data, train, pod, export} -> bench ->
-cli, data free of models, and no circle between modules (function-level imports included)."""
+"""Imports only point down: config -> ops -> models -> {data, train, pod, export, convert,
+evaluation} -> bench -> cli, data free of models, and no circle between modules (function-level imports included)."""
 
 import ast
 from pathlib import Path
@@ -18,11 +18,12 @@ LAYERS = {
     "pod": 3,
     "export": 3,
     "convert": 3,
+    "evaluation": 3,
     "bench": 4,
     "cli": 5,
     "demo": 5,
 }
-DATA_MAY_NOT_IMPORT = {"models", "train", "pod", "export"}
+DATA_MAY_NOT_IMPORT = {"models", "train", "pod", "export", "evaluation"}
 
 
 def module_name(path: Path) -> str:
@@ -60,9 +61,10 @@ def test_every_package_has_a_layer():
             assert layer(module)[1] >= 0, f"{module}: add its package to LAYERS"
 
 
-def test_imports_only_point_down():
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a module from a higher layer, and of model code by data."""
     problems = []
-    for module, targets in import_graph().items():
+    for module, targets in graph.items():
         if module == "podkit":
             continue
         top, level = layer(module)
@@ -72,31 +74,59 @@ def test_imports_only_point_down():
                 problems.append(f"upward: {module} -> {target}")
             if top == "data" and other in DATA_MAY_NOT_IMPORT:
                 problems.append(f"data imports {target} ({module})")
-    assert not problems, "\n".join(sorted(problems))
+    return sorted(problems)
 
 
-def test_no_import_circle():
-    graph = import_graph()
+def import_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle of imports (its modules, the first repeated at the end), or None."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
-    def visit(module: str, path: list[str]) -> None:
+    def visit(module: str, path: list[str]) -> list[str] | None:
         state[module] = 1
         for target in sorted(graph[module]):
             if state.get(target) == 1:
-                circle = path[path.index(target) :] + [target]
-                raise AssertionError("circle: " + " -> ".join(circle))
+                return path[path.index(target) :] + [target]
             if target not in state:
-                visit(target, [*path, target])
+                found = visit(target, [*path, target])
+                if found:
+                    return found
         state[module] = 2
+        return None
 
     for module in sorted(graph):
         if module not in state:
-            visit(module, [module])
+            found = visit(module, [module])
+            if found:
+                return found
+    return None
 
 
-def test_the_checker_sees_an_upward_import(tmp_path):
-    """The three checks above must be able to fail: a parsed upward import is reported."""
+def test_imports_only_point_down():
+    problems = upward_imports(import_graph())
+    assert not problems, "\n".join(problems)
+
+
+def test_no_import_circle():
+    circle = import_circle(import_graph())
+    assert circle is None, "circle: " + " -> ".join(circle or [])
+
+
+def test_the_checkers_see_what_they_forbid(tmp_path):
+    """The checks above must be able to fail: a function-level upward import is parsed, and
+    scripted graphs with an upward import, data importing models, and a circle are caught."""
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from podkit.train.loop import train\n")
     assert "podkit.train.loop" in imports_of(bad)
-    assert layer("podkit.ops.nms")[1] < layer("podkit.train.loop")[1]
+    graph = {
+        "podkit.ops.nms": {"podkit.train.loop"},
+        "podkit.data.coco": {"podkit.models.build"},
+        "podkit.train.loop": set(),
+        "podkit.models.build": set(),
+    }
+    assert upward_imports(graph) == [
+        "data imports podkit.models.build (podkit.data.coco)",
+        "upward: podkit.ops.nms -> podkit.train.loop",
+    ]
+    graph = {"podkit.train.a": {"podkit.train.b"}, "podkit.train.b": {"podkit.train.a"}}
+    assert import_circle(graph) == ["podkit.train.a", "podkit.train.b", "podkit.train.a"]
+    assert import_circle({"podkit.train.a": {"podkit.ops.x"}, "podkit.ops.x": set()}) is None

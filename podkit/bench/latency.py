@@ -309,7 +309,7 @@ def add_accuracy(results: list[dict], models: dict, opts: LatencyOptions, log) -
     The checkpoint is scored one image per batch, as an artefact is fed: in a batch every
     image is padded to the largest, and a detector's outputs move with that padding (a GSL
     C4 detector by 0.2 AP, docs/benchmarks.md)."""
-    from podkit.bench.accuracy import evaluate_path
+    from podkit.evaluation.artefacts import evaluate_path
 
     checkpoint_metrics: dict[str, dict] = {}
     for r in results:

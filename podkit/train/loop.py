@@ -47,12 +47,12 @@ from podkit.data.anchor_fit import fit_config_anchors
 from podkit.data.loader import Batch, DetectionDataset, make_loader, training_batches
 from podkit.data.tiles import tile_training_set
 from podkit.data.verify import verify_images
+from podkit.evaluation.evaluate import METRIC_KEYS, evaluate, format_metrics
 from podkit.models import build_detector
 from podkit.models.checkpoint import load_checkpoint, save_checkpoint
 from podkit.outputs import check_writable
 from podkit.train.distributed import any_rank, barrier, init_distributed
 from podkit.train.ema import ModelEMA
-from podkit.train.evaluate import METRIC_KEYS, evaluate, format_metrics
 from podkit.train.hooks import Hook, TrainState
 from podkit.train.methods import build_hooks
 from podkit.train.run_folder import claim_run_folder, run_lock

@@ -12,9 +12,9 @@ from torch import nn
 
 from podkit.config import load_config
 from podkit.data.images import image_records
+from podkit.evaluation.evaluate import predict_at, predict_tiled
 from podkit.models.output import DetectorOutput, rescale_detections
 from podkit.ops.tiles import tile_grid
-from podkit.train.evaluate import predict_at, predict_tiled
 from tests.conftest import ROOT, tiny_overrides
 from tests.e2e.test_cli import invoke
 from tests.e2e.test_reliability import one_line_error
@@ -118,7 +118,7 @@ def test_tile_options_through_the_cli(tiny_run, synth_set, tmp_path):
 
 def test_an_artefact_tiles_as_its_checkpoint(tiny_run, synth_set, tmp_path):
     """A static 64x64 ONNX artefact fed 64 px tiles gives the checkpoint's tiled detections."""
-    from podkit.bench.accuracy import open_detector
+    from podkit.evaluation.artefacts import open_detector
     from podkit.export import ExportOptions, export_checkpoint
 
     onnx = tmp_path / "m.onnx"

@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from podkit.bench.accuracy import open_detector
 from podkit.config import to_dict
 from podkit.data import load_dataset
+from podkit.evaluation.artefacts import open_detector
+from podkit.evaluation.evaluate import predict_at
 from podkit.models import build_detector
 from podkit.models.checkpoint import save_checkpoint
 from podkit.models.gsl import gsl_convs
 from podkit.pod.decompose import make_plan
-from podkit.train.evaluate import predict_at
 from tests.conftest import tiny_config
 
 VARIANTS = ("baseline", "gsl", "fd")

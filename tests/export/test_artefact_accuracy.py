@@ -15,8 +15,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from podkit.bench.accuracy import evaluate_path
-from podkit.bench.predict import predict_images
+from podkit.evaluation.artefacts import evaluate_path
+from podkit.evaluation.predict import predict_images
 from podkit.export import (
     ExportOptions,
     export_checkpoint,

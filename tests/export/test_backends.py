@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from podkit.bench.accuracy import is_artefact
+from podkit.evaluation.artefacts import is_artefact
 from podkit.export import BACKENDS, ExportOptions, backend_of, export_checkpoint, read_record
 from tests.e2e.test_cli import invoke
 from tests.export import copy_backend

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from podkit.bench.accuracy import evaluate_path
+from podkit.evaluation.artefacts import evaluate_path
 from tests.e2e.test_cli import invoke
 
 
@@ -67,7 +67,7 @@ def test_bench_latency_report(checkpoints, tmp_path, monkeypatch):
         scored.append((str(path), list(overrides)))
         return {"AP": 40.0 if str(path).endswith(".pt") else 39.2, "AP50": 60.0}
 
-    monkeypatch.setattr("podkit.bench.accuracy.evaluate_path", scripted)
+    monkeypatch.setattr("podkit.evaluation.artefacts.evaluate_path", scripted)
     for limit, code_wanted in (("1.0", 0), ("0.5", 1)):
         code, out = invoke(
             "bench", "latency", base, "--backend", "torch,onnxruntime", "--input-size", "128x128",

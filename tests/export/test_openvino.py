@@ -4,7 +4,7 @@ predictors float, within the stated AP of FP32."""
 
 import pytest
 
-from podkit.bench.accuracy import evaluate_path, is_artefact
+from podkit.evaluation.artefacts import evaluate_path, is_artefact
 from podkit.export import (
     BACKENDS,
     ExportOptions,

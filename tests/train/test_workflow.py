@@ -47,7 +47,7 @@ def test_ema_weights_are_what_the_checkpoint_evaluates_and_exports(synth_set, tm
     assert moved  # the average lags the trained weights
     for k, v in result.model.state_dict().items():
         assert torch.equal(v, ckpt["model"][k]), k
-    from podkit.bench.accuracy import evaluate_path
+    from podkit.evaluation.artefacts import evaluate_path
 
     scored = evaluate_path(tmp_path / "run/last.pt", [])
     assert scored["AP"] == pytest.approx(result.metrics["AP"], abs=1e-9)

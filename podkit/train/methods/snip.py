@@ -20,7 +20,7 @@ R-CNN uses [40, 160]). The target keys are ops/target.Target's.
 
 Multi-scale inference (`eval.multiscale`, `eval.snip`) runs every resolution, keeps each
 one's detections inside its test range (SNIP) and merges them with soft-NMS or NMS: it lives
-with inference (models/pyramid.py), as do the pyramids. With DST, put `snip` after `dst`:
+with inference (evaluation/image_pyramid.py), as do the pyramids. With DST, put `snip` after `dst`:
 SNIP then resizes the collage, which it treats as an image of its own.
 
 `chip_size` (optional, SNIPER-style) cuts each image at the highest resolution into
@@ -32,7 +32,7 @@ each chip is an image of the batch, so that resolution costs at most chip^2 pixe
 Pyramids: `auto` (the default: fit:SIZE at the recipe's data.test_min_size), `coco` (the
 paper's, for COCO-sized images loaded at 1400 px), `synthetic` (the built-in set), or
 `fit:SIZE`: three resolutions at 2x, 1x and 0.5x a test size SIZE for images about SIZE px,
-with valid ranges that put objects at 20-100 px as fed at every resolution (models/pyramid.py).
+with valid ranges that put objects at 20-100 px as fed at every resolution (evaluation/image_pyramid.py).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from torch.nn import functional as F
 
 from podkit.data.loader import Batch
 from podkit.data.transforms import resize_scale
-from podkit.models.pyramid import Resolution, get_pyramid, in_range
+from podkit.evaluation.image_pyramid import Resolution, get_pyramid, in_range
 from podkit.ops import crop_boxes
 from podkit.ops.image_batch import ImageBatch
 from podkit.train.hooks import Hook, TrainState, rng_state, set_rng_state

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from podkit.data.loader import Batch
+from podkit.evaluation.evaluate import predict, predict_at
+from podkit.evaluation.image_pyramid import PYRAMIDS, get_pyramid, keep_in_range, merge_detections
 from podkit.models import ImageBatch, build_detector, tiny_model_config
-from podkit.models.pyramid import PYRAMIDS, get_pyramid, keep_in_range, merge_detections
 from podkit.ops import box_iou
-from podkit.train.evaluate import predict, predict_at
 from podkit.train.hooks import TrainState
 from podkit.train.loop import train
 from podkit.train.methods import build_hooks

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from podkit.bench.accuracy import open_detector
-from podkit.bench.predict import draw_detections
 from podkit.data.images import image_records
+from podkit.evaluation.artefacts import open_detector
+from podkit.evaluation.evaluate import predict_records, to_coco_results
+from podkit.evaluation.predict import draw_detections
 from podkit.outputs import same_file
-from podkit.train.evaluate import predict_records, to_coco_results
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 CHUNK = 16  # frames decoded, detected and drawn at a time

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from podkit.bench.accuracy import open_detector
 from podkit.data.images import find_images, image_records
 from podkit.data.records import load_image
-from podkit.train.evaluate import predict_records, to_coco_results
+from podkit.evaluation.artefacts import open_detector
+from podkit.evaluation.evaluate import predict_records, to_coco_results
 
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
            "#bfef45", "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#000075"]  # fmt: skip

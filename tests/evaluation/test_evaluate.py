@@ -10,7 +10,7 @@ from pycocotools.cocoeval import COCOeval
 
 from podkit.config import DatasetConfig
 from podkit.data import load_dataset
-from podkit.train.evaluate import METRIC_KEYS, coco_from_records, coco_metrics, to_coco_results
+from podkit.evaluation.evaluate import METRIC_KEYS, coco_from_records, coco_metrics, to_coco_results
 
 
 def noisy_detections(dataset, seed=0):
@@ -107,7 +107,7 @@ def test_a_model_whose_classes_are_listed_in_another_order_is_scored_by_name(syn
     """The same set under other category ids, listed in reverse: a model trained on the
     original order, matched by class name, scores what it scores on the original (checked on
     detections near the truth); names that differ are refused."""
-    from podkit.train.evaluate import model_category_ids
+    from podkit.evaluation.evaluate import model_category_ids
 
     original = load_dataset(
         DatasetConfig("coco", str(synth_set / "annotations/val.json"), str(synth_set / "val"))

@@ -15,8 +15,8 @@ from podkit.data import LoadedDataset, load_dataset
 from podkit.data.loader import DetectionDataset, eval_batches, make_loader
 from podkit.data.records import Record, load_image
 from podkit.data.transforms import to_tensor
+from podkit.evaluation.image_pyramid import get_pyramid, keep_in_range, merge_detections
 from podkit.models.output import Detector
-from podkit.models.pyramid import get_pyramid, keep_in_range, merge_detections
 from podkit.ops.image_batch import ImageBatch
 from podkit.ops.tiles import inner_edge_contact, merge_tiles, tile_grid
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from podkit.config import Config, config_from_dict
+from podkit.evaluation.evaluate import evaluate_on_val
 from podkit.export import BACKENDS, backend_of
 from podkit.export.detector import ArtefactDetector
 from podkit.models.checkpoint import load_detector
 from podkit.models.output import Detector
-from podkit.train.evaluate import evaluate_on_val
 
 
 def is_artefact(path: str | Path) -> bool:
