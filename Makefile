@@ -19,17 +19,17 @@ demo: $(STAMP)
 	$(BIN)/podkit demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/ruff check podkit tests bench
-	$(BIN)/ruff format --check podkit tests bench
+	$(BIN)/ruff check podkit tests studies
+	$(BIN)/ruff format --check podkit tests studies
 	$(BIN)/python -m pytest tests --durations=12
 
-# on a CUDA machine, with its own CUDA torch on PATH (not the CPU venv): bench/gpu_check.sh
+# on a CUDA machine, with its own CUDA torch on PATH (not the CPU venv): studies/gpu_check.sh
 gpu-check:
-	bash bench/gpu_check.sh
+	bash studies/gpu_check.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check --fix podkit tests bench
-	$(BIN)/ruff format podkit tests bench
+	$(BIN)/ruff check --fix podkit tests studies
+	$(BIN)/ruff format podkit tests studies
 
 clean:
 	rm -rf $(VENV) runs

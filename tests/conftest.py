@@ -1,6 +1,4 @@
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,15 +8,6 @@ from podkit.config import load_config
 from podkit.data.synthetic import write_split
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def bench_script(name: str):
-    """bench/NAME.py imported as module NAME (bench/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)

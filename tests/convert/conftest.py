@@ -1,4 +1,4 @@
-"""torchvision's COCO detectors with regenerated weights (bench/reference_inputs.py), saved as
+"""torchvision's COCO detectors with regenerated weights (studies/reference_inputs.py), saved as
 torchvision lays them out and converted by podkit, once per test session."""
 
 from pathlib import Path
@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from podkit.convert import convert_weights
-from tests.conftest import bench_script
+from studies import reference_inputs as inputs
 
 REFERENCE = Path(__file__).with_name("torchvision_reference.npz")
-inputs = bench_script("reference_inputs")
 ARCHS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn")
 
 

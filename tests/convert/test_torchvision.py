@@ -1,7 +1,7 @@
 """podkit computes what torchvision computes: the same weights (regenerated from each tensor's
-name, bench/reference_inputs.py) converted by `podkit convert`, run on the same two scenes,
+name, studies/reference_inputs.py) converted by `podkit convert`, run on the same two scenes,
 against torchvision's own proposals and detections (tests/convert/torchvision_reference.npz,
-written by bench/torchvision_reference.py in an environment with torchvision)."""
+written by studies/torchvision_reference.py in an environment with torchvision)."""
 
 import numpy as np
 import pytest

@@ -3,8 +3,8 @@
 (`sahi.predict.get_sliced_prediction` driving the same podkit model), on the aerial preset.
 
 Run (resumable: the data, the trained checkpoint and each finished evaluation are kept):
-    .venv/bin/python bench/aerial_study.py --out runs/aerial             # data + training
-    .venv/bin/python bench/aerial_study.py --out runs/aerial --evaluate  # AP and latency
+    .venv/bin/python -m studies.aerial_study --out runs/aerial             # data + training
+    .venv/bin/python -m studies.aerial_study --out runs/aerial --evaluate  # AP and latency
 
 Setup. `podkit data synth --preset aerial` (2000-4000 px images, 30-90 objects of 6-40 px, a
 few of 40-120 px, some of 300-900 px); the scale benchmark's Faster R-CNN recipe trained on

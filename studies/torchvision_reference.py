@@ -2,11 +2,11 @@
 
 Run in an environment that has torchvision (it does not load beside podkit's CPU torch):
     python3 -m venv ~/tvref && ~/tvref/bin/pip install torch==2.14.0 torchvision==0.29.1 numpy
-    ~/tvref/bin/python bench/torchvision_reference.py --out tests/convert/torchvision_reference.npz
+    ~/tvref/bin/python -m studies.torchvision_reference --out tests/convert/torchvision_reference.npz
 
 For each architecture: the model built as its COCO weights run (v1: FrozenBatchNorm with eps
 0, as torchvision's builders set for the COCO_V1 weights; v2: BatchNorm in eval mode), its tensors set from
-bench/reference_inputs.tensor_for, two generated scenes fed at their own size (no resize, no
+studies/reference_inputs.tensor_for, two generated scenes fed at their own size (no resize, no
 padding), and what torchvision computes: the RPN's proposals (Faster R-CNN) and the final
 detections. podkit never computes any of it.
 """
@@ -14,7 +14,6 @@ detections. podkit never computes any of it.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,7 @@ from torchvision.models.detection import (
 )
 from torchvision.ops import FrozenBatchNorm2d
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_inputs import IMAGE_SIZE, SEEDS, scene, tensor_for  # noqa: E402
+from studies.reference_inputs import IMAGE_SIZE, SEEDS, scene, tensor_for
 
 BUILDERS = {
     "fasterrcnn_resnet50_fpn": fasterrcnn_resnet50_fpn,

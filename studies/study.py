@@ -2,8 +2,8 @@
 
 Run (one study at a time; safe to leave in the background, re-run the same command to go on):
     podkit data synth data/scale --preset scale --val 1000
-    nohup .venv/bin/python bench/study.py dst dynamic_rcnn --seeds 0 1 > runs/study.log 2>&1 &
-    .venv/bin/python bench/study.py dst dynamic_rcnn --report     # tables of what has finished
+    nohup .venv/bin/python -m studies.study dst dynamic_rcnn --seeds 0 1 > runs/study.log 2>&1 &
+    .venv/bin/python -m studies.study dst dynamic_rcnn --report     # tables of what has finished
 
 Protocol. Each detector first trains one start checkpoint with its recipe
 (configs/scale/ARCH.yaml) for `--start-iters` iterations at the recipe's lr with no decay:
@@ -201,7 +201,7 @@ BASELINES = {
 
 
 EXTRA: list[str] = []  # --set overrides, applied to every run
-LEDGER = ROOT / "bench" / "results"  # committed summaries of finished arms, by start
+LEDGER = ROOT / "studies" / "results"  # committed summaries of finished arms, by start
 
 
 def recipe(arch: str, overrides: list[str], config: str | None = None):

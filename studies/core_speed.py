@@ -1,6 +1,6 @@
 """Eval forward and training step (batch 2) of Faster R-CNN R50-FPN and RetinaNet R50 at 512x512.
 
-Run: .venv/bin/python bench/core_speed.py [--threads 2] [--repeats 5] [--profile]
+Run: .venv/bin/python -m studies.core_speed [--threads 2] [--repeats 5] [--profile]
 Random weights, random images with 5 boxes each; medians over repeats, the models
 interleaved so machine drift hits both alike. Figures go to docs/benchmarks.md.
 """

@@ -1,6 +1,6 @@
 """CPU training in fp32 vs bf16 autocast, NCHW vs channels_last: speed side by side, then AP.
 
-Run: .venv/bin/python bench/train_precision.py [--iters 30] [--rounds 3] [--ap]
+Run: .venv/bin/python -m studies.train_precision [--iters 30] [--rounds 3] [--ap]
     [--out runs/precision]   (needs `podkit data synth data/synth`)
 
 Speed: short runs of the tiny Faster R-CNN FPN and RetinaNet recipes through `train()`
@@ -19,7 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
-from short_runs import short_run  # bench/, the script's folder
+from short_runs import short_run  # studies/, the script's folder
 
 from podkit.config import load_config
 from podkit.train.loop import train

@@ -3,11 +3,11 @@ one training step (forward + backward) in PyTorch, and each one's ONNX export on
 onnxruntime, the two timed side by side in one interleaved run (podkit.bench.latency).
 
 torchvision does not load beside podkit's CPU torch, so this runs in the environment that
-builds the converter's reference (bench/torchvision_reference.py), with podkit on the path:
+builds the converter's reference (studies/torchvision_reference.py), with podkit on the path:
     ~/tvref/bin/pip install pyyaml onnxscript pillow rich typer onnxruntime
-    PYTHONPATH=. ~/tvref/bin/python bench/torchvision_speed.py --size 800x1216 --iters 10
+    PYTHONPATH=. ~/tvref/bin/python -m studies.torchvision_speed --size 800x1216 --iters 10
 
-The weights are regenerated from each tensor's name (bench/reference_inputs.py), saved as
+The weights are regenerated from each tensor's name (studies/reference_inputs.py), saved as
 torchvision lays them out and converted by `podkit convert`; both models see the same image
 (a generated scene at SIZE, a multiple of 32, so neither resizes or pads). Training: both
 with the stem and res2 frozen (podkit's freeze_at 2), one image, four boxes. ONNX:
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
@@ -29,15 +28,13 @@ import onnxruntime as ort
 import torch
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_inputs import scene  # noqa: E402
-from torchvision_reference import build  # noqa: E402
-
-from podkit.bench.latency import time_interleaved  # noqa: E402
-from podkit.convert import convert_weights  # noqa: E402
-from podkit.export import onnx as podkit_onnx  # noqa: E402
-from podkit.models.checkpoint import load_detector  # noqa: E402
-from podkit.ops.image_batch import ImageBatch  # noqa: E402
+from podkit.bench.latency import time_interleaved
+from podkit.convert import convert_weights
+from podkit.export import onnx as podkit_onnx
+from podkit.models.checkpoint import load_detector
+from podkit.ops.image_batch import ImageBatch
+from studies.reference_inputs import scene
+from studies.torchvision_reference import build
 
 ARCH = "fasterrcnn_resnet50_fpn"
 # training boxes as fractions of the image (x1, y1, x2, y2)

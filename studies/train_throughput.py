@@ -1,6 +1,6 @@
 """Training throughput (images/s) of the tiny recipe and of R50-FPN at 512 px, through `train()`.
 
-Run: .venv/bin/python bench/train_throughput.py [--iters 8] [--threads 2]
+Run: .venv/bin/python -m studies.train_throughput [--iters 8] [--threads 2]
 A synthetic set at 512 px is generated in a temporary folder; each config trains `iters`
 iterations (no evaluation, no checkpoints) and the median iteration time after the first
 two gives images/s. R50-FPN runs from random init with frozen BN (no ImageNet file needed).

@@ -1,6 +1,6 @@
 """Where a TVM-compiled detector spends its time: per kernel kind, beside onnxruntime.
 
-Run: .venv/bin/python bench/tvm_profile.py runs/profile/r50fpn_512/detector.onnx \
+Run: .venv/bin/python -m studies.tvm_profile runs/profile/r50fpn_512/detector.onnx \
          --size 512 --tune-db runs/bench/tvm_r50/tvm_db --out runs/profile/tvm_r50fpn_512
 
 Compiles the ONNX export with podkit's TVM path (the tuning database applied, no further

@@ -1,6 +1,6 @@
 """A GSL checkpoint scored one image per call with its scale pool's padding mask on and off.
 
-Run: .venv/bin/python bench/gsl_padding_check.py runs/study/c4_gsl/seed0/last.pt
+Run: .venv/bin/python -m studies.gsl_padding_check runs/study/c4_gsl/seed0/last.pt
 
 An exported GSL detector pools its scales over the whole input (the graph is not told
 where the image ends inside the 32-px-rounded canvas); `podkit eval` masks the padding out.

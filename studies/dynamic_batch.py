@@ -1,6 +1,6 @@
 """Latency per image of a dynamic-batch ONNX artefact against static-batch ones.
 
-    .venv/bin/python bench/dynamic_batch.py runs/study/frcnn_baseline/seed0/last.pt \
+    .venv/bin/python -m studies.dynamic_batch runs/study/frcnn_baseline/seed0/last.pt \
         --input-size 448x640 --batch 8 --iters 10 --out runs/bench/dynamic_batch
 
 Exports (cached in --out) the checkpoint at batch 1, at batch N and with `--dynamic-batch`,

@@ -1,6 +1,6 @@
 """How TVM's tuned convolutions improve with trials, beside onnxruntime.
 
-Run: .venv/bin/python bench/tvm_conv_trials.py --budgets 16 32 64 --out runs/bench/tvm_conv_trials
+Run: .venv/bin/python -m studies.tvm_conv_trials --budgets 16 32 64 --out runs/bench/tvm_conv_trials
 
 R50-FPN's convolutions run at ~78 GFLOP/s on TVM after 16 trials per task against ~220 on
 onnxruntime (docs/benchmarks.md): this asks how many trials close that gap. Each conv below

@@ -1,6 +1,6 @@
 """Deterministic weights and images for cross-framework equivalence tests (numpy only).
 
-The reference script (bench/torchvision_reference.py, in its own environment with
+The reference script (studies/torchvision_reference.py, in its own environment with
 torchvision) and podkit's test both regenerate the same weights from each tensor's name and
 shape, and the same images from a seed, so no weight file or image is committed: only the
 other framework's outputs.

@@ -1,9 +1,9 @@
 """Deployment latency: baseline vs GSL vs FD on torch, onnxruntime and (tuned) TVM, one run.
 
-Run: .venv/bin/python bench/deploy_latency.py --arch faster_rcnn_fpn --size 512 \
+Run: .venv/bin/python -m studies.deploy_latency --arch faster_rcnn_fpn --size 512 \
          --tune-trials 16 --out runs/bench/deploy_r50fpn
 Writes three checkpoints (GSL at fractional scales like learned ones, FD decomposed from them
-with weight transfer, as bench/pod_speed.py), then `podkit bench latency` on them. Targets:
+with weight transfer, as studies/pod_speed.py), then `podkit bench latency` on them. Targets:
 FD / baseline <= 1.03 on onnxruntime and TVM; onnxruntime <= 0.9x torch eager;
 TVM after tuning vs onnxruntime and vs the measured matmul peak.
 
@@ -18,19 +18,15 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from pod_speed import build_three  # noqa: E402
-
-from podkit.bench.latency import LatencyOptions, plot, run_latency, to_markdown  # noqa: E402
-from podkit.config import Config, DatasetConfig, parse_size, to_dict  # noqa: E402
-from podkit.models import ModelConfig, tiny_model_config  # noqa: E402
-from podkit.models.checkpoint import save_checkpoint  # noqa: E402
+from podkit.bench.latency import LatencyOptions, plot, run_latency, to_markdown
+from podkit.config import Config, DatasetConfig, parse_size, to_dict
+from podkit.models import ModelConfig, tiny_model_config
+from podkit.models.checkpoint import save_checkpoint
+from studies.pod_speed import build_three
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 #   2. baseline / GSL / FD latency (R50-FPN, 512x512) on every GPU backend installed
 #      (torch, torch.compile, onnxruntime CUDA, TensorRT when present), batch 1 and 8,
 #      FP32 and FP16, timed side by side.
-# Usage: bench/gpu_check.sh [OUT] [WORK]. Figures go to OUT (default runs/gpu_check): env.txt,
+# Usage: studies/gpu_check.sh [OUT] [WORK]. Figures go to OUT (default runs/gpu_check): env.txt,
 # tests.log, report_b1.md/.json, report_b8.md/.json, deploy_b*.log; the checkpoints and
 # artefacts to WORK (default OUT/work). BATCHES="1" runs one batch size only.
 # Uses the Python on PATH (a CUDA build of torch), not the CPU venv; podkit from this tree.
@@ -27,7 +27,7 @@ $PY -m pytest tests/gpu -v -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tai
 BACKENDS=torch,torch-compile,onnxruntime
 $PY -c "import tensorrt" 2>/dev/null && BACKENDS=$BACKENDS,tensorrt
 for B in ${BATCHES:-1 8}; do
-  $PY bench/deploy_latency.py --device cuda --backend $BACKENDS --precision fp32,fp16 \
+  $PY studies/deploy_latency.py --device cuda --backend $BACKENDS --precision fp32,fp16 \
     --batch $B --size 512 --iters 50 --out "$WORK/deploy_b$B" > "$OUT/deploy_b$B.log" 2>&1 \
     && cp "$WORK/deploy_b$B/report.md" "$OUT/report_b$B.md" \
     && cp "$WORK/deploy_b$B/report.json" "$OUT/report_b$B.json" \

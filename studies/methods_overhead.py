@@ -1,6 +1,6 @@
 """Training-time overhead of each method vs the baseline, measured side by side.
 
-Run: .venv/bin/python bench/methods_overhead.py [--iters 40] [--rounds 3] [--out runs/overhead]
+Run: .venv/bin/python -m studies.methods_overhead [--iters 40] [--rounds 3] [--out runs/overhead]
 (needs `podkit data synth data/synth`). Short runs of the tiny Faster R-CNN FPN recipe
 (RetinaNet for AVW/RLO, which weight its P3-P7 losses) alternate round-robin
 (baseline, DST, Dynamic R-CNN, ... then again), so machine drift hits all alike; the
@@ -21,7 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
-from short_runs import short_run  # bench/, the script's folder
+from short_runs import short_run  # studies/, the script's folder
 
 from podkit.config import load_config
 from podkit.train.hooks import Hook

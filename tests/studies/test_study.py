@@ -1,4 +1,4 @@
-"""bench/study.py: paired differences, spread and the method columns from run folders."""
+"""studies/study.py: paired differences, spread and the method columns from run folders."""
 
 import json
 
@@ -8,9 +8,8 @@ import torch
 from podkit.config import to_dict
 from podkit.models import build_detector
 from podkit.models.checkpoint import load_detector, save_checkpoint
-from tests.conftest import bench_script, tiny_config
-
-study = bench_script("study")
+from studies import study
+from tests.conftest import tiny_config
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""bench/tvm_conv_trials.py's graphs through podkit's TVM path, against onnxruntime."""
+"""studies/tvm_conv_trials.py's graphs through podkit's TVM path, against onnxruntime."""
 
 import numpy as np
 import pytest
@@ -8,9 +8,7 @@ pytest.importorskip("onnxruntime")
 
 from podkit.export import ort  # noqa: E402
 from podkit.export import tvm as tvm_backend  # noqa: E402
-from tests.conftest import bench_script  # noqa: E402
-
-trials = bench_script("tvm_conv_trials")
+from studies import tvm_conv_trials as trials  # noqa: E402
 
 
 def test_a_one_output_graph_of_any_channel_count_compiles(tmp_path):

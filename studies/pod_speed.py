@@ -1,6 +1,6 @@
 """POD speed: baseline vs GSL vs FD, eval forward and training step, interleaved in one run.
 
-Run: .venv/bin/python bench/pod_speed.py [--arch faster_rcnn_fpn] [--depth 50] [--size 512] [--repeats 5]
+Run: .venv/bin/python -m studies.pod_speed [--arch faster_rcnn_fpn] [--depth 50] [--size 512] [--repeats 5]
 GSL runs at fractional scales like the paper's learned ones (drawn uniformly from 0.5-3.0
 per direction, seeded) and FD is decomposed from the same scales (channel multiple 16). Targets:
 GSL step and eval <= 1.5x baseline, FD eval <= 1.03x baseline.

@@ -1,7 +1,7 @@
 """Where an exported detector spends its time on onnxruntime: per node type, beside the
 backbone alone.
 
-Run: .venv/bin/python bench/ort_profile.py --arch faster_rcnn_fpn --size 512x512 \
+Run: .venv/bin/python -m studies.ort_profile --arch faster_rcnn_fpn --size 512x512 \
          --out runs/profile/r50fpn_512
 
 Exports the R50 detector (random weights, 80 classes; the RPN still keeps its full proposal
@@ -15,7 +15,7 @@ markdown table `profile.md` under `--out`.
 
 It calls only podkit APIs that older checkouts have too (build, export, FLOP count), and
 times its onnxruntime sessions itself, so it also profiles another checkout:
-`PYTHONPATH=/path/to/checkout .venv/bin/python bench/ort_profile.py ...` (the "before"
+`PYTHONPATH=/path/to/checkout .venv/bin/python -m studies.ort_profile ...` (the "before"
 column of docs/benchmarks.md).
 """
 

@@ -1,6 +1,6 @@
 """RoIAlign formulations in pure PyTorch, timed side by side (why podkit uses embedding_bag).
 
-Run: .venv/bin/python bench/roi_align_speed.py [--threads 2]
+Run: .venv/bin/python -m studies.roi_align_speed [--threads 2]
 All three compute the same bilinear taps (podkit.ops.roi_align._axis_weights); they differ
 only in how the weighted sum over feature rows is done.
 """
