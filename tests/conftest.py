@@ -1,13 +1,54 @@
+import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from podkit.cli import app
 from podkit.config import load_config
 from podkit.data.synthetic import write_split
+from podkit.train.hooks import Hook
 
 ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def invoke(*args) -> tuple[int, str]:
+    """`podkit ARGS...` in this process: (exit code, output)."""
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def one_line_error(code: int, out: str, *needles: str) -> None:
+    """Exit 2, and the output ends in one `error:` line holding every needle (notes printed
+    before the refusal, such as a clipped warm-up, may precede it)."""
+    assert code == 2, out
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error:") and sum(ln.startswith("error:") for ln in lines) == 1, out
+    assert "Traceback" not in out
+    for needle in needles:
+        assert needle in lines[-1], (needle, out)
+
+
+def losses_of(run: Path) -> list[dict]:
+    """A run folder's metrics.jsonl, one dict per logged iteration."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+class CtrlCAt(Hook):
+    """Presses Ctrl-C (a real SIGINT) after the given iteration."""
+
+    name = "ctrl_c"
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_step(self, state):
+        if state.iteration == self.iteration:
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 @pytest.fixture(autouse=True)

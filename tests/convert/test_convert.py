@@ -13,10 +13,8 @@ from podkit.convert import SOURCES
 from podkit.models import build_detector
 from podkit.models.checkpoint import load_checkpoint, load_detector
 from podkit.train.loop import load_model_weights, train
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, invoke, one_line_error, tiny_overrides
 from tests.convert.conftest import assert_same_detections
-from tests.e2e.test_cli import invoke
-from tests.e2e.test_reliability import one_line_error
 
 
 @pytest.mark.parametrize(

@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from podkit.convert import convert_weights
 from podkit.convert.detectron2 import PIXEL_MEAN_BGR
 from podkit.models.checkpoint import load_checkpoint, load_detector
-from tests.e2e.test_cli import invoke
-from tests.e2e.test_reliability import one_line_error
+from tests.conftest import invoke, one_line_error
 
 
 def norm(name: str, channels: int) -> dict[str, tuple]:

@@ -17,8 +17,7 @@ import torch
 
 from podkit.convert import convert_weights
 from podkit.models.checkpoint import load_checkpoint
-from tests.e2e.test_cli import invoke
-from tests.e2e.test_reliability import one_line_error
+from tests.conftest import invoke, one_line_error
 
 
 def resnet50(prefix: str) -> dict[str, tuple]:

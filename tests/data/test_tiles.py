@@ -12,8 +12,7 @@ from podkit.data.loader import DetectionDataset, Sample
 from podkit.data.records import Record
 from podkit.data.tiles import tile_records
 from podkit.train.loop import train
-from tests.conftest import tiny_config
-from tests.e2e.test_cli import invoke
+from tests.conftest import invoke, tiny_config
 
 
 def test_boxes_split_between_tiles_by_their_visible_share(tmp_path):

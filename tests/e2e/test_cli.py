@@ -5,17 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from podkit.cli import app
-from tests.conftest import ROOT, tiny_overrides
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
+from tests.conftest import ROOT, invoke, tiny_overrides
 
 
 def test_synth_train_eval_info_through_the_cli(tmp_path):

@@ -5,8 +5,7 @@ import json
 
 from PIL import Image
 
-from tests.e2e.test_cli import invoke
-from tests.e2e.test_reliability import one_line_error
+from tests.conftest import invoke, one_line_error
 
 
 def test_a_config_that_is_no_yaml_text_says_what_it_is(tmp_path):

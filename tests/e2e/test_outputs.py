@@ -8,8 +8,7 @@ import shutil
 import pytest
 
 from podkit.outputs import replacing
-from tests.e2e.test_cli import invoke
-from tests.e2e.test_reliability import one_line_error
+from tests.conftest import invoke, one_line_error
 
 
 @pytest.fixture

@@ -3,8 +3,7 @@ import json
 import torch
 
 from podkit.models.checkpoint import load_checkpoint
-from tests.conftest import ROOT, tiny_overrides
-from tests.e2e.test_cli import invoke
+from tests.conftest import ROOT, invoke, tiny_overrides
 
 CONFIG = ROOT / "configs/tiny/faster_rcnn_fpn.yaml"
 

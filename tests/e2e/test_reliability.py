@@ -16,21 +16,9 @@ from podkit.data.synthetic import write_split
 from podkit.models.checkpoint import load_checkpoint, save_checkpoint
 from podkit.train.hooks import Hook
 from podkit.train.loop import lr_factor, train
-from tests.conftest import ROOT, tiny_config, tiny_overrides
-from tests.e2e.test_cli import invoke
+from tests.conftest import ROOT, invoke, one_line_error, tiny_config, tiny_overrides
 
 CONFIG = ROOT / "configs/tiny/faster_rcnn_fpn.yaml"
-
-
-def one_line_error(code: int, out: str, *needles: str) -> None:
-    """Exit 2, and the output ends in one `error:` line holding every needle (notes printed
-    before the refusal, such as a clipped warm-up, may precede it)."""
-    assert code == 2, out
-    lines = [ln for ln in out.splitlines() if ln.strip()]
-    assert lines[-1].startswith("error:") and sum(ln.startswith("error:") for ln in lines) == 1, out
-    assert "Traceback" not in out
-    for needle in needles:
-        assert needle in lines[-1], (needle, out)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -15,9 +15,7 @@ from podkit.data.images import image_records
 from podkit.evaluation.evaluate import predict_at, predict_tiled
 from podkit.models.output import DetectorOutput, rescale_detections
 from podkit.ops.tiles import tile_grid
-from tests.conftest import ROOT, tiny_overrides
-from tests.e2e.test_cli import invoke
-from tests.e2e.test_reliability import one_line_error
+from tests.conftest import ROOT, invoke, one_line_error, tiny_overrides
 
 
 @pytest.mark.parametrize("size,overlap,shape", [(160, 0.25, (300, 470)), (64, 0.0, (128, 100)),

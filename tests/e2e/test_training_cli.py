@@ -8,9 +8,7 @@ import shutil
 import torch
 
 from podkit.models.checkpoint import load_checkpoint, save_checkpoint
-from tests.conftest import ROOT, tiny_overrides
-from tests.e2e.test_cli import invoke
-from tests.e2e.test_reliability import one_line_error
+from tests.conftest import ROOT, invoke, one_line_error, tiny_overrides
 
 TINY = ROOT / "configs/tiny/faster_rcnn_fpn.yaml"
 

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e.test_cli import invoke
-from tests.e2e.test_reliability import one_line_error
+from tests.conftest import invoke, one_line_error
 
 av = pytest.importorskip("av")  # the `video` extra; `make test` installs it
 

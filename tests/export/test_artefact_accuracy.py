@@ -35,7 +35,7 @@ from podkit.export.precision import (
 )
 from podkit.export.wrap import ExportWrapper
 from podkit.models.checkpoint import load_detector
-from tests.e2e.test_cli import invoke
+from tests.conftest import invoke
 from tests.export.conftest import detections_of, pseudo_ground_truth
 
 pytest.importorskip("onnxruntime")

@@ -9,7 +9,7 @@ import pytest
 
 from podkit.evaluation.artefacts import is_artefact
 from podkit.export import BACKENDS, ExportOptions, backend_of, export_checkpoint, read_record
-from tests.e2e.test_cli import invoke
+from tests.conftest import invoke
 from tests.export import copy_backend
 
 

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from podkit.evaluation.artefacts import evaluate_path
-from tests.e2e.test_cli import invoke
+from tests.conftest import invoke
 
 
 def test_bench_latency_report(checkpoints, tmp_path, monkeypatch):

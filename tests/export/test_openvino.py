@@ -14,7 +14,7 @@ from podkit.export import (
     load,
     read_record,
 )
-from tests.e2e.test_cli import invoke
+from tests.conftest import invoke
 from tests.export.conftest import detections_of, pseudo_ground_truth
 
 ov = pytest.importorskip("openvino")

@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from podkit.export import BACKENDS, ExportOptions, backend_of, export_checkpoint, read_record
-from tests.e2e.test_cli import invoke
+from tests.conftest import invoke
 from tests.export.conftest import detections_of
 
 pytest.importorskip("tritonclient")

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from podkit.models import build_detector, tiny_model_config
 from podkit.ops import clip_boxes_to_image
-from tests.ops.test_nms import nms_per_group
+from tests.ops.nms_reference import nms_per_group
 
 
 def assert_same_detections(det, boxes, scores, labels):

@@ -1,33 +1,12 @@
 import importlib
-import math
 
 import pytest
 import torch
 
-from podkit.ops import batched_nms, batched_soft_nms, box_iou, detection_nms, nms, soft_nms
+from podkit.ops import batched_nms, batched_soft_nms, detection_nms, nms, soft_nms
+from tests.ops.nms_reference import brute_force_nms, direct_soft_nms, nms_per_group
 
 nms_module = importlib.import_module("podkit.ops.nms")
-
-
-def brute_force_nms(boxes, scores, threshold):
-    """The textbook sequential algorithm, one box at a time."""
-    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
-    keep = []
-    for i in order:
-        if all(box_iou(boxes[i : i + 1], boxes[j : j + 1]).item() <= threshold for j in keep):
-            keep.append(i)
-    return keep
-
-
-def nms_per_group(boxes, scores, groups, threshold):
-    """Indices kept by the brute force on each group alone, merged by decreasing score."""
-    kept = []
-    for g in groups.unique().tolist():
-        members = torch.where(groups == g)[0]
-        kept += [
-            int(members[i]) for i in brute_force_nms(boxes[members], scores[members], threshold)
-        ]
-    return sorted(kept, key=lambda i: (-float(scores[i]), i))
 
 
 def clustered_boxes(n, seed):
@@ -80,35 +59,6 @@ def test_detection_nms_thresholds_then_nms_per_group_then_caps():
     assert detection_nms(boxes, scores, groups, 0.5, 0.3, 1000).tolist() == expected
     assert detection_nms(boxes, scores, groups, 0.5, 0.3, 7).tolist() == expected[:7]
     assert detection_nms(boxes, scores, groups, 0.5, 2.0, 10).numel() == 0
-
-
-def direct_soft_nms(boxes, scores, iou_threshold, sigma, score_threshold, method):
-    """Bodla et al.'s Algorithm 1, written with Python floats."""
-    b = boxes.tolist()
-    s = [float(x) for x in scores]
-    remaining = list(range(len(b)))
-    picked = []
-
-    def iou(i, j):
-        ix = max(0.0, min(b[i][2], b[j][2]) - max(b[i][0], b[j][0]))
-        iy = max(0.0, min(b[i][3], b[j][3]) - max(b[i][1], b[j][1]))
-        inter = ix * iy
-        area = lambda k: (b[k][2] - b[k][0]) * (b[k][3] - b[k][1])  # noqa: E731
-        return inter / (area(i) + area(j) - inter)
-
-    remaining = [i for i in remaining if s[i] >= score_threshold]
-    while remaining:
-        m = max(remaining, key=lambda i: (s[i], -i))
-        picked.append((m, s[m]))
-        remaining.remove(m)
-        for i in remaining:
-            o = iou(m, i)
-            if method == "linear":
-                s[i] *= (1 - o) if o > iou_threshold else 1.0
-            else:
-                s[i] *= math.exp(-o * o / sigma)
-        remaining = [i for i in remaining if s[i] >= score_threshold]
-    return picked
 
 
 @pytest.mark.parametrize("method", ["linear", "gaussian"])

@@ -12,15 +12,15 @@ from podkit.models.gsl import GlobalScaleConv, gsl_convs
 from podkit.models.resnet import FrozenBatchNorm2d
 from podkit.models.split_conv import SplitConv, apply_plan, decompose_conv, fold_norm
 from podkit.pod.decompose import make_plan, plan_checkpoint, plan_layer
-from podkit.pod.density import (
+from podkit.pod.scales import draw_records
+from tests.conftest import tiny_config
+from tests.pod.density import (
     fd_density_1d,
     fd_density_2d,
     gsl_density_1d,
     gsl_density_2d,
     marginal,
 )
-from podkit.pod.scales import draw_records
-from tests.conftest import tiny_config
 
 
 def parts(layer):

@@ -1,6 +1,4 @@
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -9,38 +7,24 @@ from podkit.config import TrainConfig
 from podkit.models.checkpoint import load_checkpoint, save_checkpoint
 from podkit.train.hooks import Hook
 from podkit.train.loop import NonFiniteLossError, lr_factor, train
-from tests.conftest import tiny_config
-
-
-class CtrlCAt(Hook):
-    """Presses Ctrl-C (a real SIGINT) after the given iteration."""
-
-    name = "ctrl_c"
-
-    def __init__(self, iteration):
-        self.iteration = iteration
-
-    def after_step(self, state):
-        if state.iteration == self.iteration:
-            os.kill(os.getpid(), signal.SIGINT)
+from tests.conftest import CtrlCAt, losses_of, tiny_config
 
 
 class PoisonLoss(Hook):
-    """A NaN classification loss at the third iteration (`every`: from it on)."""
+    """A NaN R-CNN box loss at the third iteration (`every`: from it on), through the
+    SmoothL1 beta control."""
 
     name = "poison"
 
     def __init__(self, every: bool = False) -> None:
-        self.every = every
+        self.every, self.recipe_beta = every, None
 
-    def loss(self, state, losses, stats):
-        if state.iteration == 2 or self.every and state.iteration > 2:
-            return {**losses, "loss_cls": losses["loss_cls"] * float("nan")}
-        return losses
-
-
-def losses_of(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    def before_step(self, state, batch):
+        if self.recipe_beta is None:
+            self.recipe_beta = state.controls.rcnn_smooth_l1_beta
+        poisoned = state.iteration == 2 or self.every and state.iteration > 2
+        state.controls.rcnn_smooth_l1_beta = float("nan") if poisoned else self.recipe_beta
+        return batch
 
 
 AUGMENTED = [
@@ -114,7 +98,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(synth_set, tmp_path
     cfg = tiny_config(synth_set, "train.checkpoint_every=1", max_iter=5)
     with pytest.raises(
         NonFiniteLossError,
-        match=r"non-finite loss at iteration 3: loss_cls=nan; the last good checkpoint .*last.pt is kept",
+        match=r"non-finite loss at iteration 3: loss_box_reg=nan; the last good checkpoint .*last.pt is kept",
     ):
         train(cfg, tmp_path / "run", hooks=[PoisonLoss()])
     assert load_checkpoint(tmp_path / "run/last.pt")["iteration"] == 2

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from podkit.train.plot import plot_run
-from tests.e2e.test_cli import invoke
+from tests.conftest import invoke
 
 
 def test_plot_writes_a_png_per_thing_shown(tmp_path):

@@ -13,9 +13,7 @@ from podkit.models.checkpoint import load_checkpoint
 from podkit.train import loop
 from podkit.train.ema import ModelEMA
 from podkit.train.loop import train
-from tests.conftest import tiny_config
-from tests.e2e.test_cli import invoke
-from tests.train.test_loop import losses_of
+from tests.conftest import invoke, losses_of, tiny_config
 
 
 def test_ema_follows_the_ultralytics_recurrence():

@@ -14,7 +14,7 @@ from podkit.train.loop import train
 from podkit.train.methods import build_hooks
 from podkit.train.methods.snip import SNIP, crop_to_chips, mark_invalid, resize_batch
 from tests.conftest import arch_overrides, tiny_config
-from tests.ops.test_nms import direct_soft_nms
+from tests.ops.nms_reference import direct_soft_nms
 
 
 def square(cx, cy, side):
@@ -451,7 +451,7 @@ def test_training_step_with_snip_and_with_dst_and_rlo(synth_set, tmp_path, arch,
 
 @pytest.mark.filterwarnings("ignore:snip")
 def test_snip_dst_rlo_resume_exactly(synth_set, tmp_path):
-    from tests.train.test_loop import CtrlCAt
+    from tests.conftest import CtrlCAt
 
     methods = "[{name: dst}, {name: snip, pyramid: synthetic, seed: 4}, {name: rlo, interval: 2}]"
     cfg = tiny_config(synth_set, f"methods={methods}", "data.val.ann=''", max_iter=5)
