@@ -65,8 +65,8 @@ class TimedHook(Hook):
             state.draw_batch = timed_draw
         return self._timed(self.hook.before_step, state, batch)
 
-    def loss(self, state, losses, stats):
-        return self._timed(self.hook.loss, state, losses, stats)
+    def observe(self, state, stats):
+        return self._timed(self.hook.observe, state, stats)
 
     def after_step(self, state):
         return self._timed(self.hook.after_step, state)
