@@ -9,7 +9,7 @@ count, so the second stage does its full work) and its backbone + FPN alone, the
 the two graphs called in turn (a slower machine for a while slows both), and onnxruntime's
 profile of `--profile-runs` more calls of each summed per node type (kernel time only; the
 profiler adds its own overhead: read the shares, not the milliseconds). GFLOPs are PyTorch's
-count (convs and matmuls). The ratio the issue asks for is the detector's GFLOP/s over the
+count (convs and matmuls). The ratio it reports is the detector's GFLOP/s over the
 backbone's, both from the unprofiled medians of the same run. Writes `profile.json` and a
 markdown table `profile.md` under `--out`.
 

@@ -10,6 +10,8 @@ Protocol. Each detector first trains one start checkpoint with its recipe
 just past the point where the classifier forms. Every arm of every study, every seed,
 starts from it (`model.init_from`), so arms differ only by the method, and trains the full
 recipe schedule (warm-up, decay at 2/3 and 8/9 of `--iters`, default 1200 iterations).
+An arm is a recipe: a scale recipe itself (the baselines) or a file of studies/arms/ that
+extends one (`_base_`) with the method or setting the arm tests.
 Arms are paired by seed (same data order, same start); the report gives, per arm and
 metric, the per-seed differences to its study's baseline, their mean with a 95 % t-interval
 over the seeds (mean +- t(0.975, n - 1) * sd / sqrt(n) of the paired differences), and the
@@ -37,7 +39,7 @@ import argparse
 import hashlib
 import json
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 
@@ -50,12 +52,10 @@ from podkit.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP80", "AP90")
-MULTI_SCALE_TRAIN = "data.min_size=[320, 384, 448, 512, 576]"
 # the SNIP study's pyramid, fitted to the benchmark's 448 px test size: 896, 448 and 224 px,
-# valid ranges putting objects at 20-100 px as fed (evaluation/image_pyramid.fitted_pyramid)
+# valid ranges putting objects at 20-100 px as fed (evaluation/image_pyramid.fitted_pyramid);
+# the SNIP arm trains on it (studies/arms/frcnn_snip.yaml), every arm is tested on it
 PYRAMID = "fit:448"
-PYRAMID_SIZES = "data.min_size=[224, 448, 896]"
-LARGEST = ("data.min_size=[896]", "data.max_size=1504")  # SNIP resizes from the largest
 
 
 @dataclass(frozen=True)
@@ -73,82 +73,56 @@ class Decompose:
 
 @dataclass(frozen=True)
 class Arm:
-    """One way of training a detector; `slug` names its run folder (shared across studies).
-    With `config` set, the arm is that recipe trained from scratch for its own max_iter (no
-    shared start)."""
+    """One way of training a detector: its recipe (a shipped recipe, or a file of
+    studies/arms/ extending one: the method or the setting the arm tests); `slug` names its
+    run folder (shared across studies). From the shared start of its architecture unless
+    `from_start` is False: then the recipe is trained from scratch for its own max_iter."""
 
     slug: str
-    arch: str  # configs/scale/ARCH.yaml
-    methods: list = field(default_factory=list)
-    overrides: tuple[str, ...] = ()
-    config: str | None = None
+    config: str
+    from_start: bool = True
     decompose: Decompose | None = None
 
 
+ARM_FILES = ROOT / "studies" / "arms"
+FPN, RETINA, C4 = "scale/faster_rcnn_fpn.yaml", "scale/retinanet.yaml", "scale/faster_rcnn_c4.yaml"
 # the augmentation study: the tiny recipe before (configs/tiny) and after (the small-data
 # preset: augmentation and fitted anchors) on the synthetic set and on the sites set
-TINY, SMALL_DATA = "configs/tiny/faster_rcnn_fpn.yaml", "configs/small_data/tiny_scratch.yaml"
-
-
-def data_at(folder: str) -> tuple[str, ...]:
-    """Overrides pointing both splits at a built-in set written by `podkit data synth`."""
-    return tuple(
-        f"data.{split}.{key}={folder}/{path}"
-        for split in ("train", "val")
-        for key, path in (("ann", f"annotations/{split}.json"), ("images", split))
-    )
-
-
-SYNTH_AT_TINY = (*data_at("data/synth"), "model.num_classes=10", "data.min_size=[224, 256, 288]",
-                 "data.max_size=400", "data.test_min_size=256")  # fmt: skip
-SITES_AT_320 = (*data_at("data/sites"), "model.num_classes=1", "data.min_size=[288, 320, 352]",
-                "data.max_size=480", "data.test_min_size=320")  # fmt: skip
+TINY, SMALL_DATA = "tiny/faster_rcnn_fpn.yaml", "small_data/tiny_scratch.yaml"
 TRAIN_IMAGES = 200  # the "train" test scores this many training images
 SCALE_IMAGES = 200  # a GSL run's learned scales are averaged over this many training images
 
 
+def arm_file(slug: str) -> str:
+    return str(ARM_FILES / f"{slug}.yaml")
+
+
 ARMS = {
-    "frcnn": Arm("frcnn_baseline", "faster_rcnn_fpn"),
-    "frcnn_ms": Arm("frcnn_multiscale", "faster_rcnn_fpn", overrides=(MULTI_SCALE_TRAIN,)),
-    "frcnn_dst": Arm("frcnn_dst", "faster_rcnn_fpn", [{"name": "dst", "tau": "auto"}]),
+    "frcnn": Arm("frcnn_baseline", FPN),
+    "frcnn_ms": Arm("frcnn_multiscale", arm_file("frcnn_multiscale")),
+    "frcnn_dst": Arm("frcnn_dst", arm_file("frcnn_dst")),
     # Dynamic R-CNN's Table 3: label assignment only (DLA), SmoothL1 only (DSL), both
-    "frcnn_dla": Arm(
-        "frcnn_drcnn_dla", "faster_rcnn_fpn", [{"name": "dynamic_rcnn", "smooth_l1": False}]
-    ),
-    "frcnn_dsl": Arm(
-        "frcnn_drcnn_dsl", "faster_rcnn_fpn", [{"name": "dynamic_rcnn", "assign": False}]
-    ),
-    "frcnn_drcnn": Arm("frcnn_drcnn_both", "faster_rcnn_fpn", [{"name": "dynamic_rcnn"}]),
-    # the weights' moving average (train.ema), scaled to the 1200-iteration schedule
-    "frcnn_ema": Arm(
-        "frcnn_ema", "faster_rcnn_fpn", overrides=("train.ema={decay: 0.999, warmup: 200}",)
-    ),
-    "retina": Arm("retinanet_baseline", "retinanet"),
-    "retina_dst": Arm("retinanet_dst", "retinanet", [{"name": "dst", "tau": "auto"}]),
-    # interval 10: 120 weight updates in 1200 iterations (an interval of 50 would give 24)
-    "retina_avw": Arm("retinanet_avw", "retinanet", [{"name": "avw", "interval": 10}]),
-    "retina_rlo": Arm("retinanet_rlo", "retinanet", [{"name": "rlo", "interval": 10}]),
-    # multi-scale training on SNIP's own pyramid, every object valid at every resolution
-    "frcnn_mst": Arm("frcnn_pyramid_ms", "faster_rcnn_fpn", overrides=(PYRAMID_SIZES, LARGEST[1])),
-    "frcnn_snip": Arm(
-        "frcnn_snip",
-        "faster_rcnn_fpn",
-        [{"name": "snip", "pyramid": PYRAMID, "anchor_rule": "paper"}],
-        LARGEST,
-    ),
-    "tiny_synth": Arm("tiny_synth", "faster_rcnn_fpn", config=TINY),
-    "tiny_synth_aug": Arm(
-        "tiny_synth_aug", "faster_rcnn_fpn", overrides=SYNTH_AT_TINY, config=SMALL_DATA
-    ),
-    "tiny_sites": Arm("tiny_sites", "faster_rcnn_fpn", overrides=SITES_AT_320, config=TINY),
-    "tiny_sites_aug": Arm("tiny_sites_aug", "faster_rcnn_fpn", config=SMALL_DATA),
+    "frcnn_dla": Arm("frcnn_drcnn_dla", arm_file("frcnn_drcnn_dla")),
+    "frcnn_dsl": Arm("frcnn_drcnn_dsl", arm_file("frcnn_drcnn_dsl")),
+    "frcnn_drcnn": Arm("frcnn_drcnn_both", arm_file("frcnn_drcnn_both")),
+    "frcnn_ema": Arm("frcnn_ema", arm_file("frcnn_ema")),
+    "retina": Arm("retinanet_baseline", RETINA),
+    "retina_dst": Arm("retinanet_dst", arm_file("retinanet_dst")),
+    "retina_avw": Arm("retinanet_avw", arm_file("retinanet_avw")),
+    "retina_rlo": Arm("retinanet_rlo", arm_file("retinanet_rlo")),
+    "frcnn_mst": Arm("frcnn_pyramid_ms", arm_file("frcnn_pyramid_ms")),
+    "frcnn_snip": Arm("frcnn_snip", arm_file("frcnn_snip")),
+    "tiny_synth": Arm("tiny_synth", TINY, from_start=False),
+    "tiny_synth_aug": Arm("tiny_synth_aug", arm_file("tiny_synth_aug"), from_start=False),
+    "tiny_sites": Arm("tiny_sites", arm_file("tiny_sites"), from_start=False),
+    "tiny_sites_aug": Arm("tiny_sites_aug", SMALL_DATA, from_start=False),
     # POD's Table 5 on its detector, Faster R-CNN C4: baseline, GSL, FD, FD-WT
-    "c4": Arm("c4_baseline", "faster_rcnn_c4"),
-    "c4_gsl": Arm("c4_gsl", "faster_rcnn_c4", overrides=("model.gsl=true",)),
-    "c4_fd": Arm("c4_fd", "faster_rcnn_c4", decompose=Decompose("c4_gsl", 16, False)),
-    "c4_fd_exact": Arm("c4_fd_exact", "faster_rcnn_c4", decompose=Decompose("c4_gsl", 1, False)),
-    "c4_fdwt": Arm("c4_fdwt", "faster_rcnn_c4", decompose=Decompose("c4_gsl", 16, True)),
-    "c4_fdwt_exact": Arm("c4_fdwt_exact", "faster_rcnn_c4", decompose=Decompose("c4_gsl", 1, True)),
+    "c4": Arm("c4_baseline", C4),
+    "c4_gsl": Arm("c4_gsl", arm_file("c4_gsl")),
+    "c4_fd": Arm("c4_fd", C4, decompose=Decompose("c4_gsl", 16, False)),
+    "c4_fd_exact": Arm("c4_fd_exact", C4, decompose=Decompose("c4_gsl", 1, False)),
+    "c4_fdwt": Arm("c4_fdwt", C4, decompose=Decompose("c4_gsl", 16, True)),
+    "c4_fdwt_exact": Arm("c4_fdwt_exact", C4, decompose=Decompose("c4_gsl", 1, True)),
 }
 # study: (its arms, baseline first; the metrics the papers judge it on; its tests)
 STUDIES = {
@@ -204,15 +178,20 @@ EXTRA: list[str] = []  # --set overrides, applied to every run
 LEDGER = ROOT / "studies" / "results"  # committed summaries of finished arms, by start
 
 
-def recipe(arch: str, overrides: list[str], config: str | None = None):
-    return load_config(ROOT / (config or f"configs/scale/{arch}.yaml"), [*overrides, *EXTRA])
+def recipe(config: str, overrides: list[str]):
+    return load_config(config, [*overrides, *EXTRA])
+
+
+def arch_of(arm: Arm) -> str:
+    return load_config(arm.config).model.arch
 
 
 def train_start(arch: str, out: Path, iters: int) -> Path:
-    """The shared start: the baseline recipe for `iters` iterations, constant lr after warm-up."""
+    """The shared start: the scale recipe of `arch` (configs/scale/ARCH.yaml) for `iters`
+    iterations, constant lr after warm-up."""
     run = out / "start" / arch
     if not (run / "eval.json").exists():
-        cfg = recipe(arch, [f"train.max_iter={iters}", "train.steps=[]"])
+        cfg = recipe(f"scale/{arch}.yaml", [f"train.max_iter={iters}", "train.steps=[]"])
         train(cfg, run, resume=(run / "last.pt").exists(), overwrite=True)
     fingerprint = run / "fingerprint.txt"
     if not fingerprint.exists():
@@ -270,11 +249,7 @@ def train_arm(arm: Arm, seed: int, start: Path | None, out: Path, iters: int) ->
             finetune = iters // 3 if arm.decompose.transfer else iters
             schedule = [f"model.init_from={init}", f"model.fd_plan={plan}",
                         f"train.max_iter={finetune}"]  # fmt: skip
-        cfg = recipe(
-            arm.arch,
-            [*schedule, f"train.seed={seed}", f"methods={json.dumps(arm.methods)}", *arm.overrides],
-            arm.config,
-        )
+        cfg = recipe(arm.config, [*schedule, f"train.seed={seed}"])
         if arm.decompose and arm.decompose.transfer:
             cfg.train.lr /= 10
         train(cfg, run, resume=(run / "last.pt").exists(), overwrite=True)
@@ -315,7 +290,7 @@ def test_on_pyramid(arm: Arm, run: Path) -> None:
     out = run / EVAL_FILE["pyramid"]
     if out.exists():
         return
-    snip = any(m["name"] == "snip" for m in arm.methods)
+    snip = any(m["name"] == "snip" for m in load_config(arm.config).methods)
     mode = "eval.snip=true" if snip else "eval.multiscale=true"
     print(f"{run}: {mode} on the pyramid {PYRAMID}", flush=True)
     metrics = evaluate_path(run / "last.pt", [mode, f"eval.pyramid={PYRAMID}", *EXTRA])
@@ -556,7 +531,11 @@ def main() -> None:
         for seed in args.seeds:
             for name in dict.fromkeys(order):
                 arm = ARMS[name]
-                start = None if arm.config else train_start(arm.arch, args.out, args.start_iters)
+                start = (
+                    train_start(arch_of(arm), args.out, args.start_iters)
+                    if arm.from_start
+                    else None
+                )
                 tests = {t for s in args.studies if name in STUDIES[s][0] for t in STUDIES[s][2]}
                 if recorded(arm, seed, start, tests):
                     continue

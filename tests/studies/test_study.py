@@ -88,7 +88,9 @@ def test_augment_study_reports_the_train_val_gap(tmp_path):
     assert result["tiny_sites gap"]["AP"] == pytest.approx([40.0, 41.0])
     assert result["tiny_sites_aug gap"]["AP"] == pytest.approx([15.0, 16.0])
     assert "tested on 200 of its training images" in text and "| tiny_synth | -" in text
-    assert all(ARM.config for ARM in (study.ARMS["tiny_sites"], study.ARMS["tiny_synth_aug"]))
+    assert not any(
+        ARM.from_start for ARM in (study.ARMS["tiny_sites"], study.ARMS["tiny_synth_aug"])
+    )
 
 
 def test_pod_fd_arms_start_from_the_gsl_plan(tmp_path, synth_set, monkeypatch):
@@ -179,3 +181,15 @@ def test_the_ledger_skips_recorded_arms_and_pairs_within_one_start(tmp_path):
     ap = result["studies"]["dst"]["frcnn_dst"]["AP"]
     assert result["studies"]["dst"]["frcnn_dst"]["seeds"] == [0, 1]
     assert ap["diffs"] == pytest.approx([1.0, 2.0])
+
+
+def test_every_arm_is_a_recipe_that_loads():
+    """Each arm's file extends a shipped recipe; an arm trained from the shared start has an
+    architecture with a scale recipe, and a method arm differs from its baseline by methods."""
+    for name, arm in study.ARMS.items():
+        cfg = study.load_config(arm.config)
+        if arm.from_start:
+            assert study.load_config(f"scale/{cfg.model.arch}.yaml").model.arch == cfg.model.arch
+    dsl, base = (study.load_config(study.ARMS[n].config) for n in ("frcnn_dsl", "frcnn"))
+    assert dsl.methods == [{"name": "dynamic_rcnn", "assign": False}] and base.methods == []
+    assert (dsl.model, dsl.data, dsl.train) == (base.model, base.data, base.train)
