@@ -21,7 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
+console = Console(soft_wrap=True)  # a path or an error stays on one line in logs
 # what the export table builds, for help lines
 ARTEFACTS = ", ".join(b.suffix or f"a {b.name} folder" for b in BACKENDS.values())
 MODEL_HELP = f"A podkit checkpoint, or an artefact from podkit export ({ARTEFACTS})."

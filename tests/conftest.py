@@ -14,6 +14,8 @@ from podkit.train.hooks import Hook
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers on 2 cores: one thread each
+    torch.set_num_threads(1)
 
 
 def invoke(*args) -> tuple[int, str]:
@@ -31,6 +33,25 @@ def one_line_error(code: int, out: str, *needles: str) -> None:
     assert "Traceback" not in out
     for needle in needles:
         assert needle in lines[-1], (needle, out)
+
+
+def assert_same_detections_in_any_order(
+    ours: dict, theirs: dict, box_atol: float = 1e-3, score_atol: float = 1e-4
+) -> None:
+    """The same detections (label, box within `box_atol` px, score within `score_atol`), in
+    either order: scores equal to ~1e-6 may swap places between two runtimes or thread
+    counts."""
+    assert len(theirs["scores"]) == len(ours["scores"])
+    free = torch.ones(len(theirs["scores"]), dtype=torch.bool)
+    for box, score, label in zip(ours["boxes"], ours["scores"], ours["labels"], strict=True):
+        near = (
+            free
+            & (theirs["labels"] == label)
+            & ((theirs["boxes"] - box).abs().amax(dim=1) <= box_atol)
+            & ((theirs["scores"] - score).abs() <= score_atol)
+        )
+        assert bool(near.any()), f"no match for {label} {box.tolist()} {float(score):.5f}"
+        free[torch.where(near)[0][0]] = False
 
 
 def losses_of(run: Path) -> list[dict]:

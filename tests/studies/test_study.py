@@ -186,7 +186,7 @@ def test_the_ledger_skips_recorded_arms_and_pairs_within_one_start(tmp_path):
 def test_every_arm_is_a_recipe_that_loads():
     """Each arm's file extends a shipped recipe; an arm trained from the shared start has an
     architecture with a scale recipe, and a method arm differs from its baseline by methods."""
-    for name, arm in study.ARMS.items():
+    for arm in study.ARMS.values():
         cfg = study.load_config(arm.config)
         if arm.from_start:
             assert study.load_config(f"scale/{cfg.model.arch}.yaml").model.arch == cfg.model.arch
