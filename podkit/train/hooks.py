@@ -43,6 +43,7 @@ class Panel:
     keys: tuple[str, ...]
     labels: tuple[str, ...] = ()  # legend entries, one per key (none: no legend)
     marks: str | None = None
+    marks_label: str = ""
 
 
 class Hook:

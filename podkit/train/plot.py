@@ -138,7 +138,8 @@ def draw_panel(ax, panel: Panel, series) -> None:
     if panel.marks:
         xs, flags = series(panel.marks)
         ticks = [x for x, f in zip(xs, flags, strict=True) if f]
-        ax.scatter(ticks, [0.0] * len(ticks), marker="|", s=60, color="C3", label=panel.marks)
+        label = panel.marks_label or panel.marks
+        ax.scatter(ticks, [0.0] * len(ticks), marker="|", s=60, color="C3", label=label)
     if panel.labels or panel.marks:
         ax.legend(fontsize=8)
     ax.set_xlabel("iteration")
