@@ -102,9 +102,11 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> list[Path]:
 
     figures = method_figures()
     for name, panels in figures.items():
-        if any(key in r for r in rows for p in panels for key in p.keys):
-            fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + 2, 3.5))
-            for ax, panel in zip([axes] if len(panels) == 1 else axes, panels, strict=True):
+        # the panels the run logged (Dynamic R-CNN's DSL-only ablation has no threshold)
+        shown = [p for p in panels if any(key in r for r in rows for key in p.keys)]
+        if shown:
+            fig, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown) + 2, 3.5))
+            for ax, panel in zip([axes] if len(shown) == 1 else axes, shown, strict=True):
                 draw_panel(ax, panel, series)
             save(fig, name)
 
