@@ -35,25 +35,6 @@ def one_line_error(code: int, out: str, *needles: str) -> None:
         assert needle in lines[-1], (needle, out)
 
 
-def assert_same_detections_in_any_order(
-    ours: dict, theirs: dict, box_atol: float = 1e-3, score_atol: float = 1e-4
-) -> None:
-    """The same detections (label, box within `box_atol` px, score within `score_atol`), in
-    either order: scores equal to ~1e-6 may swap places between two runtimes or thread
-    counts."""
-    assert len(theirs["scores"]) == len(ours["scores"])
-    free = torch.ones(len(theirs["scores"]), dtype=torch.bool)
-    for box, score, label in zip(ours["boxes"], ours["scores"], ours["labels"], strict=True):
-        near = (
-            free
-            & (theirs["labels"] == label)
-            & ((theirs["boxes"] - box).abs().amax(dim=1) <= box_atol)
-            & ((theirs["scores"] - score).abs() <= score_atol)
-        )
-        assert bool(near.any()), f"no match for {label} {box.tolist()} {float(score):.5f}"
-        free[torch.where(near)[0][0]] = False
-
-
 def losses_of(run: Path) -> list[dict]:
     """A run folder's metrics.jsonl, one dict per logged iteration."""
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -66,8 +66,10 @@ def dense_head_loss(
     smooth_l1_beta: float,
     ignore_iou_threshold: float,
     level_weights: Tensor | None,
+    by_size: bool = True,
 ) -> DenseLoss:
-    """The loss of per-level anchors, logits and deltas (B, A_l, .) against the targets."""
+    """The loss of per-level anchors, logits and deltas (B, A_l, .) against the targets;
+    `by_size` False leaves the sums by GT size at 0 (a head whose statistics nobody reads)."""
     all_anchors, levels, logits, deltas = concat_levels(anchors, logits, deltas)
     weights = element_weights(levels, level_weights)
     cls_terms, box_terms, level_terms, scored, positives = [], [], [], 0, 0
@@ -87,7 +89,7 @@ def dense_head_loss(
                 torch.cat([cls, box]).detach(), torch.cat([levels[rows], levels[pos]]), len(anchors)
             )
         )
-        if pos.numel():
+        if by_size and pos.numel():
             bucket = size_bucket(gt[matched[pos]])
             reg_by_size += per_level_sum(box.detach(), bucket, 3)
             # the positives' classification loss: their places among the rows scored

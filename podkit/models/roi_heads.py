@@ -131,7 +131,7 @@ class RoIHeads(nn.Module):
         controls: TrainingControls | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor], TrainingStats]:
         """Returns (detections per image in as-fed pixels, losses, stats): detections in
-        eval, losses and stats in training (under `controls`; None: the recipe's values)."""
+        eval, losses and stats in training, under the detector's `controls`."""
         if not self.training:
             # image by image: each image's RoIs come in a data-dependent number once
             # exported, and splitting one batch of them by such sizes would not import in TVM
@@ -140,7 +140,9 @@ class RoIHeads(nn.Module):
                 logits, deltas = self.predict([f[i : i + 1] for f in features], strides, [props])
                 detections.append(self.postprocess_image(logits, deltas, props, size))
             return detections, {}, TrainingStats()
-        c = controls or TrainingControls(self.config.iou_threshold, self.config.smooth_l1_beta)
+        if controls is None:
+            raise ValueError("RoIHeads in training mode needs the detector's TrainingControls")
+        c = controls
         proposals, labels, reg_targets, gt_sizes, ious, pos = self.sample(
             proposals, targets, c.rcnn_iou_threshold
         )

@@ -164,7 +164,7 @@ class RPN(nn.Module):
             anchors, logits, deltas,
             [target.get("rpn", target) for target in targets],  # the RPN's own GTs, if any
             self.matcher, self.box_coder, self.objectness_loss, cfg.smooth_l1_beta,
-            cfg.ignore_iou_threshold, level_weights,
+            cfg.ignore_iou_threshold, level_weights, by_size=False,  # DST reads the R-CNN's
         )  # fmt: skip
         norm = max(loss.scored, 1)
         losses = {"loss_rpn_cls": loss.cls / norm, "loss_rpn_box": loss.box / norm}

@@ -3,10 +3,10 @@
 One iteration: draw a batch, let each method transform it (DST collage, SNIP resolution) and
 set the detector's training controls (Dynamic R-CNN's threshold and beta, AVW/RLO's level
 weights), forward, let each method read the step's statistics, backward, step, let each
-method update (DST decision, Dynamic R-CNN and AVW/RLO updates; podkit.train.hooks). Every `log_every` iterations a line goes to
-metrics.jsonl; every `checkpoint_every`, RUN/last.pt is rewritten atomically. Ctrl-C
-finishes the current iteration, saves and stops; a non-finite loss stops before the step,
-leaving the last good checkpoint in place.
+method update (DST decision, Dynamic R-CNN and AVW/RLO updates; podkit.train.hooks).
+Every `log_every` iterations a line goes to metrics.jsonl; every `checkpoint_every`,
+RUN/last.pt is rewritten atomically. Ctrl-C finishes the current iteration, saves and stops;
+a non-finite loss stops before the step, leaving the last good checkpoint in place.
 """
 
 from __future__ import annotations

@@ -54,6 +54,11 @@ def test_compare_outputs_tolerates_only_ties():
     assert not compare_outputs(names, ref, not_tied)["ok"]
     moved = batch((boxes + np.float32(0.01), scores, labels, 3))
     assert not compare_outputs(names, ref, moved)["ok"]
+    # the box tolerance grows with the coordinate: 1e-3 + 2e-5 |x| px
+    far = boxes + np.float32(1000)
+    far_ref, far_moved = batch((far, scores, labels, 3)), batch((far + 0.015, scores, labels, 3))
+    assert compare_outputs(names, far_ref, far_moved)["ok"]  # within 0.021 px at 1000 px
+    assert not compare_outputs(names, far_ref, batch((far + 0.03, scores, labels, 3)))["ok"]
     fewer = batch((boxes, scores, labels, 2))
     assert "2 detections vs PyTorch 3" in compare_outputs(names, ref, fewer)["error"]
     # a batch of two: the second image's difference is found and named
