@@ -21,7 +21,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check podkit tests studies
 	$(BIN)/ruff format --check podkit tests studies
-	$(BIN)/python -m pytest tests -n 2 --dist loadfile --durations=12
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile --no-loadscope-reorder --durations=12
 
 # on a CUDA machine, with its own CUDA torch on PATH (not the CPU venv): studies/gpu_check.sh
 gpu-check:

@@ -27,7 +27,7 @@ $PY -m pytest tests/gpu -v -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tai
 BACKENDS=torch,torch-compile,onnxruntime
 $PY -c "import tensorrt" 2>/dev/null && BACKENDS=$BACKENDS,tensorrt
 for B in ${BATCHES:-1 8}; do
-  $PY studies/deploy_latency.py --device cuda --backend $BACKENDS --precision fp32,fp16 \
+  $PY -m studies.deploy_latency --device cuda --backend $BACKENDS --precision fp32,fp16 \
     --batch $B --size 512 --iters 50 --out "$WORK/deploy_b$B" > "$OUT/deploy_b$B.log" 2>&1 \
     && cp "$WORK/deploy_b$B/report.md" "$OUT/report_b$B.md" \
     && cp "$WORK/deploy_b$B/report.json" "$OUT/report_b$B.json" \

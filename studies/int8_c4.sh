@@ -1,5 +1,5 @@
 # INT8 / FP32 AP of the POD study's trained C4 checkpoints (seed 0) on onnxruntime, and the any-batch INT8 path.
-# Run after studies/study.py pod has trained c4, c4_gsl and c4_fdwt (docs/benchmarks.md).
+# Run after `python -m studies.study pod` has trained c4, c4_gsl and c4_fdwt (docs/benchmarks.md).
 set -x
 K=.venv/bin/podkit
 S=runs/study

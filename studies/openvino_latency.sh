@@ -8,9 +8,9 @@ set -e
 PY=.venv/bin/python
 OUT=runs/bench/openvino
 COMMON="--backend onnxruntime,openvino --precision fp32,bf16,int8 --models baseline,FD --iters 8 --calib 16 --calib-data data/scale --threads 2"
-$PY studies/deploy_latency.py --arch faster_rcnn_fpn --size 512 $COMMON --out $OUT/r50fpn_512
-$PY studies/deploy_latency.py --arch faster_rcnn_fpn --size 800x1216 $COMMON --out $OUT/r50fpn_800
-$PY studies/deploy_latency.py --arch faster_rcnn_c4 --size 512 $COMMON --out $OUT/r50c4_512
+$PY -m studies.deploy_latency --arch faster_rcnn_fpn --size 512 $COMMON --out $OUT/r50fpn_512
+$PY -m studies.deploy_latency --arch faster_rcnn_fpn --size 800x1216 $COMMON --out $OUT/r50fpn_800
+$PY -m studies.deploy_latency --arch faster_rcnn_c4 --size 512 $COMMON --out $OUT/r50c4_512
 if [ -n "$1" ]; then
   .venv/bin/podkit bench latency "$1" --backend onnxruntime,openvino --precision fp32,bf16,int8 \
       --input-size 448x640 --iters 8 --threads 2 --calib 32 --data --cache-dir $OUT/cache \

@@ -1,5 +1,7 @@
+import hashlib
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -10,12 +12,16 @@ from typer.testing import CliRunner
 from podkit.cli import app
 from podkit.config import load_config
 from podkit.data.synthetic import write_split
+from podkit.export import onnx as onnx_export
+from podkit.export.wrap import ExportWrapper
 from podkit.train.hooks import Hook
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers on 2 cores: one thread each
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # onnxruntime and OpenVINO follow PyTorch's count (runtime_threads)
+    os.environ["TVM_NUM_THREADS"] = "1"
+    os.environ["OMP_NUM_THREADS"] = "1"  # subprocesses: the installed wheel's demo, DDP ranks
 
 
 def invoke(*args) -> tuple[int, str]:
@@ -108,3 +114,64 @@ def tiny_config(data: Path, *extra: str, max_iter: int = 4):
     return load_config(
         ROOT / "configs/tiny/faster_rcnn_fpn.yaml", [*tiny_overrides(data, max_iter), *extra]
     )
+
+
+def export_key(model: torch.nn.Module, *options) -> str:
+    """What an ONNX export depends on: the modules (their repr holds every dilation and
+    split), every tensor of the state, and the export's options."""
+    digest = hashlib.sha256(repr(model).encode() + repr(options).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _each_onnx_export_once(tmp_path_factory):
+    """The ONNX exporter takes 10-40 s even on a tiny detector, and many export tests start
+    from the same FP32 file (ONNX, OpenVINO, Triton and INT8 of one checkpoint at one size):
+    each distinct (model, weights, options) is exported once in a test run, and a later
+    export of the same is a copy of that file. The xdist workers share the folder."""
+    root = tmp_path_factory.getbasetemp()
+    store = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "onnx_exports"
+    store.mkdir(exist_ok=True)
+    export = onnx_export.export
+
+    def export_once(model, path, input_size=(512, 512), dynamic=False, nms=True, opset=18,
+                    max_detections=100, batch=1):  # fmt: skip
+        options = (tuple(input_size), dynamic, nms, opset, max_detections, batch)
+        stored = store / f"{export_key(model, *options)}.onnx"
+        if not stored.is_file():
+            wrapper = export(model, path, *options)
+            partial = stored.with_suffix(f".{os.getpid()}.partial")
+            shutil.copyfile(path, partial)
+            os.replace(partial, stored)  # whole or absent for the other worker
+            return wrapper
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(stored, path)
+        return ExportWrapper(model.cpu().eval(), nms, max_detections, any_batch=batch is None)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_export, "export", export_once)
+        yield
+
+
+# Files that take a minute or more, longest first: with `--no-loadscope-reorder` the two
+# xdist workers start on these, instead of ending on one of them alone (xdist's default
+# order is by the number of tests in a file, which puts these few-test files last).
+LONG_FILES_FIRST = (
+    "tests/export/test_targets.py",
+    "tests/export/test_openvino.py",
+    "tests/export/test_artefact_accuracy.py",
+    "tests/e2e/test_cli.py",
+    "tests/convert/test_convert.py",
+    "tests/export/test_triton.py",
+    "tests/e2e/test_training_cli.py",
+    "tests/export/test_wrap.py",
+    "tests/export/test_bench_latency.py",
+)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))

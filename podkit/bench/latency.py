@@ -38,6 +38,7 @@ from podkit.export import (
     torch_runner,
 )
 from podkit.export import load as load_artefact
+from podkit.export.backend import runtime_threads
 
 TORCH_RUNTIMES = ("torch", "torch-compile")
 
@@ -199,7 +200,7 @@ def prepare(
     else:
         log(f"{model_label(checkpoint)} / {backend}: cached {path}")
     info["artefact"] = str(path)
-    runner = load_artefact(path, opts.device, opts.threads or os.cpu_count())
+    runner = load_artefact(path, opts.device, runtime_threads(opts.threads))
     if "inference_precision" in runner.info:  # what the runtime ran (OpenVINO may fall back)
         info["inference_precision"] = runner.info["inference_precision"]
     return runner, info
@@ -226,7 +227,7 @@ def run_latency(
     baseline = opts.baseline or labels[0]
     if baseline not in labels:
         raise ValueError(f"--baseline {baseline!r} is not one of the labels {labels}")
-    threads = opts.threads or os.cpu_count() or 1
+    threads = runtime_threads(opts.threads)
     torch.set_num_threads(threads)
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
     image = sample_image(opts.input_size, batch=opts.batch)

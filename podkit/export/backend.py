@@ -32,6 +32,15 @@ def _no_sync() -> None:
     pass
 
 
+def runtime_threads(threads: int | None = None) -> int:
+    """`threads`, else as many as PyTorch computes with in this process (its default: the
+    physical cores; OMP_NUM_THREADS or torch.set_num_threads change it), so one setting
+    governs PyTorch and every runtime, and processes sharing a machine can split it."""
+    import torch
+
+    return threads or torch.get_num_threads()
+
+
 @dataclass
 class Runner:
     """A loaded artefact or a PyTorch model behind one interface: (N, 3, H, W) float32 images

@@ -12,7 +12,6 @@ post-processing (by op type: POST_PROCESSING) stay float, as in the ONNX INT8 pa
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from podkit.export.backend import (
     Runner,
     import_runtime,
     read_sidecar,
+    runtime_threads,
     sidecar,
 )
 
@@ -104,7 +104,7 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None) -> R
     config = {"PERFORMANCE_HINT": "LATENCY"}
     if name == "CPU":
         config["INFERENCE_PRECISION_HINT"] = INFERENCE_PRECISION[precision]
-        config["INFERENCE_NUM_THREADS"] = threads or os.cpu_count() or 1
+        config["INFERENCE_NUM_THREADS"] = runtime_threads(threads)
     compiled = core.compile_model(core.read_model(str(path)), name, config)
     request = compiled.create_infer_request()
     outputs = compiled.outputs

@@ -4,13 +4,12 @@ lives in the file's metadata."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from podkit.errors import BackendUnavailable
-from podkit.export.backend import Backend, ExportOptions, Runner, import_runtime
+from podkit.export.backend import Backend, ExportOptions, Runner, import_runtime, runtime_threads
 from podkit.export.metadata import read_onnx_record, write_onnx_record
 from podkit.export.precision import reduced_onnx
 
@@ -25,7 +24,7 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None) -> R
         raise FileNotFoundError(f"{path}: ONNX model not found")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.intra_op_num_threads = runtime_threads(threads)
     options.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
     if device == "cuda":

@@ -90,7 +90,9 @@ def python_with_podkit_from_its_wheel(tmp_path: Path) -> Path:
 
 
 def test_reduced_demo_from_an_installed_wheel(tmp_path):
-    """`pip install podkit` then `podkit demo`: the shipped configs come with the package."""
+    """`pip install podkit` then `podkit demo`: the shipped configs come with the package.
+    Timed in PyTorch only: exporting the demo's three models (GSL everywhere) would double
+    the test, and `bench latency` through onnxruntime is tested on its own."""
     python = python_with_podkit_from_its_wheel(tmp_path)
     work = tmp_path / "elsewhere"
     work.mkdir()
@@ -100,17 +102,17 @@ def test_reduced_demo_from_an_installed_wheel(tmp_path):
     assert Path(where.stdout.strip()).is_relative_to(tmp_path / "venv")
     demo = work / "demo"
     args = ["demo", "--out", demo, "--iters", 3, "--train-images", 8, "--val-images", 2,
-            "--size", 96, "--backends", "torch,onnxruntime", "--bench-iters", 2]  # fmt: skip
+            "--size", 96, "--backends", "torch", "--bench-iters", 2]  # fmt: skip
     proc = subprocess.run([python, "-m", "podkit.cli", *map(str, args)], cwd=work, env=env,
                           capture_output=True, text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (demo / "report.md").read_text()
-    for row in ("| baseline |", "| GSL |", "| FD-WT |", "| FD-WT | onnxruntime | fp32 | 96x96 |"):
+    for row in ("| baseline |", "| GSL |", "| FD-WT |", "| FD-WT | torch | fp32 | 96x96 |"):
         assert row in report
     assert (demo / "scales.png").is_file() and (demo / "latency.png").is_file()
     latency = json.loads((demo / "latency.json").read_text())
     assert {(r["model"], r["backend"]) for r in latency["results"]} == {
-        (m, b) for m in ("baseline", "GSL", "FD-WT") for b in ("torch", "onnxruntime")
+        (m, "torch") for m in ("baseline", "GSL", "FD-WT")
     }
 
 

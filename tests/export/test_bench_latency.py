@@ -13,7 +13,7 @@ def test_bench_latency_report(checkpoints, tmp_path, monkeypatch):
     code, out = invoke(
         "bench", "latency", base, fd,
         "--backend", "torch,onnxruntime,tensorrt",
-        "--input-size", "128x128", "--warmup", 1, "--iters", 3,
+        "--input-size", "128x160", "--warmup", 1, "--iters", 3,
         "--labels", "base,fd", "--cache-dir", tmp_path / "cache",
         "--out", tmp_path / "r.json", "--md", tmp_path / "r.md", "--plot", tmp_path / "r.png",
         "--data", "--precision", "fp32,int8", "--calib", 4,
@@ -37,7 +37,7 @@ def test_bench_latency_report(checkpoints, tmp_path, monkeypatch):
     pairs = {(r["model"], r["backend"]): r for r in results if r["precision"] == "fp32"}
     assert set(pairs) == {(m, b) for m in ("base", "fd") for b in ("torch", "onnxruntime")}
     for (model, _), r in pairs.items():
-        assert r["input"] == [128, 128]
+        assert r["input"] == [128, 160]
         assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"]
         assert r["gflops"] > 0 and r["params_m"] > 0 and r.get("parity") in ("ok", None)
         if model == "base":
@@ -49,7 +49,7 @@ def test_bench_latency_report(checkpoints, tmp_path, monkeypatch):
     missing = {(u["model"], u["backend"]) for u in report["unavailable"]}
     assert ("base", "tensorrt") in missing or ("base", "tensorrt") in pairs
     assert report["device"] and report["versions"]["torch"]
-    assert "| fd | onnxruntime | fp32 | 128x128 |" in (tmp_path / "r.md").read_text()
+    assert "| fd | onnxruntime | fp32 | 128x160 |" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "r.png").stat().st_size > 0
     # --data: each pair scored through `podkit eval`'s path, its size, the difference
     checkpoint_ap = evaluate_path(base, ["eval.batch_size=1"])  # fed as the artefact is
@@ -70,7 +70,7 @@ def test_bench_latency_report(checkpoints, tmp_path, monkeypatch):
     monkeypatch.setattr("podkit.evaluation.artefacts.evaluate_path", scripted)
     for limit, code_wanted in (("1.0", 0), ("0.5", 1)):
         code, out = invoke(
-            "bench", "latency", base, "--backend", "torch,onnxruntime", "--input-size", "128x128",
+            "bench", "latency", base, "--backend", "torch,onnxruntime", "--input-size", "128x160",
             "--iters", 1, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "r3.json",
             "--data", "--max-ap-drop", limit, "--overwrite",
         )  # fmt: skip
@@ -81,7 +81,7 @@ def test_bench_latency_report(checkpoints, tmp_path, monkeypatch):
     assert {tuple(o) for p, o in scored if p.endswith(".pt")} == {("eval.batch_size=1",)}
     # a second run times the cached exports without exporting again
     code, out = invoke(
-        "bench", "latency", base, "--backend", "onnxruntime", "--input-size", "128x128",
+        "bench", "latency", base, "--backend", "onnxruntime", "--input-size", "128x160",
         "--iters", 1, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "r2.json",
     )  # fmt: skip
     assert code == 0 and "cached" in out and "exporting" not in out

@@ -99,9 +99,10 @@ def test_int8_by_nncf_keeps_the_heads_float(checkpoints, reference, ir, val_set,
 def test_export_cli_writes_ir_and_refuses_what_openvino_does_not_build(checkpoints, tmp_path):
     out = tmp_path / "m.xml"
     code, text = invoke("export", str(checkpoints()), "--target", "openvino", "--out", str(out),
-                         "--input-size", "96x128")  # fmt: skip
+                         "--input-size", "96x128", "--batch", 2)  # fmt: skip
     assert code == 0, text
     assert out.is_file() and out.with_suffix(".bin").is_file()
+    assert read_record(out)["batch"] == 2
     code, text = invoke("export", str(checkpoints()), "--target", "openvino", "--out", str(out),
                          "--input-size", "96x128")  # fmt: skip
     assert code == 2 and "exists; pass --overwrite" in text

@@ -142,13 +142,13 @@ def test_audit_on_crafted_graphs(tmp_path):
 def test_tensorrt_missing_is_a_clear_error(checkpoints, tmp_path):
     report = export_checkpoint(
         checkpoints("faster_rcnn_fpn", "fd"), "tensorrt", tmp_path / "m.engine",
-        ExportOptions((128, 128), check_only=True), log=str,
+        ExportOptions((128, 160), check_only=True), log=str,
     )  # fmt: skip
     assert report["audit"] == []  # the audit runs without TensorRT
     said = []
     with pytest.raises(BackendUnavailable, match="pip install 'podkit\\[tensorrt\\]'"):
         export_checkpoint(
             checkpoints("faster_rcnn_fpn", "fd"), "tensorrt", tmp_path / "m.engine",
-            ExportOptions((128, 128)), log=said.append,
+            ExportOptions((128, 160)), log=said.append,
         )  # fmt: skip
     assert said == [] and list(tmp_path.iterdir()) == []  # said so before exporting anything

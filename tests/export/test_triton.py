@@ -63,8 +63,7 @@ def test_any_batch_repository_declares_batching_and_the_onnx_files_io(any_batch_
 
 def test_static_repository_declares_full_shapes(checkpoints, tmp_path):
     repo = tmp_path / "repo"
-    export_checkpoint(checkpoints("retinanet"), "triton", repo, ExportOptions((96, 128), batch=2),
-                      log=str)  # fmt: skip
+    export_checkpoint(checkpoints(), "triton", repo, ExportOptions((96, 128), batch=2), log=str)
     config = parsed_config(repo)
     assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
     assert list(config.input[0].dims) == [2, 3, 96, 128]

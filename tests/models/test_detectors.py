@@ -118,7 +118,9 @@ def test_faster_rcnn_trains_under_its_controls():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_overfits_two_images(arch):
     """30 steps on two images drive the training loss below half its start."""
-    model = build_detector(tiny_model_config(arch, 3)).train()
+    config = tiny_model_config(arch, 3)
+    config.roi_heads.batch_size_per_image = 32  # C4 runs res5 on each sampled RoI: seconds
+    model = build_detector(config).train()
     images, targets = two_images()
     params = [p for p in model.parameters() if p.requires_grad]
     # Adam: SGD needs hundreds of steps before RetinaNet's focal classification moves

@@ -4,15 +4,23 @@ import math
 
 import torch
 
-from podkit.ops import box_iou
+
+def pair_iou(a: list[float], b: list[float]) -> float:
+    """IoU of two (x1, y1, x2, y2) boxes, in Python floats (float64)."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def brute_force_nms(boxes, scores, threshold):
     """The textbook sequential algorithm, one box at a time."""
+    b = boxes.tolist()
     order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
     keep = []
     for i in order:
-        if all(box_iou(boxes[i : i + 1], boxes[j : j + 1]).item() <= threshold for j in keep):
+        if all(pair_iou(b[i], b[j]) <= threshold for j in keep):
             keep.append(i)
     return keep
 
@@ -34,21 +42,13 @@ def direct_soft_nms(boxes, scores, iou_threshold, sigma, score_threshold, method
     s = [float(x) for x in scores]
     remaining = list(range(len(b)))
     picked = []
-
-    def iou(i, j):
-        ix = max(0.0, min(b[i][2], b[j][2]) - max(b[i][0], b[j][0]))
-        iy = max(0.0, min(b[i][3], b[j][3]) - max(b[i][1], b[j][1]))
-        inter = ix * iy
-        area = lambda k: (b[k][2] - b[k][0]) * (b[k][3] - b[k][1])  # noqa: E731
-        return inter / (area(i) + area(j) - inter)
-
     remaining = [i for i in remaining if s[i] >= score_threshold]
     while remaining:
         m = max(remaining, key=lambda i: (s[i], -i))
         picked.append((m, s[m]))
         remaining.remove(m)
         for i in remaining:
-            o = iou(m, i)
+            o = pair_iou(b[m], b[i])
             if method == "linear":
                 s[i] *= (1 - o) if o > iou_threshold else 1.0
             else:
