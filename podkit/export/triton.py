@@ -8,10 +8,10 @@
 
 An artefact taking any number of images gets `max_batch_size` (`MAX_BATCH`) and dynamic
 batching, so the server groups requests; a fixed-batch one `max_batch_size: 0` and its full
-shapes. The client does what podkit does before and after the artefact: scale the image to
-the recorded size (keeping its aspect), pad to the input size (a dynamic artefact: to
-multiples of 32), divide by 255, and map the boxes back by the scale (README, "Serve with
-Triton"). podkit runs a repository itself through the model file's own backend, so
+shapes. The client does what podkit does before and after the artefact: scale the image to the
+recorded size (keeping its aspect), pad to the input size (a dynamic artefact: to multiples of
+32), divide by 255, map the boxes back by the scale and clip them to the image (README, "Serve
+with Triton"). podkit runs a repository itself through the model file's own backend, so
 `podkit eval` and `predict` score exactly what the server would serve.
 """
 
