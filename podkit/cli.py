@@ -697,7 +697,11 @@ def bench_latency(
     input_size: str = typer.Option("512x512", help="HxW, multiples of 32."),
     warmup: int = typer.Option(3, help="Untimed calls per pair."),
     iters: int = typer.Option(20, help="Timed calls per pair (interleaved)."),
-    threads: int | None = typer.Option(None, help="CPU threads (default: all cores)."),
+    threads: int | None = typer.Option(
+        None,
+        help="CPU threads of PyTorch and the runtimes (default: PyTorch's own count, the "
+        "physical cores unless OMP_NUM_THREADS sets it).",
+    ),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     labels: str | None = typer.Option(
         None, help="Comma list of model names (default: file names)."
