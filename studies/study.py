@@ -16,7 +16,8 @@ Arms are paired by seed (same data order, same start); the report gives, per arm
 metric, the per-seed differences to its study's baseline, their mean with a 95 % t-interval
 over the seeds (mean +- t(0.975, n - 1) * sd / sqrt(n) of the paired differences), and the
 seed spread of the baseline (max - min over seeds). An effect is "resolved" only when its
-interval excludes 0.
+interval excludes 0 over at least MIN_SEEDS seeds (an interval from two differences rests on
+a standard deviation of two values: it is printed as "clear of 0 on 2 seeds").
 
 Tests. Every arm is scored single-scale at the recipe's test size (RUN/eval.json). A study
 with the `pyramid` test also scores every arm on the pyramid PYRAMID (RUN/eval_pyramid.json):
@@ -373,17 +374,21 @@ def paired_interval(diffs: list[float]) -> tuple[float, float | None, float | No
     return mean, mean - half, mean + half
 
 
+MIN_SEEDS = 3  # a claim needs 5 seeds, or 3 where its interval is already clear of 0
+
+
 def paired(arm: list[dict], base: list[dict], key: str, base_all: list[dict]) -> dict:
     """Per-seed differences (arm and base on the same seeds), their mean and 95 % interval,
-    whether the interval excludes 0 ("resolved"), and the baseline's spread over every seed
-    it has finished (None with fewer than two)."""
+    whether it excludes 0 (`clear`) and over at least MIN_SEEDS seeds (`resolved`), and the
+    baseline's spread over every seed it has finished (None with fewer than two)."""
     diffs = [a[key] - b[key] for a, b in zip(arm, base, strict=True)]
     values = [b[key] for b in base_all]
     spread = max(values) - min(values) if len(values) > 1 else None
     mean, low, high = paired_interval(diffs)
-    resolved = low is not None and (low > 0 or high < 0)
+    clear = low is not None and (low > 0 or high < 0)
     return {"diffs": diffs, "mean": mean, "ci95": None if low is None else [low, high],
-            "resolved": resolved, "baseline_spread": spread}  # fmt: skip
+            "clear": clear, "resolved": clear and len(diffs) >= MIN_SEEDS,
+            "baseline_spread": spread}  # fmt: skip
 
 
 def report(studies: list[str], out: Path, seeds: list[int]) -> str:
@@ -427,7 +432,8 @@ def report(studies: list[str], out: Path, seeds: list[int]) -> str:
                 partial = f"seeds {list(done[name])} only, " if len(runs) < len(seeds) else ""
                 lines.append(f"| {name} | " + " | ".join(cells) + f" | {partial}{_extra(runs)} |")
             lines += ["", "Paired differences: mean [95 % t-interval] (per seed; the "
-                      "baseline's seed spread); resolved: the interval excludes 0", ""]  # fmt: skip
+                      f"baseline's seed spread); resolved: the interval excludes 0 over >= "
+                      f"{MIN_SEEDS} seeds", ""]  # fmt: skip
             for arm in arms:
                 for k, base_arm in enumerate(BASELINES.get(arm, ())):
                     name, base = tested(arm, test), tested(base_arm, test)
@@ -481,7 +487,7 @@ def pair_line(done: dict, name: str, base: str, judged: tuple) -> tuple[str, dic
     cells = [
         f"{k} {d['mean']:+.1f} "
         + ("[one seed]" if d["ci95"] is None else "[{:+.1f}, {:+.1f}]".format(*d["ci95"]))
-        + (" **resolved**" if d["resolved"] else "")
+        + (" **resolved**" if d["resolved"] else " clear of 0 on 2 seeds" if d["clear"] else "")
         + f" ({', '.join(f'{x:+.1f}' for x in d['diffs'])}; spread "
         + ("n/a" if d["baseline_spread"] is None else f"{d['baseline_spread']:.1f}")
         + ")"

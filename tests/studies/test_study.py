@@ -152,6 +152,9 @@ def test_the_interval_on_scripted_differences():
     assert study.paired(arm, base, "AP", base)["resolved"] is True
     flip = [{"AP": 30.0 + d} for d in (1.0, -0.5, 0.8, -0.2, 0.4)]
     assert study.paired(flip, base, "AP", base)["resolved"] is False
+    # two seeds clear of 0 (+1.0, +1.1: [+0.4, +1.7]) are too few to call
+    two = study.paired([{"AP": 31.0}, {"AP": 31.1}], base[:2], "AP", base)
+    assert two["clear"] is True and two["resolved"] is False
 
 
 def test_the_ledger_skips_recorded_arms_and_pairs_within_one_start(tmp_path):
