@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-SIZE_MULTIPLE = 32
+SIZE_MULTIPLE = 32  # the client's own padding rule (this half runs without podkit)
 STANDIN = Path(__file__).with_name("triton_onnxruntime_standin.py")
 
 
@@ -76,8 +76,8 @@ def start_server(repo: Path, work: Path, log_path: Path) -> tuple[subprocess.Pop
         f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}",
         "--strict-readiness=true", "--exit-on-error=true",
     ]  # fmt: skip
-    log = open(log_path, "w")  # noqa: SIM115 (open for the server's lifetime)
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(log_path, "w") as log:  # the server keeps its own copy of the descriptor
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     return process, http
 
 
@@ -183,6 +183,16 @@ def prepare_images(source: Path, count: int, short_side: int, out: Path) -> list
     return written
 
 
+def as_outputs(d: dict, labels: list) -> dict:
+    """Detections of one image as the (1, ...) outputs `compare_outputs` reads."""
+    return {
+        "boxes": np.asarray(d["boxes"], np.float32).reshape(1, -1, 4),
+        "scores": np.asarray(d["scores"], np.float32)[None],
+        "labels": np.asarray(labels, np.int64)[None],
+        "num_detections": np.asarray([len(d["scores"])], np.int64),
+    }
+
+
 def compare(podkit_dir: Path, served: dict) -> dict:
     """Per image: podkit's detections (predict's detections.json) against the server's."""
     from podkit.export.parity import compare_outputs
@@ -203,14 +213,6 @@ def compare(podkit_dir: Path, served: dict) -> dict:
     for name, want in ours.items():
         got = served["detections"][name]
         got_labels = [category_of[label] for label in got["labels"]]
-
-        def as_outputs(d: dict, labels: list) -> dict:
-            return {
-                "boxes": np.asarray(d["boxes"], np.float32).reshape(1, -1, 4),
-                "scores": np.asarray(d["scores"], np.float32)[None],
-                "labels": np.asarray(labels, np.int64)[None],
-                "num_detections": np.asarray([len(d["scores"])], np.int64),
-            }
 
         reference, outputs = as_outputs(want, want["labels"]), as_outputs(got, got_labels)
         result = compare_outputs(list(reference), list(reference.values()), list(outputs.values()))

@@ -20,10 +20,10 @@ def compare_outputs(
 
     Raw tensors: max |a - b| / max(1, |a|) <= raw_tol (absolute for small values, relative
     for large). Detections (`num_detections` present), per image of the batch: same count,
-    labels and order, each box coordinate x within box_tol + box_rtol |x| pixels (a network's
-    float32 rounding is relative: 2e-5 of a 1000 px coordinate is 0.02 px); two detections whose scores differ by
-    < 1e-5 may swap places (a tie that float rounding orders either way), and are counted
-    as `reordered_ties`.
+    labels and order, each box coordinate x within box_tol + box_rtol |x| pixels (float32
+    rounding is relative: 2e-5 of a 1000 px coordinate is 0.02 px); two detections whose
+    scores differ by < 1e-5 may swap places (a tie that float rounding orders either way),
+    and are counted as `reordered_ties`.
     Returns the figures with `ok`.
     """
     got = dict(zip(names, outputs, strict=True))

@@ -142,16 +142,15 @@ class RoIHeads(nn.Module):
             return detections, {}, TrainingStats()
         if controls is None:
             raise ValueError("RoIHeads in training mode needs the detector's TrainingControls")
-        c = controls
         proposals, labels, reg_targets, gt_sizes, ious, pos = self.sample(
-            proposals, targets, c.rcnn_iou_threshold
+            proposals, targets, controls.rcnn_iou_threshold
         )
         class_logits, box_deltas = self.predict(features, strides, proposals)
         strides = strides[: self.pool_levels]
         levels = self.pooler.levels(torch.cat(proposals), strides)
         losses, stats = self.loss(
             class_logits, box_deltas, labels, reg_targets, gt_sizes, levels, len(strides),
-            c.rcnn_smooth_l1_beta, c.level_weights.get("rcnn"),
+            controls.rcnn_smooth_l1_beta, controls.level_weights.get("rcnn"),
         )  # fmt: skip
         stats.proposal_ious, stats.pos_reg_targets = ious, pos
         return [], losses, stats
