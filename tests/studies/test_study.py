@@ -119,6 +119,28 @@ def test_pod_fd_arms_start_from_the_gsl_plan(tmp_path, synth_set, monkeypatch):
     assert set(summary) == {"layer2", "layer3", "res5"}  # layer4 is the C4 box head's res5
 
 
+def test_fd_wt_arms_train_their_own_schedule(tmp_path, monkeypatch):
+    """The paper's FD-WT trains the full schedule at the full lr after GSL; the short FD-WT
+    a third of it at a tenth of the lr; FD the full schedule."""
+    trained = {}
+
+    def fake_fd_start(d, seed, start, out, run, iters):
+        return run / "fd_init.pt", run / "plan.json"
+
+    def fake_train(cfg, run, resume, overwrite):
+        trained[run.parent.name] = (cfg.train.max_iter, cfg.train.lr, cfg.model.init_from)
+
+    monkeypatch.setattr(study, "fd_start", fake_fd_start)
+    monkeypatch.setattr(study, "train", fake_train)
+    lr = study.recipe(study.C4, []).train.lr
+    for name in ("c4_fd", "c4_fdwt_full", "c4_fdwt"):
+        study.train_arm(study.ARMS[name], 0, tmp_path / "start.pt", tmp_path, 1200)
+    assert trained["c4_fd"][:2] == (1200, lr)
+    assert trained["c4_fdwt_full"][:2] == (1200, lr)
+    assert trained["c4_fdwt"][0] == 400 and trained["c4_fdwt"][1] == pytest.approx(lr / 10)
+    assert trained["c4_fdwt_full"][2] == str(tmp_path / "c4_fdwt_full/seed0/fd_init.pt")
+
+
 def test_a_start_trained_again_has_the_same_fingerprint(tmp_path, synth_set):
     """The start of a study whose runs were lost is trained again in a later session; its
     weights' fingerprint says whether it is the same start (training is bit-exact here)."""
