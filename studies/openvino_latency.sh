@@ -11,6 +11,7 @@ COMMON="--backend onnxruntime,openvino --precision fp32,bf16,int8 --models basel
 $PY -m studies.deploy_latency --arch faster_rcnn_fpn --size 512 $COMMON --out $OUT/r50fpn_512
 $PY -m studies.deploy_latency --arch faster_rcnn_fpn --size 800x1216 $COMMON --out $OUT/r50fpn_800
 $PY -m studies.deploy_latency --arch faster_rcnn_c4 --size 512 $COMMON --out $OUT/r50c4_512
+$PY -m studies.deploy_latency --arch faster_rcnn_c4 --size 800x1216 $COMMON --out $OUT/r50c4_800
 if [ -n "$1" ]; then
   .venv/bin/podkit bench latency "$1" --backend onnxruntime,openvino --precision fp32,bf16,int8 \
       --input-size 448x640 --iters 8 --threads 2 --calib 32 --data --cache-dir $OUT/cache \
