@@ -96,6 +96,9 @@ TRAIN_IMAGES = 200  # the "train" test scores this many training images
 SCALE_IMAGES = 500  # a GSL run's learned scales are averaged over this many training images
 
 
+SHORT, LR_TENTH = 1 / 3, 0.1  # the short FD-WT finetune: a third of the schedule, lr / 10
+
+
 def arm_file(slug: str) -> str:
     return str(ARM_FILES / f"{slug}.yaml")
 
@@ -127,8 +130,10 @@ ARMS = {
     # FD-WT as the paper trains it (a full schedule at the full lr), and a short finetune
     # (a third of the schedule at a tenth of the lr) with both channel multiples
     "c4_fdwt_full": Arm("c4_fdwt_full", C4, decompose=Decompose("c4_gsl", 16, True)),
-    "c4_fdwt": Arm("c4_fdwt", C4, decompose=Decompose("c4_gsl", 16, True, 1 / 3, 0.1)),
-    "c4_fdwt_exact": Arm("c4_fdwt_exact", C4, decompose=Decompose("c4_gsl", 1, True, 1 / 3, 0.1)),
+    "c4_fdwt": Arm("c4_fdwt", C4, decompose=Decompose("c4_gsl", 16, True, SHORT, LR_TENTH)),
+    "c4_fdwt_exact": Arm(
+        "c4_fdwt_exact", C4, decompose=Decompose("c4_gsl", 1, True, SHORT, LR_TENTH)
+    ),
 }
 # study: (its arms, baseline first; the metrics the papers judge it on; its tests)
 STUDIES = {
@@ -494,7 +499,13 @@ def pair_line(done: dict, name: str, base: str, judged: tuple) -> tuple[str, dic
     cells = [
         f"{k} {d['mean']:+.1f} "
         + ("[one seed]" if d["ci95"] is None else "[{:+.1f}, {:+.1f}]".format(*d["ci95"]))
-        + (" **resolved**" if d["resolved"] else " clear of 0 on 2 seeds" if d["clear"] else "")
+        + (
+            " **resolved**"
+            if d["resolved"]
+            else f" clear of 0 on {len(d['diffs'])} seeds"
+            if d["clear"]
+            else ""
+        )
         + f" ({', '.join(f'{x:+.1f}' for x in d['diffs'])}; spread "
         + ("n/a" if d["baseline_spread"] is None else f"{d['baseline_spread']:.1f}")
         + ")"

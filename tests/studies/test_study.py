@@ -133,11 +133,12 @@ def test_fd_wt_arms_train_their_own_schedule(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "fd_start", fake_fd_start)
     monkeypatch.setattr(study, "train", fake_train)
     lr = study.recipe(study.C4, []).train.lr
-    for name in ("c4_fd", "c4_fdwt_full", "c4_fdwt"):
+    for name in ("c4_fd", "c4_fdwt_full", "c4_fdwt", "c4_fdwt_exact"):
         study.train_arm(study.ARMS[name], 0, tmp_path / "start.pt", tmp_path, 1200)
     assert trained["c4_fd"][:2] == (1200, lr)
     assert trained["c4_fdwt_full"][:2] == (1200, lr)
-    assert trained["c4_fdwt"][0] == 400 and trained["c4_fdwt"][1] == pytest.approx(lr / 10)
+    for short in ("c4_fdwt", "c4_fdwt_exact"):
+        assert trained[short][0] == 400 and trained[short][1] == pytest.approx(lr / 10)
     assert trained["c4_fdwt_full"][2] == str(tmp_path / "c4_fdwt_full/seed0/fd_init.pt")
 
 
